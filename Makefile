@@ -1,0 +1,115 @@
+# tricopy build, test and run targets. `make help` lists them.
+#
+# Variables (override on the command line: make test FUZZTIME=30s):
+#   GO          go command                           (default: go)
+#   FUZZTIME    time per fuzz target in fuzz-short   (default: 10s)
+#   RUNDIR      state directory of `make run`        (default: /tmp/tricopy-run)
+#   RUNSIZE     volume size `make run` creates       (default: 1GiB)
+#   BENCHDIR    scratch directory of `make bench`    (default: /tmp/tricopy-bench)
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+
+GO        ?= go
+BIN       := bin/tricopy
+FUZZTIME  ?= 10s
+RUNDIR    ?= /tmp/tricopy-run
+RUNSIZE   ?= 1GiB
+BENCHDIR  ?= /tmp/tricopy-bench
+
+# staticcheck 2026.2.2, the first line supporting Go 1.26.
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+# Debian packages the tests, benchmarks and `make run` need, each with a
+# command that shows it is installed.
+#   fuse3: fusermount3 (FUSE mounts)   fio: benchmarks   sqlite3, git, tar: POSIX workload tests
+DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar
+
+.PHONY: help build deps test test-go test-procs1 fuzz-short lint bench run clean
+
+help:
+	@echo "make build       build $(BIN)"
+	@echo "make deps        install the Debian packages the tests need (fuse3 fio sqlite3 git tar) if missing"
+	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
+	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
+	@echo "make lint        gofmt, go vet, staticcheck"
+	@echo "make bench       deps, build, then bin/tricopy bench fs --dir BENCHDIR ($(BENCHDIR))"
+	@echo "make run         deps, build, then mount volume a under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
+	@echo "make clean       remove bin/"
+
+build:
+	$(GO) build -o $(BIN) ./cmd/tricopy
+
+# deps checks each package's command and installs only what is missing, so it
+# is quick when everything is present. Not root: print what to install.
+deps:
+	@missing=(); \
+	for pc in $(DEB_PACKAGES); do \
+		command -v "$${pc#*:}" >/dev/null 2>&1 || missing+=("$${pc%%:*}"); \
+	done; \
+	if [ $${#missing[@]} -eq 0 ]; then exit 0; fi; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+		echo "missing Debian packages: $${missing[*]}"; \
+		echo "install them with: sudo apt-get install -y $${missing[*]}"; \
+		exit 1; \
+	fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "missing packages $${missing[*]} and no apt-get: install them with your package manager"; \
+		exit 1; \
+	fi; \
+	echo "installing $${missing[*]}"; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get update -qq; \
+	apt-get install -y -qq --no-install-recommends "$${missing[@]}"
+
+# FUSE tests mount in this process tree: -p 1 runs one package at a time.
+# TRICOPY_REQUIRE_FUSE makes them fail, not skip, when FUSE is unavailable.
+# test-procs1 reruns the packages that mount FUSE with GOMAXPROCS=1, which
+# shakes out scheduling-dependent hangs (as go-fuse's all.bash does).
+test: deps
+	$(MAKE) --no-print-directory test-go
+	$(MAKE) --no-print-directory test-procs1
+	$(MAKE) --no-print-directory fuzz-short
+
+test-go:
+	TRICOPY_REQUIRE_FUSE=1 $(GO) test -race -count=1 -p 1 -timeout 30m ./...
+
+test-procs1:
+	GOMAXPROCS=1 TRICOPY_REQUIRE_FUSE=1 $(GO) test -count=1 -p 1 -timeout 15m ./fusefs/... ./cmd/...
+
+# fuzz-short finds the Fuzz* targets with `go test -list` in every package
+# that has a Fuzz function in a test file, and fuzzes each for FUZZTIME.
+fuzz-short:
+	@pkgs=$$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}:{{.Dir}}{{end}}' ./...); \
+	n=0; \
+	for pd in $$pkgs; do \
+		pkg=$${pd%%:*}; dir=$${pd#*:}; \
+		grep -qs '^func Fuzz' "$$dir"/*_test.go || continue; \
+		list=$$($(GO) test -list '^Fuzz' "$$pkg"); \
+		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
+			echo "fuzz $$pkg $$target for $(FUZZTIME)"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+			n=$$((n+1)); \
+		done; \
+	done; \
+	echo "fuzz-short: $$n targets fuzzed for $(FUZZTIME) each"
+
+lint:
+	@files=$$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'); \
+	unformatted=$$(grep -v '/testdata/' <<<"$$files" | xargs -r gofmt -l); \
+	if [ -n "$$unformatted" ]; then echo "gofmt -l lists files to format:"; echo "$$unformatted"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+bench: deps build
+	mkdir -p $(BENCHDIR)
+	$(BIN) bench fs --dir $(BENCHDIR)
+
+# run mounts volume "a" (formatted on first use) with configs/local.yaml; the
+# flags put its data and mountpoint under RUNDIR.
+run: deps build
+	@echo "volume a: data in $(RUNDIR)/data/a, mounted at $(RUNDIR)/mnt/a; Ctrl-C unmounts"
+	$(BIN) mount --config configs/local.yaml --data $(RUNDIR)/data/a --mountpoint $(RUNDIR)/mnt/a --size $(RUNSIZE)
+
+clean:
+	rm -rf bin

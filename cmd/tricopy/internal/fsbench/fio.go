@@ -1,0 +1,193 @@
+package fsbench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// fioJob is one fio job on one file of a target.
+type fioJob struct {
+	name     string // job name, also the name of its output file
+	file     string // file name in the target's directory
+	rw       string // fio rw: write, read, randwrite, randread
+	bs       int64  // block size in bytes
+	size     int64  // file size in bytes
+	endFsync bool   // fsync the file at the end, inside the runtime
+	fsync    bool   // fsync after every write
+}
+
+// args returns the fio command line of j in dir, bounded by runtime,
+// writing its JSON report to out.
+func (j fioJob) args(dir string, runtime time.Duration, out string) []string {
+	flag := func(b bool) string {
+		if b {
+			return "1"
+		}
+		return "0"
+	}
+	return []string{
+		"--name=" + j.name,
+		"--directory=" + dir,
+		"--filename=" + j.file,
+		"--rw=" + j.rw,
+		"--bs=" + strconv.FormatInt(j.bs, 10),
+		"--size=" + strconv.FormatInt(j.size, 10),
+		"--ioengine=psync",
+		"--direct=0",
+		"--iodepth=1",
+		"--numjobs=1",
+		"--fallocate=none",
+		"--invalidate=1",
+		"--end_fsync=" + flag(j.endFsync),
+		"--fsync=" + flag(j.fsync),
+		"--runtime=" + strconv.FormatInt(runtime.Milliseconds(), 10) + "ms",
+		"--output-format=json",
+		"--output=" + out,
+	}
+}
+
+// runFio runs job on t and returns what it measured. Cancelling ctx kills
+// fio.
+func (b *bench) runFio(ctx context.Context, t *target, job fioJob) (*FioResult, error) {
+	out := filepath.Join(b.runDir, "fio-"+t.name+"-"+job.name+".json")
+	cmd := exec.CommandContext(ctx, b.fio, job.args(t.dir, b.opts.Runtime, out)...)
+	var stderr bytes.Buffer
+	cmd.Stdout = &stderr
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: fio %s: %w", t.name, job.name, context.Cause(ctx))
+		}
+		return nil, fmt.Errorf("%s: fio %s: %w: %s", t.name, job.name, err, lastLines(stderr.String(), 5))
+	}
+	data, err := os.ReadFile(out)
+	if err != nil {
+		return nil, fmt.Errorf("%s: fio %s: read report: %w", t.name, job.name, err)
+	}
+	if err := os.Remove(out); err != nil {
+		return nil, fmt.Errorf("%s: fio %s: remove report: %w", t.name, job.name, err)
+	}
+	r, err := parseFio(data, job.rw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: fio %s: %w", t.name, job.name, err)
+	}
+	return r, nil
+}
+
+// fioVersion returns the output of fio --version.
+func fioVersion(ctx context.Context, fio string) (string, error) {
+	out, err := exec.CommandContext(ctx, fio, "--version").Output()
+	if err != nil {
+		return "", fmt.Errorf("run fio --version: %w", err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+// lastLines returns the last n lines of s, joined by " | ".
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, " | ")
+}
+
+// fioReport is the part of fio's JSON output (--output-format=json) that
+// fsbench reads.
+type fioReport struct {
+	Version string         `json:"fio version"`
+	Jobs    []fioJobReport `json:"jobs"`
+}
+
+type fioJobReport struct {
+	Name  string      `json:"jobname"`
+	Error int         `json:"error"`
+	Read  fioIOReport `json:"read"`
+	Write fioIOReport `json:"write"`
+	Sync  struct {
+		TotalIOs int64      `json:"total_ios"`
+		Lat      fioLatency `json:"lat_ns"`
+	} `json:"sync"`
+}
+
+type fioIOReport struct {
+	IOBytes   int64      `json:"io_bytes"`
+	RuntimeMS int64      `json:"runtime"`
+	TotalIOs  int64      `json:"total_ios"`
+	Clat      fioLatency `json:"clat_ns"`
+}
+
+// fioLatency is a latency distribution in nanoseconds.
+type fioLatency struct {
+	N          int64              `json:"N"`
+	Mean       float64            `json:"mean"`
+	Percentile map[string]float64 `json:"percentile"`
+}
+
+// percentile returns the p-th percentile (like 99) as a duration, or 0
+// if fio did not report it.
+func (l fioLatency) percentile(p float64) time.Duration {
+	for k, v := range l.Percentile {
+		q, err := strconv.ParseFloat(k, 64)
+		if err == nil && math.Abs(q-p) < 1e-6 {
+			return time.Duration(v)
+		}
+	}
+	return 0
+}
+
+// errFioReport means fio's JSON output is not what fsbench expects.
+var errFioReport = errors.New("unexpected fio report")
+
+// parseFio reads the JSON report of a single fio job whose rw was rw
+// (read, write, randread or randwrite).
+func parseFio(data []byte, rw string) (*FioResult, error) {
+	// fio may print warnings before the JSON document.
+	if i := bytes.IndexByte(data, '{'); i > 0 {
+		data = data[i:]
+	}
+	var rep fioReport
+	if err := json.Unmarshal(data, &rep); err != nil {
+		return nil, fmt.Errorf("decode fio report: %w", err)
+	}
+	if len(rep.Jobs) != 1 {
+		return nil, fmt.Errorf("%w: %d jobs, want 1", errFioReport, len(rep.Jobs))
+	}
+	j := rep.Jobs[0]
+	if j.Error != 0 {
+		return nil, fmt.Errorf("fio job %s failed with error %d", j.Name, j.Error)
+	}
+	dir := j.Write
+	if strings.Contains(rw, "read") {
+		dir = j.Read
+	}
+	if dir.TotalIOs == 0 {
+		return nil, fmt.Errorf("%w: job %s did no %s", errFioReport, j.Name, rw)
+	}
+	// fio reports whole milliseconds; a job shorter than that counts as 1ms.
+	runtime := time.Duration(max(dir.RuntimeMS, 1)) * time.Millisecond
+	return &FioResult{
+		Bytes:       dir.IOBytes,
+		Ops:         dir.TotalIOs,
+		Runtime:     runtime,
+		BytesPerSec: float64(dir.IOBytes) / runtime.Seconds(),
+		IOPS:        float64(dir.TotalIOs) / runtime.Seconds(),
+		ClatMean:    time.Duration(dir.Clat.Mean),
+		ClatP50:     dir.Clat.percentile(50),
+		ClatP99:     dir.Clat.percentile(99),
+		SyncOps:     j.Sync.TotalIOs,
+		SyncMean:    time.Duration(j.Sync.Lat.Mean),
+		SyncP50:     j.Sync.Lat.percentile(50),
+		SyncP99:     j.Sync.Lat.percentile(99),
+	}, nil
+}

@@ -1,0 +1,163 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/fusefs"
+)
+
+// errMirroringUnavailable is the error of a mount given --intermediate
+// before mirroring exists.
+var errMirroringUnavailable = errors.New("mirroring not available yet: leave --intermediate empty for a local-only mount")
+
+func newMountCmd(a *app) *cobra.Command {
+	cfg := configs.DefaultMount()
+	return newCommand(a, commandSpec{
+		use:   "mount",
+		short: "Mount a volume's filesystem with FUSE (primary, local only for now)",
+		long: `Mount serves the filesystem of the volume in --data at --mountpoint with FUSE,
+in the foreground, until it is unmounted.
+
+If --data holds no volume and --size is given, mount first creates a volume of
+that size there and formats it (as tricopy format does); without --size it
+refuses. --size is ignored when a volume exists. The mountpoint directory is
+created if missing. Once the filesystem is mounted, mount prints
+"mounted volume NAME at MNT" on standard output.
+
+SIGINT (Ctrl-C) or SIGTERM unmounts cleanly: mount waits for the operations in
+progress, makes the volume durable and exits 0. If the mountpoint stays busy
+(a shell inside it, an open file), mount says so and waits until it is
+unmounted; a second Ctrl-C exits at once, leaving the mount behind.
+Unmounting from outside (fusermount3 -u MNT, umount MNT) also ends mount
+cleanly.
+
+Every filesystem operation is one atomic batch of block writes on the volume,
+so a crash at any instant leaves a volume that mounts and passes fsck.
+
+--intermediate, --group and --fence configure synchronous mirroring to an
+intermediate cluster; they are checked, but mirroring is not available in this
+version: a non-empty --intermediate is refused (exit 2).`,
+		example: `  tricopy mount --volume a --data /var/lib/tricopy/a --mountpoint /mnt/a
+  tricopy mount --volume a --data /tmp/a --mountpoint /tmp/mnt/a --size 1GiB
+  tricopy mount --config configs/mount.example.yaml --read-only
+  TRICOPY_LOG_LEVEL=debug tricopy mount --config configs/local.yaml`,
+	}, &cfg, runMount)
+}
+
+// runMount is `tricopy mount`.
+func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
+	if len(cfg.Intermediate) > 0 {
+		return &configs.Error{Key: "intermediate", Err: errMirroringUnavailable}
+	}
+	vol, err := openOrCreate(ctx, log, cfg)
+	if err != nil {
+		return err
+	}
+	srv, err := mountVolume(ctx, log, vol, cfg)
+	if err != nil {
+		if cerr := closeVolume(log, vol); cerr != nil {
+			log.Warn("close volume", "err", cerr)
+		}
+		return err
+	}
+	fmt.Fprintf(a.stdout, "mounted volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
+	log.Debug("serving", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "data", cfg.Data, "read_only", cfg.ReadOnly)
+
+	unmounted := make(chan struct{})
+	go func() {
+		srv.Wait()
+		close(unmounted)
+	}()
+	select {
+	case <-unmounted:
+		log.Info("unmounted from outside", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint)
+	case <-ctx.Done():
+		log.Info("unmounting", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "cause", context.Cause(ctx))
+		unmount(log, srv, cfg.Mountpoint, unmounted)
+		log.Info("unmounted", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint)
+	}
+	return closeVolume(log, vol)
+}
+
+// openOrCreate opens the volume of cfg, creating and formatting it first if
+// cfg.Data holds none and cfg.Size is set.
+func openOrCreate(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*blockdev.FileVolume, error) {
+	exists, err := blockdev.Exists(cfg.Data, nil)
+	if err != nil {
+		return nil, err
+	}
+	if !exists {
+		if cfg.Size == 0 {
+			return nil, &configs.Error{Key: "data", Err: fmt.Errorf(
+				"%s holds no volume: pass --size (like --size 1GiB) to create and format one there, or run tricopy format first", cfg.Data)}
+		}
+		if cfg.ReadOnly {
+			return nil, &configs.Error{Key: "read-only", Err: fmt.Errorf(
+				"%s holds no volume, and a read-only mount does not create one: mount once without --read-only, or run tricopy format first", cfg.Data)}
+		}
+		vol, err := createFormatted(ctx, log, cfg.Data, cfg.Size, cfg.Inodes)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("created and formatted volume", "volume", cfg.Volume, "data", cfg.Data, "uuid", vol.UUID(),
+			"size", configs.Size(vol.BlockCount()*blockdev.BlockSize).String(), "blocks", vol.BlockCount())
+		return vol, nil
+	}
+	vol, err := blockdev.Open(cfg.Data, volumeOptions(log))
+	if err != nil {
+		return nil, openError(cfg.Data, err)
+	}
+	if cfg.Size != 0 && sizeBlocks(cfg.Size) != vol.BlockCount() {
+		log.Warn("size ignored: the volume exists", "volume", cfg.Volume, "size", cfg.Size.String(),
+			"volume_size", configs.Size(vol.BlockCount()*blockdev.BlockSize).String())
+	}
+	return vol, nil
+}
+
+// mountVolume creates the mountpoint if needed and mounts vol on it.
+func mountVolume(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume, cfg *configs.Mount) (*fusefs.Server, error) {
+	if err := os.MkdirAll(cfg.Mountpoint, 0o755); err != nil {
+		if errors.Is(err, syscall.ENOTCONN) {
+			return nil, fmt.Errorf("create mountpoint %s: %w (an earlier mount died there: unmount it with fusermount3 -u %s or umount %s)",
+				cfg.Mountpoint, err, cfg.Mountpoint, cfg.Mountpoint)
+		}
+		return nil, fmt.Errorf("create mountpoint %s: %w", cfg.Mountpoint, err)
+	}
+	srv, err := fusefs.Mount(ctx, fusefs.LocalDevice(vol), fusefs.MountOptions{
+		Mountpoint: cfg.Mountpoint,
+		Name:       cfg.Volume,
+		ReadOnly:   cfg.ReadOnly,
+		AllowOther: cfg.AllowOther,
+		Debug:      cfg.DebugFUSE,
+		Logger:     log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("mount volume %s at %s: %w", cfg.Volume, cfg.Mountpoint, err)
+	}
+	return srv, nil
+}
+
+// unmount unmounts srv and returns once the filesystem is unmounted
+// (unmounted is closed). fusefs retries a busy mountpoint for a while; if it
+// gives up, unmount waits for an unmount from outside.
+func unmount(log *slog.Logger, srv *fusefs.Server, mountpoint string, unmounted <-chan struct{}) {
+	select {
+	case <-unmounted:
+		return
+	default:
+	}
+	if err := srv.Unmount(); err != nil {
+		log.Error("unmount failed; waiting for the filesystem to be unmounted: close the files and leave the directories under the mountpoint, "+
+			"then run fusermount3 -u "+mountpoint+" (or press Ctrl-C again to exit and leave it mounted)", "err", err)
+	}
+	<-unmounted
+}

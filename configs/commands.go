@@ -1,0 +1,217 @@
+package configs
+
+import (
+	"net"
+	"strconv"
+)
+
+// Defaults shared by the commands.
+const (
+	// DefaultLogLevel is the default of the log-level key.
+	DefaultLogLevel = "info"
+	// DefaultLogFormat is the default of the log-format key: text when
+	// standard error is a terminal, JSON otherwise.
+	DefaultLogFormat = "auto"
+	// DefaultGroup is the default consistency group.
+	DefaultGroup = "default"
+	// DefaultFence is the default fence level: fail writes that cannot be
+	// mirrored.
+	DefaultFence = "data"
+	// MinVolumeSize is the smallest volume format and mount create.
+	MinVolumeSize = 1 * MiB
+	// MaxNameLen is the longest volume or group name.
+	MaxNameLen = 64
+)
+
+// Common holds the keys every command has.
+type Common struct {
+	// Config names the YAML file read for the other keys.
+	Config string `key:"config" meta:"FILE" help:"read settings from this YAML file; its keys are the flag names"`
+	// LogLevel is the lowest level logged.
+	LogLevel string `key:"log-level" oneof:"debug,info,warn,error" help:"lowest level of the log lines written to standard error"`
+	// LogFormat is auto, text or json; auto is text on a terminal and json
+	// otherwise.
+	LogFormat string `key:"log-format" oneof:"auto,text,json" help:"log line format: text, json, or auto (text when standard error is a terminal, else json)"`
+}
+
+// DefaultCommon returns the defaults of the common keys.
+func DefaultCommon() Common {
+	return Common{LogLevel: DefaultLogLevel, LogFormat: DefaultLogFormat}
+}
+
+// CommonConfig returns the common keys; every command struct has it by
+// embedding Common.
+func (c *Common) CommonConfig() *Common { return c }
+
+// Validate implements Config. The enumerations are checked when loading.
+func (c *Common) Validate() error { return nil }
+
+// Format is the configuration of `tricopy format`.
+type Format struct {
+	// Data is the directory to create the volume in.
+	Data string `key:"data" meta:"DIR" help:"directory to create the volume in (created if missing; must not hold a volume); required"`
+	// Size is the volume size, rounded down to whole blocks.
+	Size Size `key:"size" help:"volume size, like 256MiB, 1GiB, 10GB or 4096; rounded down to whole 4KiB blocks; at least 1MiB; required"`
+	// Inodes is the number of inodes; 0 lets the filesystem pick.
+	Inodes uint64 `key:"inodes" help:"number of inodes (default: one per 16KiB of volume)"`
+	// Common holds the keys every command has.
+	Common
+}
+
+// DefaultFormat returns the defaults of `tricopy format`.
+func DefaultFormat() Format { return Format{Common: DefaultCommon()} }
+
+// Validate implements Config.
+func (c *Format) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if c.Data == "" {
+		return Required("data")
+	}
+	if c.Size == 0 {
+		return Required("size")
+	}
+	return validateVolumeSize("size", c.Size)
+}
+
+// Fsck is the configuration of `tricopy fsck`.
+type Fsck struct {
+	// Data is the directory holding the volume.
+	Data string `key:"data" meta:"DIR" help:"directory holding the volume to check; required"`
+	// JSON prints the report as one JSON object.
+	JSON bool `key:"json" help:"print the report as one JSON object on standard output"`
+	// Common holds the keys every command has.
+	Common
+}
+
+// DefaultFsck returns the defaults of `tricopy fsck`.
+func DefaultFsck() Fsck { return Fsck{Common: DefaultCommon()} }
+
+// Validate implements Config.
+func (c *Fsck) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if c.Data == "" {
+		return Required("data")
+	}
+	return nil
+}
+
+// Mount is the configuration of `tricopy mount`.
+type Mount struct {
+	// Volume names the volume (unique in its group).
+	Volume string `key:"volume" meta:"NAME" help:"volume name, unique in its group (letters, digits, '.', '_', '-'); required"`
+	// Data is the directory holding the volume.
+	Data string `key:"data" meta:"DIR" help:"directory holding the volume; with --size, a volume is created there if it holds none; required"`
+	// Mountpoint is the directory to mount on; created if missing.
+	Mountpoint string `key:"mountpoint" meta:"MNT" help:"directory to mount the filesystem on (created if missing); required"`
+	// Size, when not 0, is the size of the volume to create if Data holds none.
+	Size Size `key:"size" help:"create and format a volume of this size if --data holds none (like 1GiB); ignored when a volume exists"`
+	// Inodes is the inode count of a volume created by mount; 0 lets the
+	// filesystem pick.
+	Inodes uint64 `key:"inodes" help:"number of inodes of a volume created with --size (default: one per 16KiB)"`
+	// ReadOnly mounts the filesystem read-only.
+	ReadOnly bool `key:"read-only" help:"mount read-only"`
+	// AllowOther lets other users use the mount.
+	AllowOther bool `key:"allow-other" help:"let users other than the mounting one use the mount (FUSE allow_other)"`
+	// DebugFUSE logs every FUSE request.
+	DebugFUSE bool `key:"debug-fuse" help:"log every FUSE request and reply (very verbose)"`
+	// Intermediate lists intermediate client addresses; empty means a
+	// local-only mount.
+	Intermediate []string `key:"intermediate" meta:"ADDRS" help:"comma-separated host:port addresses of intermediate nodes to mirror every write to (not available yet; leave empty for a local-only mount)"`
+	// Group is the consistency group of the volume.
+	Group string `key:"group" meta:"G" help:"consistency group of the volume (used with --intermediate)"`
+	// Fence is the fence level: data or never.
+	Fence string `key:"fence" oneof:"data,never" help:"when the intermediate is unreachable: data fails the write (EIO), never continues locally and marks the bitmap (used with --intermediate)"`
+	// Common holds the keys every command has.
+	Common
+}
+
+// DefaultMount returns the defaults of `tricopy mount`.
+func DefaultMount() Mount {
+	return Mount{Common: DefaultCommon(), Group: DefaultGroup, Fence: DefaultFence}
+}
+
+// Validate implements Config.
+func (c *Mount) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if c.Volume == "" {
+		return Required("volume")
+	}
+	if err := validateName("volume", c.Volume); err != nil {
+		return err
+	}
+	if c.Data == "" {
+		return Required("data")
+	}
+	if c.Mountpoint == "" {
+		return Required("mountpoint")
+	}
+	if c.Size != 0 {
+		if err := validateVolumeSize("size", c.Size); err != nil {
+			return err
+		}
+	}
+	if err := validateName("group", c.Group); err != nil {
+		return err
+	}
+	for _, a := range c.Intermediate {
+		if err := validateAddr("intermediate", a); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// validateVolumeSize checks a volume size against MinVolumeSize.
+func validateVolumeSize(key string, s Size) error {
+	if s < MinVolumeSize {
+		return Invalid(key, "%s is below the minimum volume size %s", s, MinVolumeSize)
+	}
+	return nil
+}
+
+// validateName checks a volume or group name: 1 to MaxNameLen letters,
+// digits, '.', '_' or '-', not starting with '.' or '-'. Names appear in
+// mount options, file names and log lines, so nothing else is allowed.
+func validateName(key, name string) error {
+	if name == "" {
+		return Required(key)
+	}
+	if len(name) > MaxNameLen {
+		return Invalid(key, "name %q is longer than %d bytes", name, MaxNameLen)
+	}
+	for i, r := range name {
+		ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' ||
+			r == '_' || (i > 0 && (r == '.' || r == '-'))
+		if !ok {
+			return Invalid(key, "name %q: character %q at %d not allowed (use letters, digits, '.', '_', '-'; start with a letter, digit or '_')", name, r, i)
+		}
+	}
+	return nil
+}
+
+// validateAddr checks a host:port address.
+func validateAddr(key, addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return Invalid(key, "address %q: want host:port: %v", addr, err)
+	}
+	if host == "" {
+		return Invalid(key, "address %q: empty host", addr)
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return Invalid(key, "address %q: port %q is not a number from 1 to 65535", addr, port)
+	}
+	return nil
+}
+
+var (
+	_ Config = (*Format)(nil)
+	_ Config = (*Fsck)(nil)
+	_ Config = (*Mount)(nil)
+)

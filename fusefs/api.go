@@ -1,0 +1,82 @@
+package fusefs
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+
+	"github.com/tricopy/tricopy/blockdev"
+)
+
+// Device is where the filesystem reads its blocks and sends its batches.
+//
+// The filesystem calls Commit with its commit lock held, once per
+// operation, in the order its in-memory state changed; Commit must apply the
+// batch after every batch committed before it and return quickly. The
+// returned Ack is called without the lock; the operation reports success to
+// the kernel only when Ack returns nil. A nil Ack means the batch is already
+// as durable as the device promises.
+type Device interface {
+	blockdev.Reader
+	// Commit applies b after every batch committed before it.
+	Commit(ctx context.Context, b *blockdev.Batch) (Ack, error)
+	// Sync makes every committed batch durable (fsync).
+	Sync(ctx context.Context) error
+}
+
+// Ack waits until a committed batch is acknowledged by the device.
+type Ack func(ctx context.Context) error
+
+// LocalDevice returns a Device that applies batches to v directly; a batch
+// is durable after Sync.
+func LocalDevice(v blockdev.Volume) Device { return localDevice{v} }
+
+type localDevice struct{ blockdev.Volume }
+
+func (d localDevice) Commit(ctx context.Context, b *blockdev.Batch) (Ack, error) {
+	return nil, d.Apply(ctx, b, blockdev.ApplyOptions{})
+}
+
+// FormatOptions tune Format.
+type FormatOptions struct {
+	// Inodes is the number of inodes; 0 picks one per DefaultBytesPerInode.
+	Inodes uint64
+}
+
+// Report is the result of Check. Its JSON form is printed by `tricopy fsck --json`.
+type Report struct {
+	// Clean is true when no problem was found.
+	Clean bool `json:"clean"`
+	// Problems lists every violated invariant, one sentence each.
+	Problems []string `json:"problems"`
+	// Blocks and FreeBlocks count volume blocks.
+	Blocks     uint64 `json:"blocks"`
+	FreeBlocks uint64 `json:"free_blocks"`
+	// Inodes and FreeInodes count inode slots.
+	Inodes     uint64 `json:"inodes"`
+	FreeInodes uint64 `json:"free_inodes"`
+	// Files, Directories, Symlinks and Others count reachable inodes by type.
+	Files       uint64 `json:"files"`
+	Directories uint64 `json:"directories"`
+	Symlinks    uint64 `json:"symlinks"`
+	Others      uint64 `json:"others"`
+}
+
+// MountOptions configure Mount.
+type MountOptions struct {
+	// Mountpoint is the directory to mount on.
+	Mountpoint string
+	// Name names the volume in the mount table (fsname "tricopy:NAME").
+	Name string
+	// ReadOnly mounts the filesystem read-only.
+	ReadOnly bool
+	// AllowOther lets users other than the mounting one use the mount.
+	AllowOther bool
+	// Debug logs every FUSE request.
+	Debug bool
+	// Logger receives the filesystem's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// ErrNotImplemented is temporary.
+var ErrNotImplemented = errors.New("not implemented")

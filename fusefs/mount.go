@@ -1,0 +1,90 @@
+package fusefs
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	gofs "github.com/hanwen/go-fuse/v2/fs"
+	"github.com/hanwen/go-fuse/v2/fuse"
+)
+
+// Server is a mounted filesystem.
+type Server struct {
+	srv  *fuse.Server
+	fs   *filesystem
+	opts MountOptions
+	once sync.Once
+	err  error
+}
+
+// MountArgs returns the go-fuse options tricopy mounts with. The benchmark
+// yardstick uses the same ones so the comparison is fair.
+func MountArgs(name string, readOnly, allowOther, debug bool) *gofs.Options {
+	timeout := attrTimeout
+	o := &gofs.Options{
+		EntryTimeout:    &timeout,
+		AttrTimeout:     &timeout,
+		NegativeTimeout: &timeout,
+		MountOptions: fuse.MountOptions{
+			FsName:        "tricopy:" + name,
+			Name:          "tricopy",
+			DirectMount:   true,
+			AllowOther:    allowOther,
+			Debug:         debug,
+			MaxWrite:      1 << 20,
+			MaxReadAhead:  1 << 20,
+			Options:       []string{"default_permissions"},
+			DisableXAttrs: false,
+		},
+	}
+	if readOnly {
+		o.MountOptions.Options = append(o.MountOptions.Options, "ro")
+	}
+	return o
+}
+
+// Mount loads the filesystem on dev and mounts it at opts.Mountpoint. It
+// returns once the kernel serves the mount.
+func Mount(ctx context.Context, dev Device, opts MountOptions) (*Server, error) {
+	f, err := openFS(ctx, dev, engineOptions{readOnly: opts.ReadOnly, log: opts.Logger})
+	if err != nil {
+		return nil, fmt.Errorf("open filesystem: %w", err)
+	}
+	root := &node{fs: f, ino: rootIno, gen: 1}
+	o := MountArgs(opts.Name, opts.ReadOnly, opts.AllowOther, opts.Debug)
+	o.RootStableAttr = &gofs.StableAttr{Ino: rootIno, Gen: 1}
+	srv, err := gofs.Mount(opts.Mountpoint, root, o)
+	if err != nil {
+		return nil, fmt.Errorf("mount %q: %w", opts.Mountpoint, err)
+	}
+	f.log.Info("mounted", "mountpoint", opts.Mountpoint, "volume", opts.Name, "blocks", f.sb.blocks, "inodes", f.sb.inodes)
+	return &Server{srv: srv, fs: f, opts: opts}, nil
+}
+
+// Wait blocks until the filesystem is unmounted (by Unmount or externally).
+func (s *Server) Wait() { s.srv.Wait() }
+
+// Unmount unmounts the filesystem, retrying while it is busy for up to
+// 10 seconds, waits until every operation has finished, and syncs the device.
+func (s *Server) Unmount() error {
+	s.once.Do(func() {
+		var err error
+		for i := 0; i < 100; i++ {
+			if err = s.srv.Unmount(); err == nil {
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err != nil {
+			s.err = fmt.Errorf("unmount %q: %w", s.opts.Mountpoint, err)
+			return
+		}
+		s.srv.Wait()
+		if err := s.fs.sync(context.Background()); err != nil {
+			s.err = fmt.Errorf("sync after unmount: %w", err)
+		}
+	})
+	return s.err
+}
