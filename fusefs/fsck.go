@@ -322,6 +322,9 @@ func (c *checker) walkMap(ino uint32, in *inode, fn func(lblk uint64, e entry, i
 		if !c.claim(ino, e.blk) {
 			return nil
 		}
+		if e.sum == zeroSum {
+			return fn(lblk, e, false) // allocated, reads as zeros, content unused
+		}
 		if err := c.r.ReadBlock(uint64(e.blk), buf); err != nil {
 			return fmt.Errorf("read block %d: %w", e.blk, err)
 		}
@@ -385,6 +388,10 @@ func (c *checker) walkMap(ino uint32, in *inode, fn func(lblk uint64, e entry, i
 // readFileBlock reads a logical block the way the filesystem does.
 func (c *checker) readFileBlock(in *inode, ino uint32, lblk uint64, p []byte) error {
 	return readFileBlock(c, func(blk, sum uint32, p []byte) error {
+		if sum == zeroSum {
+			clear(p)
+			return nil
+		}
 		if err := c.r.ReadBlock(uint64(blk), p); err != nil {
 			return fmt.Errorf("read block %d: %w", blk, err)
 		}

@@ -2,7 +2,7 @@ package fusefs
 
 import (
 	"context"
-	"slices"
+	"fmt"
 	"strconv"
 	"syscall"
 )
@@ -763,34 +763,141 @@ func (fs *filesystem) read(ino uint32, p []byte, off int64) (int, error) {
 	return fs.readAt(&in, ino, p, uint64(off))
 }
 
-// readAt reads committed file content; the caller holds fs.mu.
+// readAt reads committed file content; the caller holds fs.mu. Full
+// blocks go straight into p; physically consecutive blocks are read with
+// one device call.
 func (fs *filesystem) readAt(in *inode, ino uint32, p []byte, off uint64) (int, error) {
-	if off >= in.size {
+	if off >= in.size || len(p) == 0 {
 		return 0, nil
 	}
 	p = p[:min(uint64(len(p)), in.size-off)]
-	var tmp []byte
-	done := 0
-	for done < len(p) {
-		pos := off + uint64(done)
-		lblk, boff := pos/bs, int(pos%bs)
-		n := min(bs-boff, len(p)-done)
-		dst := p[done : done+n]
-		if n < bs {
-			if tmp == nil {
-				tmp = make([]byte, bs)
-			}
-			dst = tmp
-		}
-		if err := readFileBlock(fs, fs.readData, in, ino, lblk, dst); err != nil {
-			return done, err
-		}
-		if n < bs {
-			copy(p[done:done+n], tmp[boff:])
-		}
-		done += n
+	first := off / bs
+	n := int((off+uint64(len(p))-1)/bs - first + 1)
+	ents := make([]entry, n)
+	if err := fileEntries(fs, in, ino, first, ents); err != nil {
+		return 0, err
 	}
-	return done, nil
+	// Blocks [0, direct) of the range land in p itself; the rest (a
+	// partial head or tail) go through tmp.
+	direct := 0
+	if off%bs == 0 {
+		direct = len(p) / bs
+	}
+	var tmp []byte
+	for i := 0; i < n; {
+		if ents[i].blk == 0 || ents[i].sum == zeroSum {
+			if i < direct {
+				clear(p[i*bs : (i+1)*bs])
+			} else {
+				fs.copyOut(p, off, first, i, make([]byte, bs))
+			}
+			i++
+			continue
+		}
+		j := i + 1
+		for j < n && j-i < maxRunBlocks && ents[j].blk == ents[j-1].blk+1 && ents[j].sum != zeroSum && (j < direct) == (i < direct) {
+			j++
+		}
+		var buf []byte
+		if i < direct {
+			buf = p[i*bs : j*bs]
+		} else {
+			if len(tmp) < (j-i)*bs {
+				tmp = make([]byte, (j-i)*bs)
+			}
+			buf = tmp[:(j-i)*bs]
+		}
+		if err := fs.readRun(uint64(ents[i].blk), buf); err != nil {
+			return 0, err
+		}
+		for k := i; k < j; k++ {
+			blk := buf[(k-i)*bs : (k-i+1)*bs]
+			if got := crc(blk); got != ents[k].sum {
+				return 0, corruptf("inode %d block %d (logical %d): checksum %08x, want %08x", ino, ents[k].blk, first+uint64(k), got, ents[k].sum)
+			}
+			if k >= direct {
+				fs.copyOut(p, off, first, k, blk)
+			}
+		}
+		i = j
+	}
+	return len(p), nil
+}
+
+// maxRunBlocks bounds one device read.
+const maxRunBlocks = 256
+
+// copyOut copies the part of logical block first+k (content blk) that
+// falls in the read of p at off.
+func (fs *filesystem) copyOut(p []byte, off, first uint64, k int, blk []byte) {
+	start := (first + uint64(k)) * bs // file offset of the block
+	lo, hi := max(start, off), min(start+bs, off+uint64(len(p)))
+	copy(p[lo-off:hi-off], blk[lo-start:hi-start])
+}
+
+// rangeReader is a device that reads consecutive blocks in one call.
+type rangeReader interface {
+	// ReadBlocks reads len(p)/BlockSize blocks starting at first into p.
+	ReadBlocks(first uint64, p []byte) error
+}
+
+// readRun reads consecutive blocks from the device.
+func (fs *filesystem) readRun(first uint64, p []byte) error {
+	if rr, ok := fs.dev.(rangeReader); ok {
+		if err := rr.ReadBlocks(first, p); err != nil {
+			return fmt.Errorf("read blocks %d-%d: %w", first, first+uint64(len(p)/bs)-1, err)
+		}
+		return nil
+	}
+	for i := 0; i < len(p)/bs; i++ {
+		if err := fs.dev.ReadBlock(first+uint64(i), p[i*bs:(i+1)*bs]); err != nil {
+			return fmt.Errorf("read block %d: %w", first+uint64(i), err)
+		}
+	}
+	return nil
+}
+
+// fileEntries fills out with the map entries of logical blocks first,
+// first+1, ...; each leaf map block is read once.
+func fileEntries(r metaReader, in *inode, ino uint32, first uint64, out []entry) error {
+	var leafKey [4]int
+	var leaf []byte
+	haveLeaf := false
+	for i := range out {
+		level, root, idx, err := mapPath(first + uint64(i))
+		if err != nil {
+			return err
+		}
+		if level == 0 {
+			out[i] = in.direct[root]
+			continue
+		}
+		// The leaf is named by the level and every index but the last.
+		key := [4]int{level, idx[0], idx[1], idx[2]}
+		key[level] = 0
+		if !haveLeaf || key != leafKey {
+			leafKey, haveLeaf = key, true
+			leaf = nil
+			e := in.ind[root]
+			for l := 0; l < level && e.blk != 0; l++ {
+				p, err := r.readMeta(e.blk, mapCheck(ino, e.blk))
+				if err != nil {
+					return err
+				}
+				if l == level-1 {
+					leaf = p
+					break
+				}
+				e = getEntry(p[8*idx[l]:])
+			}
+		}
+		if leaf == nil {
+			out[i] = entry{}
+			continue
+		}
+		out[i] = getEntry(leaf[8*idx[level-1]:])
+	}
+	return nil
 }
 
 // Fallocate modes (linux/falloc.h).
@@ -860,14 +967,20 @@ func (fs *filesystem) allocate(ctx context.Context, ino uint32, off, length uint
 		if mode&fallocKeepSize != 0 {
 			limit = min(end, in.size)
 		}
-		zero := make([]byte, bs)
+		// Holes get blocks that read as zeros (entry CRC zeroSum) without
+		// being written: the batch holds only map and bitmap blocks.
 		for lblk := off / bs; lblk*bs < limit; lblk++ {
 			e, err := lookupEntry(t, in, ino, lblk)
 			if err != nil {
 				return err
 			}
 			if e.blk == 0 {
-				if err := t.writeFileBlock(in, ino, lblk, slices.Clone(zero), false); err != nil {
+				blk, err := t.allocBlock(uint32(t.nextBlock))
+				if err != nil {
+					return err
+				}
+				in.blocks++
+				if err := t.setEntry(in, ino, lblk, entry{blk: blk, sum: zeroSum}); err != nil {
 					return err
 				}
 			}

@@ -138,6 +138,9 @@ type tx struct {
 	dirs   map[uint32]*dirTx // pending directory index changes
 	after  []func()          // in-memory index updates run after a successful commit
 	now    int64
+	// Allocation cursors of this tx: searches continue where the last one
+	// ended instead of rescanning the tx's own allocations.
+	nextBlock, nextIno uint64
 }
 
 func (fs *filesystem) begin() *tx {
@@ -147,8 +150,10 @@ func (fs *filesystem) begin() *tx {
 		meta:   make(map[uint32]bool),
 		inodes: make(map[uint32]*inode),
 		balloc: make(map[uint32]bool),
-		ialloc: make(map[uint32]bool),
-		now:    fs.clock(),
+		ialloc:    make(map[uint32]bool),
+		now:       fs.clock(),
+		nextBlock: fs.nextBlock,
+		nextIno:   fs.nextIno,
 	}
 }
 
@@ -215,7 +220,16 @@ func (t *tx) readData(blk, sum uint32, p []byte) error {
 	return t.fs.readData(blk, sum, p)
 }
 
+// zeroSum is the CRC of a block of zeros. A map entry with this CRC reads
+// as zeros without reading the block: fallocate allocates blocks that way
+// without writing them (ext4 calls them unwritten extents).
+var zeroSum = crc(make([]byte, bs))
+
 func (fs *filesystem) readData(blk, sum uint32, p []byte) error {
+	if sum == zeroSum {
+		clear(p)
+		return nil
+	}
 	if err := fs.dev.ReadBlock(uint64(blk), p); err != nil {
 		return fmt.Errorf("read block %d: %w", blk, err)
 	}
@@ -242,7 +256,7 @@ func (t *tx) inode(ino uint32) (*inode, error) {
 func (t *tx) allocBlock(goal uint32) (uint32, error) {
 	fs := t.fs
 	if uint64(goal) < fs.sb.dataStart || uint64(goal) >= fs.sb.blocks {
-		goal = uint32(fs.nextBlock)
+		goal = uint32(t.nextBlock)
 	}
 	i, ok := fs.bmap.findFree(uint64(goal), func(i uint64) bool {
 		_, touched := t.balloc[uint32(i)]
@@ -252,6 +266,7 @@ func (t *tx) allocBlock(goal uint32) (uint32, error) {
 		return 0, errNoSpace
 	}
 	t.balloc[uint32(i)] = true
+	t.nextBlock = i + 1
 	return uint32(i), nil
 }
 
@@ -271,7 +286,7 @@ func (t *tx) freeBlock(blk uint32) {
 // allocInode allocates an inode number.
 func (t *tx) allocInode() (uint32, error) {
 	fs := t.fs
-	i, ok := fs.imap.findFree(fs.nextIno, func(i uint64) bool {
+	i, ok := fs.imap.findFree(t.nextIno, func(i uint64) bool {
 		_, touched := t.ialloc[uint32(i)]
 		return touched
 	})
@@ -279,6 +294,7 @@ func (t *tx) allocInode() (uint32, error) {
 		return 0, errNoInodes
 	}
 	t.ialloc[uint32(i)] = true
+	t.nextIno = i + 1
 	return uint32(i), nil
 }
 
