@@ -8,7 +8,26 @@
 // Durability point: Apply makes a batch visible to readers of the volume at
 // once, but durable (surviving a crash or power loss) only after a later Sync
 // returns nil. A batch applied with ApplyOptions.Sync set is durable when
-// Apply returns.
+// Apply returns. Close does not sync. When Apply or Sync returns an error, the
+// batches not yet synced, the failed one included, may or may not survive a
+// crash (each whole or not at all, still as a prefix).
+//
+// Implementations:
+//
+//   - FileVolume (Create, Open) stores a volume in a directory, with atomic
+//     batches by a write-ahead intent log; after an I/O error it refuses
+//     every further write (fail-stop, ErrFailed). docs/ARCHITECTURE.md
+//     describes its files, its recovery and its guarantees.
+//   - MemVolume (NewMem) is the in-memory durability oracle for tests: it
+//     forgets unsynced batches on Crash.
+//   - Faulty wraps any Volume and fails chosen calls with ErrInjected.
+//
+// Every disk touch of FileVolume and of bitmap persistence goes through the
+// FS seam: OSFS in production, MemFS (a strict in-memory file system that
+// loses what was not synced on Crash) and FaultFS (fault injection) in tests.
+//
+// Bitmap is the dirty-region bitmap of a volume, with atomic persistence
+// (SaveBitmap, LoadBitmap).
 package blockdev
 
 import (

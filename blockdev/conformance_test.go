@@ -138,6 +138,7 @@ func runConformance(t *testing.T, h harness) {
 			}
 			m.apply(b)
 			m.check(t, v)
+			checkRange(t, v, m)
 			if i%10 == 9 {
 				if err := v.Sync(ctx); err != nil {
 					t.Fatal(err)
@@ -175,6 +176,14 @@ func runConformance(t *testing.T, h harness) {
 		}
 		if err := v.ReadBlock(0, make([]byte, BlockSize+1)); !errors.Is(err, ErrBadBlock) {
 			t.Errorf("ReadBlock with long buffer = %v, want ErrBadBlock", err)
+		}
+		if rr, ok := v.(RangeReader); ok {
+			if err := rr.ReadBlocks(blocks-1, make([]byte, 2*BlockSize)); !errors.Is(err, ErrOutOfRange) {
+				t.Errorf("ReadBlocks past the end = %v, want ErrOutOfRange", err)
+			}
+			if err := rr.ReadBlocks(0, make([]byte, BlockSize+1)); !errors.Is(err, ErrBadBlock) {
+				t.Errorf("ReadBlocks with ragged buffer = %v, want ErrBadBlock", err)
+			}
 		}
 		good := Write{Index: 1, Data: stampBlock(1, 1)}
 		for _, tc := range []struct {
@@ -241,6 +250,28 @@ func runConformance(t *testing.T, h harness) {
 					case <-done:
 						return
 					default:
+					}
+					if rr, ok := v.(RangeReader); ok && r%2 == 1 {
+						// FileVolume reads a run under one lock: all its
+						// blocks come from one batch.
+						run := make([]byte, span*BlockSize)
+						if err := rr.ReadBlocks(0, run); err != nil {
+							errs <- err
+							return
+						}
+						stamp := binary.LittleEndian.Uint64(run)
+						for i := 8; i < len(run); i += 8 {
+							if binary.LittleEndian.Uint64(run[i:]) != stamp {
+								errs <- fmt.Errorf("run torn at byte %d: stamps %d and %d", i, stamp, binary.LittleEndian.Uint64(run[i:]))
+								return
+							}
+						}
+						if stamp < seen {
+							errs <- fmt.Errorf("run has stamp %d after stamp %d was seen", stamp, seen)
+							return
+						}
+						seen = stamp
+						continue
 					}
 					idx := rng.Uint64N(span)
 					if err := v.ReadBlock(idx, p); err != nil {
@@ -341,4 +372,29 @@ func runConformance(t *testing.T, h harness) {
 			t.Errorf("second Close = %v, want ErrClosed", err)
 		}
 	})
+}
+
+// checkRange checks, if v implements RangeReader, that runs of blocks read
+// with ReadBlocks match the model.
+func checkRange(t *testing.T, v Volume, m *model) {
+	t.Helper()
+	rr, ok := v.(RangeReader)
+	if !ok {
+		return
+	}
+	for _, run := range [][2]uint64{{0, m.blocks}, {1, 7}, {m.blocks - 1, 1}} {
+		p := make([]byte, run[1]*BlockSize)
+		if err := rr.ReadBlocks(run[0], p); err != nil {
+			t.Fatalf("ReadBlocks(%d, %d blocks): %v", run[0], run[1], err)
+		}
+		for i := range run[1] {
+			want, ok := m.data[run[0]+i]
+			if !ok {
+				want = make([]byte, BlockSize)
+			}
+			if got := p[i*BlockSize : (i+1)*BlockSize]; string(got) != string(want) {
+				t.Fatalf("ReadBlocks(%d, %d blocks): block %d = %s, want %s", run[0], run[1], run[0]+i, describe(got), describe(want))
+			}
+		}
+	}
 }

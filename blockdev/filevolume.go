@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -64,7 +65,7 @@ const maxKeptBuffer = 4 << 20
 const maxRunBlocks = 256
 
 // FileVolume is a Volume stored in a directory of an FS, with atomic batches
-// by a write-ahead intent log; see DESIGN_NOTES.md for the layout, the
+// by a write-ahead intent log; see docs/ARCHITECTURE.md for the layout, the
 // recovery and the guarantees.
 //
 // Apply appends the batch's record to the intent log with one write and
@@ -93,6 +94,7 @@ type FileVolume struct {
 	logSize  int64  // offset of the next record
 	gen      uint64 // generation of the log file
 	nextSeq  uint64 // seq of the next record
+	synced   uint64 // every record with seq <= synced is durable
 	logDirty bool   // records were written since the last fsync of the log
 	failed   error  // the error that failed the volume
 	buf      []byte // record encoding buffer
@@ -317,6 +319,7 @@ func (v *FileVolume) recover() error {
 		return fmt.Errorf("intent log %q belongs to volume %s, not %s: %w", logPath, formatUUID(hdr.uuid), formatUUID(v.uuid), ErrCorrupt)
 	}
 	v.gen, v.nextSeq, v.logSize = hdr.gen, hdr.startSeq, logHeaderSize
+	v.synced = hdr.startSeq - 1 // older generations are in the data file
 	if size == logHeaderSize {
 		return nil
 	}
@@ -330,6 +333,14 @@ func (v *FileVolume) recover() error {
 		case err == nil:
 		case errors.Is(err, errEndOfLog):
 		case errors.As(err, &tail):
+			claim, cerr := lr.syncClaim(f)
+			if cerr != nil {
+				return fmt.Errorf("read intent log %q: %w", logPath, cerr)
+			}
+			if claim != 0 {
+				return fmt.Errorf("intent log %q record seq %d at offset %d: %s, but record seq %d says it was synced: %w",
+					logPath, lr.seq, lr.off, tail.reason, claim, ErrCorrupt)
+			}
 			v.logger.Info("discarding intent log tail", "offset", lr.off, "bytes", size-lr.off, "reason", tail.reason, "seq", lr.seq)
 		default:
 			return fmt.Errorf("intent log %q record seq %d at offset %d: %w", logPath, lr.seq, lr.off, err)
@@ -356,7 +367,7 @@ func (v *FileVolume) recover() error {
 		return err
 	}
 	v.closeLog()
-	v.logf, v.gen, v.nextSeq = nf, hdr.gen+1, lr.seq
+	v.logf, v.gen, v.nextSeq, v.synced = nf, hdr.gen+1, lr.seq, lr.seq-1
 	v.logger.Info("recovered intent log", "records", records, "writes", writes, "next_seq", lr.seq, "generation", v.gen)
 	return nil
 }
@@ -516,6 +527,9 @@ func (v *FileVolume) Apply(ctx context.Context, b *Batch, opts ApplyOptions) err
 	if err := b.Validate(v.blocks); err != nil {
 		return fmt.Errorf("apply to volume %q: %w", v.dir, err)
 	}
+	if uint64(len(b.Writes)) > math.MaxUint32 {
+		return fmt.Errorf("apply to volume %q: batch of %d writes exceeds %d", v.dir, len(b.Writes), uint32(math.MaxUint32))
+	}
 	if len(b.Writes) > 0 {
 		if err := v.appendLocked(b); err != nil {
 			return fmt.Errorf("apply to volume %q: %w", v.dir, v.fail(err))
@@ -537,7 +551,7 @@ func (v *FileVolume) Apply(ctx context.Context, b *Batch, opts ApplyOptions) err
 // appendLocked writes the record of b to the log and adds its blocks to the
 // overlay.
 func (v *FileVolume) appendLocked(b *Batch) error {
-	v.buf = appendRecord(v.buf, v.gen, v.nextSeq, b)
+	v.buf = appendRecord(v.buf, v.gen, v.nextSeq, v.synced, b)
 	n, err := v.logf.WriteAt(v.buf, v.logSize)
 	if err == nil && n != len(v.buf) {
 		err = io.ErrShortWrite
@@ -584,6 +598,7 @@ func (v *FileVolume) syncLocked() error {
 		return fmt.Errorf("sync intent log %q: %w", v.path(logName), err)
 	}
 	v.logDirty = false
+	v.synced = v.nextSeq - 1
 	return nil
 }
 
@@ -628,7 +643,7 @@ func (v *FileVolume) checkpointLocked() error {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
 	v.closeLog()
-	v.logf, v.gen, v.logSize = nf, v.gen+1, logHeaderSize
+	v.logf, v.gen, v.logSize, v.synced = nf, v.gen+1, logHeaderSize, v.nextSeq-1
 	v.rw.Lock()
 	clear(v.overlay)
 	v.rw.Unlock()

@@ -12,7 +12,7 @@ import (
 )
 
 // On-disk formats of a volume directory. Every integer is little-endian.
-// DESIGN_NOTES.md describes them in prose.
+// docs/ARCHITECTURE.md describes them in prose.
 
 // castagnoli is the CRC-32C table used by every checksum of this package.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -135,6 +135,9 @@ func decodeLogHeader(b []byte) (logHeader, error) {
 	copy(h.uuid[:], b[16:32])
 	h.gen = binary.LittleEndian.Uint64(b[32:])
 	h.startSeq = binary.LittleEndian.Uint64(b[40:])
+	if h.gen == 0 || h.startSeq == 0 {
+		return h, fmt.Errorf("header: generation %d, start seq %d: %w", h.gen, h.startSeq, ErrCorrupt)
+	}
 	return h, nil
 }
 
@@ -144,12 +147,14 @@ func decodeLogHeader(b []byte) (logHeader, error) {
 //	4  count   uint32, number of writes, > 0
 //	8  gen     uint64, the log header's gen
 //	16 seq     uint64, start seq + position of the record in the log
-//	24 indexes [count]uint64
+//	24 synced  uint64, every record with seq <= synced was durable (fsynced)
+//	           when this one was written; < seq
+//	32 indexes [count]uint64
 //	.. data    [count][BlockSize]byte
 //	.. crc32c  uint32 over every byte of the record before it
 const (
 	recordMagic      = 0x31524354 // "TCR1"
-	recordHeaderSize = 24
+	recordHeaderSize = 32
 	recordPerBlock   = 8 + BlockSize
 )
 
@@ -158,7 +163,7 @@ func recordSize(count int) int { return recordHeaderSize + count*recordPerBlock 
 
 // appendRecord encodes the record of b into buf[:0], growing it as needed,
 // and returns it.
-func appendRecord(buf []byte, gen, seq uint64, b *Batch) []byte {
+func appendRecord(buf []byte, gen, seq, synced uint64, b *Batch) []byte {
 	size := recordSize(len(b.Writes))
 	if cap(buf) < size {
 		buf = make([]byte, size)
@@ -168,6 +173,7 @@ func appendRecord(buf []byte, gen, seq uint64, b *Batch) []byte {
 	binary.LittleEndian.PutUint32(buf[4:], uint32(len(b.Writes)))
 	binary.LittleEndian.PutUint64(buf[8:], gen)
 	binary.LittleEndian.PutUint64(buf[16:], seq)
+	binary.LittleEndian.PutUint64(buf[24:], synced)
 	idx := buf[recordHeaderSize:]
 	data := buf[recordHeaderSize+8*len(b.Writes):]
 	for i, w := range b.Writes {
@@ -182,6 +188,7 @@ func appendRecord(buf []byte, gen, seq uint64, b *Batch) []byte {
 // buffer and are valid until the next call to next.
 type logRecord struct {
 	seq     uint64
+	synced  uint64
 	offset  int64
 	indexes []byte // count little-endian uint64s
 	data    []byte // count blocks
@@ -272,9 +279,13 @@ func (lr *logReader) next() (*logRecord, error) {
 	}
 	rec := &logRecord{
 		seq:     lr.seq,
+		synced:  binary.LittleEndian.Uint64(buf[24:]),
 		offset:  lr.off,
 		indexes: buf[recordHeaderSize : recordHeaderSize+8*count],
 		data:    buf[recordHeaderSize+8*count : size-4],
+	}
+	if rec.synced >= rec.seq {
+		return nil, fmt.Errorf("record seq %d claims records up to seq %d synced: %w", rec.seq, rec.synced, ErrCorrupt)
 	}
 	for i := range rec.count() {
 		if idx := rec.index(i); idx >= lr.blocks {
@@ -284,6 +295,45 @@ func (lr *logReader) next() (*logRecord, error) {
 	lr.off += int64(size)
 	lr.seq++
 	return rec, nil
+}
+
+// syncClaim looks, past the record at lr.off where the valid records stop,
+// for an intact record of the same generation that says the stopping record
+// was durable when it was written. Such a record proves that the stopping
+// record was damaged after it was synced, not torn by a crash. The walk
+// follows the record lengths of the headers from lr.off and gives up where
+// a header is implausible. It returns the seq of the claiming record, or 0.
+func (lr *logReader) syncClaim(f io.ReaderAt) (uint64, error) {
+	var hdr [recordHeaderSize]byte
+	var buf []byte
+	for off := lr.off; lr.size-off >= int64(recordSize(1)); {
+		if err := readFull(f, hdr[:], off); err != nil {
+			return 0, err
+		}
+		count := int64(binary.LittleEndian.Uint32(hdr[4:]))
+		if binary.LittleEndian.Uint32(hdr[0:]) != recordMagic || count == 0 ||
+			count > (lr.size-off-recordHeaderSize-4)/recordPerBlock {
+			return 0, nil
+		}
+		size := recordSize(int(count))
+		gen := binary.LittleEndian.Uint64(hdr[8:])
+		seq := binary.LittleEndian.Uint64(hdr[16:])
+		synced := binary.LittleEndian.Uint64(hdr[24:])
+		if gen == lr.gen && seq > lr.seq && synced >= lr.seq && synced < seq {
+			if cap(buf) < size {
+				buf = make([]byte, size)
+			}
+			buf = buf[:size]
+			if err := readFull(f, buf, off); err != nil {
+				return 0, err
+			}
+			if crc32.Checksum(buf[:size-4], castagnoli) == binary.LittleEndian.Uint32(buf[size-4:]) {
+				return seq, nil
+			}
+		}
+		off += int64(size)
+	}
+	return 0, nil
 }
 
 // readError turns a short read inside the file's known size (the file

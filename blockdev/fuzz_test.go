@@ -48,23 +48,27 @@ func FuzzIntentLog(f *testing.F) {
 		batches := fuzzBatches(spec)
 		hdr := logHeader{uuid: v.uuid, gen: 7, startSeq: 100}
 		log := hdr.encode()
+		// Each record says half of the records before it were synced.
+		synced := func(i int) uint64 { return hdr.startSeq - 1 + uint64(i)/2 }
 		var ends []int
 		for i, b := range batches {
-			log = append(log, appendRecord(nil, hdr.gen, hdr.startSeq+uint64(i), b)...)
+			log = append(log, appendRecord(nil, hdr.gen, hdr.startSeq+uint64(i), synced(i), b)...)
 			ends = append(ends, len(log))
 		}
 		damage := len(log) // offset of the first damaged byte
+		kept := len(log)   // bytes of records kept
 		if int64(cut) < int64(len(log)) {
 			log = log[:cut]
-			damage = int(cut)
+			damage, kept = int(cut), int(cut)
 		}
 		if len(junk) > 0 {
 			log = append(log, junk...)
 		}
+		flipped := -1
 		if flipMask != 0 && len(log) > 0 {
-			at := int(flipAt % uint32(len(log)))
-			log[at] ^= flipMask
-			damage = min(damage, at)
+			flipped = int(flipAt % uint32(len(log)))
+			log[flipped] ^= flipMask
+			damage = min(damage, flipped)
 		}
 		writeMemFile(t, fsys, crashDir+"/"+logName, log)
 
@@ -79,12 +83,27 @@ func FuzzIntentLog(f *testing.F) {
 			}
 			return
 		}
-		if err != nil {
-			t.Fatalf("Open = %v", err)
-		}
 		intact := 0
 		for intact < len(ends) && ends[intact] <= damage {
 			intact++
+		}
+		if errors.Is(err, ErrCorrupt) {
+			// Only a record written after the damaged one was synced, and
+			// left intact, may prove the damage.
+			proven := false
+			for j := intact + 1; j < len(ends); j++ {
+				whole := ends[j] <= kept && (flipped < ends[j-1] || flipped >= ends[j])
+				if whole && synced(j) >= hdr.startSeq+uint64(intact) {
+					proven = true
+				}
+			}
+			if !proven {
+				t.Fatalf("Open = %v, but no intact record says record %d was synced", err, intact)
+			}
+			return
+		}
+		if err != nil {
+			t.Fatalf("Open = %v", err)
 		}
 		m := newModel(fuzzBlocks)
 		digests := [][32]byte{m.digest()}

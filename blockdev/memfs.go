@@ -55,7 +55,8 @@ type memNode struct {
 
 	// Files.
 	data    []byte     // current content
-	synced  []byte     // durable content
+	synced  []byte     // durable content; never modified in place
+	shared  bool       // data may be shared (with synced or a clone): copy before writing
 	pending []memWrite // changes since the last Sync, in order
 	modTime time.Time
 
@@ -159,14 +160,14 @@ func (m *MemFS) crash(rng *rand.Rand) {
 			}
 			return
 		}
-		data := slices.Clone(n.synced)
-		if rng != nil {
+		data := n.synced
+		if rng != nil && len(n.pending) > 0 {
+			data = slices.Clone(data)
 			for _, w := range n.pending {
 				data = w.applyRandom(data, rng)
 			}
 		}
-		n.data = data
-		n.synced = slices.Clone(data)
+		n.data, n.synced, n.shared = data, data, true
 		n.pending = nil
 	}
 	walk(m.root)
@@ -329,7 +330,16 @@ func (m *MemFS) OpenFile(label, name string, flag int, perm fs.FileMode) (File, 
 	}, nil
 }
 
+// mutable prepares n.data to be modified in place.
+func (n *memNode) mutable() {
+	if n.shared {
+		n.data = slices.Clone(n.data)
+		n.shared = false
+	}
+}
+
 func (n *memNode) truncate(size int64) {
+	n.mutable()
 	n.data = resize(n.data, size)
 	n.pending = append(n.pending, memWrite{truncate: true, size: size})
 	n.modTime = time.Now()
@@ -607,6 +617,7 @@ func (f *memFile) WriteAt(p []byte, off int64) (int, error) {
 		return 0, &fs.PathError{Op: "write", Path: f.name, Err: syscall.EINVAL}
 	}
 	n := f.node
+	n.mutable()
 	n.data = writeAt(n.data, p, off)
 	n.pending = append(n.pending, memWrite{off: off, data: slices.Clone(p)})
 	n.modTime = time.Now()
@@ -619,7 +630,8 @@ func (f *memFile) Sync() error {
 	if err := f.begin(OpSync, "sync"); err != nil {
 		return err
 	}
-	f.node.synced = slices.Clone(f.node.data)
+	f.node.synced = f.node.data
+	f.node.shared = true
 	f.node.pending = nil
 	return nil
 }
@@ -672,13 +684,15 @@ func (m *MemFS) Clone() *MemFS {
 		}
 		c := &memNode{
 			dir:        n.dir,
-			data:       slices.Clone(n.data),
-			synced:     slices.Clone(n.synced),
+			data:       n.data,
+			synced:     n.synced,
+			shared:     true,
 			pending:    slices.Clone(n.pending), // the writes' data is never modified
 			modTime:    n.modTime,
 			dirPending: make([]dirOp, len(n.dirPending)),
 		}
 		copies[n] = c
+		n.shared = true
 		if !n.dir {
 			return c
 		}

@@ -29,8 +29,7 @@ func TestCrashDuringTar(t *testing.T) {
 	// point drawn from the seed.
 	frac := 0.2 + 0.6*rand.New(rand.NewPCG(src.seed, 7)).Float64()
 	killAt := usedBytes(t, mnt) + int64(frac*float64(src.bytes))
-	t.Logf("killing tricopy mount once %.0f%% of the tree is written (seed %d; rerun with TRICOPY_E2E_SEED=%d go test -run %s ./e2e/)",
-		100*frac, src.seed, src.seed, t.Name())
+	t.Logf("killing tricopy mount once %.0f%% of the tree is written (drawn from seed %d)", 100*frac, src.seed)
 
 	tar := command(t, "", "tar", "-xf", src.tarball, "-C", dst)
 	var tarOut syncBuffer

@@ -64,12 +64,13 @@ func sourceTree(t testing.TB) *tree {
 			return
 		}
 		theTree = tr
-		t.Logf("generated a tree of %d entries, %d bytes in files, from seed %d (TRICOPY_E2E_SEED) in %v",
-			tr.entries, tr.bytes, seed, time.Since(start).Round(time.Millisecond))
+		t.Logf("generated the source tree in %v", time.Since(start).Round(time.Millisecond))
 	})
 	if treeErr != nil {
 		t.Fatalf("generate source tree: %v", treeErr)
 	}
+	t.Logf("source tree: %d entries, %d bytes in files, seed %d (to reproduce: TRICOPY_E2E_SEED=%d go test -count=1 -run '^%s$' ./e2e/)",
+		theTree.entries, theTree.bytes, theTree.seed, theTree.seed, t.Name())
 	return theTree
 }
 

@@ -459,6 +459,11 @@ func (fs *filesystem) update(ctx context.Context, fn func(t *tx) error) error {
 		fs.mu.Unlock()
 		return syscall.EROFS
 	}
+	// Once an operation starts committing it runs to the end: an interrupt
+	// (a signal to the caller makes the kernel send FUSE_INTERRUPT, which
+	// cancels ctx) must neither fail the filesystem nor report an error for
+	// a batch that was applied.
+	ctx = context.WithoutCancel(ctx)
 	t := fs.begin()
 	err := fn(t)
 	var ack Ack
@@ -481,8 +486,10 @@ func (fs *filesystem) update(ctx context.Context, fn func(t *tx) error) error {
 var errAck = errors.New("batch not acknowledged")
 
 // sync makes every committed batch durable.
+// Like update, it is not cut short by an interrupt: an fsync that returns
+// EIO tells the caller data may be lost.
 func (fs *filesystem) sync(ctx context.Context) error {
-	return fs.dev.Sync(ctx)
+	return fs.dev.Sync(context.WithoutCancel(ctx))
 }
 
 var _ blockdev.Reader = Device(nil)

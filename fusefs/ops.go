@@ -223,20 +223,21 @@ func (fs *filesystem) link(ctx context.Context, ino, dir uint32, name string) (o
 		if err != nil {
 			return err
 		}
+		din, err := t.parentDir(dir)
+		if err != nil {
+			return err
+		}
+		// Linux checks the new name before the file's type.
+		if _, ok, err := t.lookup(dir, name); err != nil {
+			return err
+		} else if ok {
+			return syscall.EEXIST
+		}
 		if in.isDir() {
 			return syscall.EPERM
 		}
 		if in.nlink >= maxLinks {
 			return syscall.EMLINK
-		}
-		din, err := t.parentDir(dir)
-		if err != nil {
-			return err
-		}
-		if _, ok, err := t.lookup(dir, name); err != nil {
-			return err
-		} else if ok {
-			return syscall.EEXIST
 		}
 		if in.nlink == 0 {
 			if err := t.removeEntry(orphanIno, mustInode(t, orphanIno), orphanName(ino)); err != nil {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/hanwen/go-fuse/v2/posixtest"
+	"golang.org/x/sys/unix"
 )
 
 // notPOSIX lists posixtest cases that assert behaviour POSIX does not
@@ -76,9 +77,13 @@ func TestPosixLocksAcrossProcesses(t *testing.T) {
 }
 
 // cmd2 runs lockHelper on p in a child process.
-func cmd2(p string) *exec.Cmd {
+func cmd2(p string) *exec.Cmd { return helperCmd("TRICOPY_LOCK_HELPER", p) }
+
+// helperCmd runs this test binary as a helper process: TestMain sees the
+// variable env set to arg and runs the matching helper instead of tests.
+func helperCmd(env, arg string) *exec.Cmd {
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), "TRICOPY_LOCK_HELPER="+p)
+	cmd.Env = append(os.Environ(), env+"="+arg)
 	return cmd
 }
 
@@ -87,7 +92,36 @@ func TestMain(m *testing.M) {
 		lockHelper(p)
 		return
 	}
+	if p := os.Getenv("TRICOPY_MMAP_HELPER"); p != "" {
+		mmapHelper(p)
+		return
+	}
 	os.Exit(m.Run())
+}
+
+// mmapHelper writes through a shared writable mapping of p and msyncs it.
+func mmapHelper(p string) {
+	f, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		os.Stdout.WriteString("open: " + err.Error() + "\n")
+		return
+	}
+	defer f.Close()
+	mem, err := unix.Mmap(int(f.Fd()), 0, 3*bs, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		os.Stdout.WriteString("mmap: " + err.Error() + "\n")
+		return
+	}
+	copy(mem[bs+10:], "via mmap")
+	if err := unix.Msync(mem, unix.MS_SYNC); err != nil {
+		os.Stdout.WriteString("msync: " + err.Error() + "\n")
+		return
+	}
+	if err := unix.Munmap(mem); err != nil {
+		os.Stdout.WriteString("munmap: " + err.Error() + "\n")
+		return
+	}
+	os.Stdout.WriteString("ok\n")
 }
 
 // lockHelper tries to take a read lock on p and prints the outcome.

@@ -145,11 +145,11 @@ type tx struct {
 
 func (fs *filesystem) begin() *tx {
 	return &tx{
-		fs:     fs,
-		writes: make(map[uint32][]byte),
-		meta:   make(map[uint32]bool),
-		inodes: make(map[uint32]*inode),
-		balloc: make(map[uint32]bool),
+		fs:        fs,
+		writes:    make(map[uint32][]byte),
+		meta:      make(map[uint32]bool),
+		inodes:    make(map[uint32]*inode),
+		balloc:    make(map[uint32]bool),
 		ialloc:    make(map[uint32]bool),
 		now:       fs.clock(),
 		nextBlock: fs.nextBlock,
