@@ -3,6 +3,7 @@ package configs
 import (
 	"net"
 	"strconv"
+	"time"
 )
 
 // Defaults shared by the commands.
@@ -215,3 +216,48 @@ var (
 	_ Config = (*Fsck)(nil)
 	_ Config = (*Mount)(nil)
 )
+
+// BenchFS is the configuration of `tricopy bench fs`.
+type BenchFS struct {
+	// Dir is the scratch directory, on the disk to measure.
+	Dir string `key:"dir" meta:"DIR" help:"scratch directory on the disk to measure; required (its contents are created and removed)"`
+	// SeqSize is the file size of the sequential fio jobs.
+	SeqSize Size `key:"seq-size" meta:"SIZE" help:"file size of the sequential 1 MiB fio jobs"`
+	// RandSize is the file size of the random fio jobs.
+	RandSize Size `key:"rand-size" meta:"SIZE" help:"file size of the random 4 KiB fio jobs"`
+	// Runtime bounds each fio job.
+	Runtime time.Duration `key:"runtime" meta:"DURATION" help:"time limit of each fio job"`
+	// Files is the number of files of the small-file workload.
+	Files uint64 `key:"files" meta:"N" help:"number of files created, stat'ed and unlinked by the small-file workload"`
+	// JSON names a file for the raw results.
+	JSON string `key:"json" meta:"FILE" help:"also write the raw results as JSON to FILE"`
+	// Strict makes a missed target an error (exit 1).
+	Strict bool `key:"strict" help:"exit 1 when a performance target is missed"`
+	// Common holds the keys every command has.
+	Common
+}
+
+// DefaultBenchFS returns the defaults of `tricopy bench fs`.
+func DefaultBenchFS() BenchFS {
+	return BenchFS{SeqSize: 512 << 20, RandSize: 256 << 20, Runtime: 15 * time.Second, Files: 10000, Common: DefaultCommon()}
+}
+
+// Validate implements Config.
+func (c *BenchFS) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	switch {
+	case c.Dir == "":
+		return Required("dir")
+	case c.SeqSize < 1<<20:
+		return Invalid("seq-size", "%s is below the minimum of 1MiB", c.SeqSize)
+	case c.RandSize < 1<<20:
+		return Invalid("rand-size", "%s is below the minimum of 1MiB", c.RandSize)
+	case c.Runtime < time.Second:
+		return Invalid("runtime", "%v is below the minimum of 1s", c.Runtime)
+	case c.Files == 0 || c.Files > 10_000_000:
+		return Invalid("files", "%d is not between 1 and 10000000", c.Files)
+	}
+	return nil
+}

@@ -375,3 +375,29 @@ func TestFileKinds(t *testing.T) {
 			sfs.Bfree, sfs.Blocks, sfs.Ffree, r.FreeBlocks, r.Inodes, r.FreeInodes)
 	}
 }
+
+// TestAbortRestoresCounts checks that an operation failing with ENOSPC
+// after allocating leaves free counts and the volume exactly as before.
+func TestAbortRestoresCounts(t *testing.T) {
+	fs, v := newEngine(t, 1024)
+	ctx := context.Background()
+	ino, _, err := fs.mknod(ctx, rootIno, "f", s_IFREG|0o644, 0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := fs.statfs()
+	if _, err := fs.write(ctx, ino, make([]byte, 8<<20), 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("oversized write: %v, want ENOSPC", err)
+	}
+	if err := fs.allocate(ctx, ino, 0, 8<<20, 0); !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("oversized fallocate: %v, want ENOSPC", err)
+	}
+	if after := fs.statfs(); after != before {
+		t.Fatalf("statfs after failed operations %+v, before %+v", after, before)
+	}
+	checkClean(t, v)
+	if _, err := fs.write(ctx, ino, make([]byte, 1<<20), 0); err != nil {
+		t.Fatalf("write that fits: %v", err)
+	}
+	checkClean(t, v)
+}

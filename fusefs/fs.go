@@ -470,6 +470,9 @@ func (fs *filesystem) update(ctx context.Context, fn func(t *tx) error) error {
 	if err == nil {
 		ack, err = t.commit(ctx)
 	}
+	if err != nil {
+		t.abort()
+	}
 	fs.mu.Unlock()
 	if err != nil {
 		return err

@@ -89,7 +89,7 @@ func (b *bitset) set(i uint64, v bool) {
 }
 
 // findFree returns the first clear bit at or after from (wrapping around)
-// for which skip returns false.
+// for which skip (if not nil) returns false.
 func (b *bitset) findFree(from uint64, skip func(uint64) bool) (uint64, bool) {
 	if from >= b.n {
 		from = 0
@@ -108,7 +108,7 @@ func (b *bitset) findFree(from uint64, skip func(uint64) bool) (uint64, bool) {
 			if i >= b.n {
 				break
 			}
-			if !skip(i) {
+			if skip == nil || !skip(i) {
 				return i, true
 			}
 			w |= 1 << bit
@@ -116,7 +116,7 @@ func (b *bitset) findFree(from uint64, skip func(uint64) bool) (uint64, bool) {
 	}
 	// The first word's low bits were masked on the first pass; scan them.
 	for i := start * 64; i < from && i < b.n; i++ {
-		if !b.get(i) && !skip(i) {
+		if !b.get(i) && (skip == nil || !skip(i)) {
 			return i, true
 		}
 	}
@@ -253,53 +253,72 @@ func (t *tx) inode(ino uint32) (*inode, error) {
 }
 
 // allocBlock allocates a data-region block, preferring one at or after goal.
+// The block's bit is set in the in-memory bitmap at once, so later searches
+// of this tx skip it without a lookup; abort clears it again.
 func (t *tx) allocBlock(goal uint32) (uint32, error) {
 	fs := t.fs
 	if uint64(goal) < fs.sb.dataStart || uint64(goal) >= fs.sb.blocks {
 		goal = uint32(t.nextBlock)
 	}
-	i, ok := fs.bmap.findFree(uint64(goal), func(i uint64) bool {
-		_, touched := t.balloc[uint32(i)]
-		return touched
-	})
+	i, ok := fs.bmap.findFree(uint64(goal), nil)
 	if !ok {
 		return 0, errNoSpace
 	}
+	fs.bmap.set(i, true)
 	t.balloc[uint32(i)] = true
 	t.nextBlock = i + 1
 	return uint32(i), nil
 }
 
-// freeBlock releases block blk.
+// freeBlock releases block blk. A block freed by the tx keeps its bit set
+// in memory until commit, so the tx does not reuse it.
 func (t *tx) freeBlock(blk uint32) {
 	if t.balloc[blk] {
 		delete(t.balloc, blk) // allocated and freed in this tx
-		delete(t.writes, blk)
-		delete(t.meta, blk)
-		return
+		t.fs.bmap.set(uint64(blk), false)
+	} else {
+		t.balloc[blk] = false
 	}
-	t.balloc[blk] = false
 	delete(t.writes, blk)
 	delete(t.meta, blk)
 }
 
-// allocInode allocates an inode number.
+// allocInode allocates an inode number, setting its bit at once like
+// allocBlock.
 func (t *tx) allocInode() (uint32, error) {
 	fs := t.fs
-	i, ok := fs.imap.findFree(t.nextIno, func(i uint64) bool {
-		_, touched := t.ialloc[uint32(i)]
-		return touched
-	})
+	i, ok := fs.imap.findFree(t.nextIno, nil)
 	if !ok {
 		return 0, errNoInodes
 	}
+	fs.imap.set(i, true)
 	t.ialloc[uint32(i)] = true
 	t.nextIno = i + 1
 	return uint32(i), nil
 }
 
 func (t *tx) freeInode(ino uint32) {
+	if t.ialloc[ino] {
+		delete(t.ialloc, ino)
+		t.fs.imap.set(uint64(ino), false)
+		return
+	}
 	t.ialloc[ino] = false
+}
+
+// abort undoes what the tx did to shared state: the bits of the blocks and
+// inodes it allocated. Everything else it changed was private.
+func (t *tx) abort() {
+	for blk, used := range t.balloc {
+		if used {
+			t.fs.bmap.set(uint64(blk), false)
+		}
+	}
+	for ino, used := range t.ialloc {
+		if used {
+			t.fs.imap.set(uint64(ino), false)
+		}
+	}
 }
 
 // commit turns the tx into one batch, sends it to the device and installs

@@ -131,6 +131,7 @@ This version formats, checks and mounts local volumes.` + configHelp,
 		newFormatCmd(a),
 		newFsckCmd(a),
 		newMountCmd(a),
+		newBenchCmd(a),
 	)
 	return root
 }
