@@ -1,6 +1,7 @@
 package fusefs
 
 import (
+	"encoding/binary"
 	"fmt"
 	"syscall"
 )
@@ -160,18 +161,70 @@ func (t *tx) isEmptyDir(ino uint32) (bool, error) {
 	return n == 0, nil
 }
 
-// editBlock rewrites logical block lblk of directory dir through fn.
-func (t *tx) editBlock(dir uint32, din *inode, lblk uint32, fn func([]dirent) []dirent) error {
+// editBlock rewrites logical block lblk of directory dir: fn edits a
+// private copy of the block in place (bytes, no decoding).
+func (t *tx) editBlock(dir uint32, din *inode, lblk uint32, fn func(q []byte) error) error {
 	p, err := t.fs.dirBlock(t, din, dir, lblk)
 	if err != nil {
 		return err
 	}
-	var ents []dirent
-	if err := decodeDirBlock(p, dir, func(d dirent) error { ents = append(ents, d); return nil }); err != nil {
+	q := make([]byte, bs)
+	copy(q, p)
+	le := binary.LittleEndian
+	if le.Uint32(q) == 0 { // a block never written: start it
+		le.PutUint32(q, dirMagic)
+		le.PutUint32(q[4:], dir)
+		le.PutUint16(q[10:], dirHeader)
+	}
+	if err := fn(q); err != nil {
 		return err
 	}
-	ents = fn(ents)
-	return t.writeFileBlock(din, dir, uint64(lblk), encodeDirBlock(dir, ents), true)
+	return t.writeFileBlock(din, dir, uint64(lblk), q, true)
+}
+
+// findInBlock returns the offset and size of name's entry in directory
+// block q, or -1. It checks every bound, so a damaged block is an error,
+// not a panic.
+func findInBlock(q []byte, dir uint32, name string) (off, size int, err error) {
+	le := binary.LittleEndian
+	if le.Uint32(q) != dirMagic || le.Uint32(q[4:]) != dir {
+		return -1, 0, corruptf("directory %d: block header damaged", dir)
+	}
+	count, used := int(le.Uint16(q[8:])), int(le.Uint16(q[10:]))
+	if used < dirHeader || used > bs {
+		return -1, 0, corruptf("directory %d: block claims %d bytes used", dir, used)
+	}
+	off = dirHeader
+	for i := 0; i < count; i++ {
+		if off+6 > used {
+			return -1, 0, corruptf("directory %d: entry %d runs past end of block", dir, i)
+		}
+		n := int(q[off+5])
+		if off+6+n > used {
+			return -1, 0, corruptf("directory %d: entry %d runs past end of block", dir, i)
+		}
+		if n == len(name) && string(q[off+6:off+6+n]) == name {
+			return off, 6 + n, nil
+		}
+		off += 6 + n
+	}
+	return -1, 0, nil
+}
+
+// appendToBlock adds an entry at the end of directory block q.
+func appendToBlock(q []byte, dir uint32, d dirent) error {
+	le := binary.LittleEndian
+	used := int(le.Uint16(q[10:]))
+	if used < dirHeader || used+direntSize(d.name) > bs {
+		return corruptf("directory %d: no room for %q in a block the index says has room", dir, d.name)
+	}
+	le.PutUint32(q[used:], d.ino)
+	q[used+4] = d.typ
+	q[used+5] = byte(len(d.name))
+	copy(q[used+6:], d.name)
+	le.PutUint16(q[8:], le.Uint16(q[8:])+1)
+	le.PutUint16(q[10:], uint16(used+direntSize(d.name)))
+	return nil
 }
 
 // addEntry adds name → ino to directory dir (whose tx inode is din). The
@@ -208,8 +261,8 @@ func (t *tx) addEntry(dir uint32, din *inode, name string, ino uint32, typ uint8
 		d.nblk++
 		din.size = uint64(d.nblk) * bs
 	}
-	if err := t.editBlock(dir, din, uint32(lblk), func(ents []dirent) []dirent {
-		return append(ents, dirent{name: name, ino: ino, typ: typ})
+	if err := t.editBlock(dir, din, uint32(lblk), func(q []byte) error {
+		return appendToBlock(q, dir, dirent{name: name, ino: ino, typ: typ})
 	}); err != nil {
 		return err
 	}
@@ -234,22 +287,23 @@ func (t *tx) removeEntry(dir uint32, din *inode, name string) error {
 		return err
 	}
 	d := t.dirTx(dir, di)
-	found := false
-	if err := t.editBlock(dir, din, s.lblk, func(ents []dirent) []dirent {
-		out := ents[:0]
-		for _, e := range ents {
-			if e.name == name {
-				found = true
-				continue
-			}
-			out = append(out, e)
+	if err := t.editBlock(dir, din, s.lblk, func(q []byte) error {
+		off, size, err := findInBlock(q, dir, name)
+		if err != nil {
+			return err
 		}
-		return out
+		if off < 0 {
+			return corruptf("directory %d: index names %q in block %d, block does not", dir, name, s.lblk)
+		}
+		le := binary.LittleEndian
+		used := int(le.Uint16(q[10:]))
+		copy(q[off:], q[off+size:used])
+		clear(q[used-size : used])
+		le.PutUint16(q[8:], le.Uint16(q[8:])-1)
+		le.PutUint16(q[10:], uint16(used-size))
+		return nil
 	}); err != nil {
 		return err
-	}
-	if !found {
-		return corruptf("directory %d: index names %q in block %d, block does not", dir, name, s.lblk)
 	}
 	f, ok := d.free[int(s.lblk)]
 	if !ok {
@@ -274,13 +328,17 @@ func (t *tx) replaceEntry(dir uint32, din *inode, name string, ino uint32, typ u
 		return err
 	}
 	d := t.dirTx(dir, di)
-	if err := t.editBlock(dir, din, s.lblk, func(ents []dirent) []dirent {
-		for i := range ents {
-			if ents[i].name == name {
-				ents[i].ino, ents[i].typ = ino, typ
-			}
+	if err := t.editBlock(dir, din, s.lblk, func(q []byte) error {
+		off, _, err := findInBlock(q, dir, name)
+		if err != nil {
+			return err
 		}
-		return ents
+		if off < 0 {
+			return corruptf("directory %d: index names %q in block %d, block does not", dir, name, s.lblk)
+		}
+		binary.LittleEndian.PutUint32(q[off:], ino)
+		q[off+4] = typ
+		return nil
 	}); err != nil {
 		return err
 	}
