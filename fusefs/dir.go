@@ -273,21 +273,22 @@ func (t *tx) addEntry(dir uint32, din *inode, name string, ino uint32, typ uint8
 	return nil
 }
 
-// removeEntry removes name from directory dir.
-func (t *tx) removeEntry(dir uint32, din *inode, name string) error {
+// editEntry finds the entry name of directory dir and lets fn edit its
+// block in place, given the entry's offset and size there.
+func (t *tx) editEntry(dir uint32, din *inode, name string, fn func(q []byte, off, size int)) (dslot, *dirIndex, *dirTx, error) {
 	s, ok, err := t.lookup(dir, name)
 	if err != nil {
-		return err
+		return s, nil, nil, err
 	}
 	if !ok {
-		return syscall.ENOENT
+		return s, nil, nil, syscall.ENOENT
 	}
 	di, err := t.fs.dir(dir)
 	if err != nil {
-		return err
+		return s, nil, nil, err
 	}
 	d := t.dirTx(dir, di)
-	if err := t.editBlock(dir, din, s.lblk, func(q []byte) error {
+	err = t.editBlock(dir, din, s.lblk, func(q []byte) error {
 		off, size, err := findInBlock(q, dir, name)
 		if err != nil {
 			return err
@@ -295,14 +296,23 @@ func (t *tx) removeEntry(dir uint32, din *inode, name string) error {
 		if off < 0 {
 			return corruptf("directory %d: index names %q in block %d, block does not", dir, name, s.lblk)
 		}
+		fn(q, off, size)
+		return nil
+	})
+	return s, di, d, err
+}
+
+// removeEntry removes name from directory dir.
+func (t *tx) removeEntry(dir uint32, din *inode, name string) error {
+	s, di, d, err := t.editEntry(dir, din, name, func(q []byte, off, size int) {
 		le := binary.LittleEndian
 		used := int(le.Uint16(q[10:]))
 		copy(q[off:], q[off+size:used])
 		clear(q[used-size : used])
 		le.PutUint16(q[8:], le.Uint16(q[8:])-1)
 		le.PutUint16(q[10:], uint16(used-size))
-		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	f, ok := d.free[int(s.lblk)]
@@ -316,30 +326,11 @@ func (t *tx) removeEntry(dir uint32, din *inode, name string) error {
 
 // replaceEntry points the existing entry name at ino.
 func (t *tx) replaceEntry(dir uint32, din *inode, name string, ino uint32, typ uint8) error {
-	s, ok, err := t.lookup(dir, name)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return syscall.ENOENT
-	}
-	di, err := t.fs.dir(dir)
-	if err != nil {
-		return err
-	}
-	d := t.dirTx(dir, di)
-	if err := t.editBlock(dir, din, s.lblk, func(q []byte) error {
-		off, _, err := findInBlock(q, dir, name)
-		if err != nil {
-			return err
-		}
-		if off < 0 {
-			return corruptf("directory %d: index names %q in block %d, block does not", dir, name, s.lblk)
-		}
+	s, _, d, err := t.editEntry(dir, din, name, func(q []byte, off, _ int) {
 		binary.LittleEndian.PutUint32(q[off:], ino)
 		q[off+4] = typ
-		return nil
-	}); err != nil {
+	})
+	if err != nil {
 		return err
 	}
 	d.ents[name] = &dslot{ino: ino, typ: typ, lblk: s.lblk}

@@ -293,16 +293,8 @@ func (t *tx) freeAll(ino uint32, in *inode) error {
 	if err := t.truncateBlocks(in, ino, 0); err != nil {
 		return err
 	}
-	if in.xattr != 0 {
-		xin, err := t.inode(in.xattr)
-		if err != nil {
-			return err
-		}
-		if err := t.truncateBlocks(xin, in.xattr, 0); err != nil {
-			return err
-		}
-		*xin = inode{}
-		t.freeInode(in.xattr)
+	if err := t.freeXattrs(in); err != nil {
+		return err
 	}
 	wasDir := in.isDir()
 	*in = inode{}
@@ -333,19 +325,29 @@ func (t *tx) reap(ino uint32) error {
 	return t.freeAll(ino, in)
 }
 
+// entry returns directory dir (for a change to its entries) and its entry
+// name, or ENOENT.
+func (t *tx) entry(dir uint32, name string) (*inode, dslot, error) {
+	din, err := t.parentDir(dir)
+	if err != nil {
+		return nil, dslot{}, err
+	}
+	s, ok, err := t.lookup(dir, name)
+	if err != nil {
+		return nil, dslot{}, err
+	}
+	if !ok {
+		return nil, dslot{}, syscall.ENOENT
+	}
+	return din, s, nil
+}
+
 // unlink removes the non-directory name from dir.
 func (fs *filesystem) unlink(ctx context.Context, dir uint32, name string) error {
 	return fs.update(ctx, func(t *tx) error {
-		din, err := t.parentDir(dir)
+		din, s, err := t.entry(dir, name)
 		if err != nil {
 			return err
-		}
-		s, ok, err := t.lookup(dir, name)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return syscall.ENOENT
 		}
 		if s.typ == typeOf(s_IFDIR) {
 			return syscall.EISDIR
@@ -367,16 +369,9 @@ func (fs *filesystem) unlink(ctx context.Context, dir uint32, name string) error
 // rmdir removes the empty directory name from dir.
 func (fs *filesystem) rmdir(ctx context.Context, dir uint32, name string) error {
 	return fs.update(ctx, func(t *tx) error {
-		din, err := t.parentDir(dir)
+		din, s, err := t.entry(dir, name)
 		if err != nil {
 			return err
-		}
-		s, ok, err := t.lookup(dir, name)
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return syscall.ENOENT
 		}
 		if s.typ != typeOf(s_IFDIR) {
 			return syscall.ENOTDIR

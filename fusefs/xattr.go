@@ -128,19 +128,7 @@ func (fs *filesystem) setxattr(ctx context.Context, ino uint32, name string, val
 // storeXattrs rewrites the xattr stream of in.
 func (t *tx) storeXattrs(in *inode, ino uint32, xs []xattr) error {
 	if len(xs) == 0 {
-		if in.xattr != 0 {
-			xin, err := t.inode(in.xattr)
-			if err != nil {
-				return err
-			}
-			if err := t.truncateBlocks(xin, in.xattr, 0); err != nil {
-				return err
-			}
-			*xin = inode{}
-			t.freeInode(in.xattr)
-			in.xattr = 0
-		}
-		return nil
+		return t.freeXattrs(in)
 	}
 	p := encodeXattrs(xs)
 	if len(p) > maxXattrStream {
@@ -168,5 +156,23 @@ func (t *tx) storeXattrs(in *inode, ino uint32, xs []xattr) error {
 		return err
 	}
 	xin.ctime = t.now
+	return nil
+}
+
+// freeXattrs frees the xattr inode of in, if it has one.
+func (t *tx) freeXattrs(in *inode) error {
+	if in.xattr == 0 {
+		return nil
+	}
+	xin, err := t.inode(in.xattr)
+	if err != nil {
+		return err
+	}
+	if err := t.truncateBlocks(xin, in.xattr, 0); err != nil {
+		return err
+	}
+	*xin = inode{}
+	t.freeInode(in.xattr)
+	in.xattr = 0
 	return nil
 }
