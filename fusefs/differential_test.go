@@ -47,7 +47,9 @@ func runDifferential(t *testing.T, name string, sut target, ops int, onOp func(i
 	tree := map[string]string{}
 	long, dur := longMode()
 	deadline := time.Now().Add(dur)
-	for i := 0; long && time.Now().Before(deadline) || !long && i < ops; i++ {
+	i := 0
+	defer func() { t.Logf("seed %d: %d operations", seed, i) }()
+	for ; long && time.Now().Before(deadline) || !long && i < ops; i++ {
 		o := w.next(tree)
 		refErr := o.run(ref)
 		sutErr := o.run(sut)
