@@ -401,3 +401,60 @@ func TestAbortRestoresCounts(t *testing.T) {
 	}
 	checkClean(t, v)
 }
+
+// TestNoChangeNoBatch checks that open and close of a linked file commit no
+// batch, and that a rename's walk up the tree dirties no inode.
+func TestNoChangeNoBatch(t *testing.T) {
+	v := newMemVolume(t, 4096)
+	rec := &recorder{Device: LocalDevice(v)}
+	ctx := context.Background()
+	fs, err := openFS(ctx, rec, engineOptions{log: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := engineTarget{fs}
+	if err := e.mkdir("a", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.mkdir("a/b", 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.write("a/b/f", 0, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	ino, err := e.resolve("a/b/f")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := len(rec.batches)
+	for i := 0; i < 3; i++ {
+		if err := fs.open(ctx, ino, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := fs.release(ctx, ino); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(rec.batches) != n {
+		t.Fatalf("open/close committed %d batches", len(rec.batches)-n)
+	}
+	// A rename's loop check walks the parents of the target directory;
+	// reading them must not make the tx rewrite them.
+	c, err := e.resolve("a/b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs.mu.Lock()
+	tx := fs.begin()
+	below, err := tx.isAncestor(rootIno+1000, c)
+	dirtied := len(tx.inodes)
+	tx.abort()
+	fs.mu.Unlock()
+	if err != nil || below {
+		t.Fatalf("isAncestor: %v %v", below, err)
+	}
+	if dirtied != 0 {
+		t.Fatalf("walking the parents dirtied %d inodes", dirtied)
+	}
+	checkClean(t, v)
+}

@@ -205,11 +205,12 @@ func (fs *filesystem) tmpfile(ctx context.Context, dir uint32, mode, uid, gid ui
 			return err
 		}
 		out = *in
+		newIno := ino
+		// The caller holds the new file open (see open); counted under
+		// fs.mu once the batch is committed.
+		t.after = append(t.after, func() { t.fs.opens[newIno]++ })
 		return nil
 	})
-	if err == nil {
-		fs.opens[ino]++ // the caller holds it open; see open
-	}
 	return ino, out, err
 }
 
@@ -408,7 +409,7 @@ func (t *tx) isAncestor(a, dir uint32) (bool, error) {
 		if uint64(steps) > t.fs.sb.inodes {
 			return false, corruptf("directory %d: parent chain has a cycle", dir)
 		}
-		in, err := t.inode(dir)
+		in, err := t.peek(dir)
 		if err != nil {
 			return false, err
 		}
@@ -592,13 +593,19 @@ func (fs *filesystem) release(ctx context.Context, ino uint32) error {
 	if n > 0 || fs.readOnly {
 		return nil
 	}
+	// Most closes are of linked files: decide that without a transaction.
+	fs.mu.RLock()
+	in, err := fs.loadInode(ino)
+	fs.mu.RUnlock()
+	if err != nil || in.nlink > 0 {
+		return nil // already freed, or linked
+	}
 	return fs.update(ctx, func(t *tx) error {
 		if t.fs.opens[ino] > 0 {
 			return nil // reopened meanwhile
 		}
-		in, err := t.inode(ino)
-		if err != nil || in.nlink > 0 {
-			return nil // already freed, or linked again
+		if in, err := t.peek(ino); err != nil || in.nlink > 0 {
+			return nil // freed or linked again meanwhile
 		}
 		return t.reap(ino)
 	})

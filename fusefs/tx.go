@@ -252,6 +252,15 @@ func (t *tx) inode(ino uint32) (*inode, error) {
 	return &in, nil
 }
 
+// peek returns inode ino as the tx sees it, for reading only: unlike
+// inode, it does not make the tx rewrite the inode.
+func (t *tx) peek(ino uint32) (inode, error) {
+	if in, ok := t.inodes[ino]; ok {
+		return *in, nil
+	}
+	return t.fs.loadInode(ino)
+}
+
 // allocBlock allocates a data-region block, preferring one at or after goal.
 // The block's bit is set in the in-memory bitmap at once, so later searches
 // of this tx skip it without a lookup; abort clears it again.
