@@ -2,7 +2,6 @@ package fusefs
 
 import (
 	"context"
-	"errors"
 	"log/slog"
 
 	"github.com/tricopy/tricopy/blockdev"
@@ -16,6 +15,13 @@ import (
 // returned Ack is called without the lock; the operation reports success to
 // the kernel only when Ack returns nil. A nil Ack means the batch is already
 // as durable as the device promises.
+//
+// Commit takes ownership of the batch's data slices. A Commit error stops
+// the filesystem (fail-stop: every later change returns EIO, reads go on),
+// because memory and device may then disagree; an Ack error fails only that
+// operation with EIO, the batch staying applied. The contexts given to
+// Commit, Ack and Sync are never cancelled by an interrupted system call: a
+// device that may wait (the synchronous mirror) bounds its waits itself.
 type Device interface {
 	blockdev.Reader
 	// Commit applies b after every batch committed before it.
@@ -90,6 +96,3 @@ type MountOptions struct {
 	// Logger receives the filesystem's logs; nil means slog.Default().
 	Logger *slog.Logger
 }
-
-// ErrNotImplemented is temporary.
-var ErrNotImplemented = errors.New("not implemented")
