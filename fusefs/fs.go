@@ -8,8 +8,6 @@ import (
 	"sync"
 	"syscall"
 	"time"
-
-	"github.com/tricopy/tricopy/blockdev"
 )
 
 // Errors of the filesystem engine that map to specific errnos.
@@ -39,7 +37,6 @@ type filesystem struct {
 	readOnly  bool
 	log       *slog.Logger
 	clock     func() int64
-	commits   uint64
 	gen       uint32 // last inode generation handed out
 
 	dirMu sync.Mutex
@@ -165,8 +162,6 @@ func (fs *filesystem) reapOrphans(ctx context.Context) error {
 func (fs *filesystem) inodeLoc(ino uint32) (blk uint32, off int) {
 	return uint32(fs.sb.itabStart) + ino/inodesPerBlock, int(ino%inodesPerBlock) * inodeSize
 }
-
-func (fs *filesystem) checkItab(uint32) func([]byte) error { return nil }
 
 // loadInode reads and verifies the committed inode ino.
 func (fs *filesystem) loadInode(ino uint32) (inode, error) {
@@ -494,5 +489,3 @@ var errAck = errors.New("batch not acknowledged")
 func (fs *filesystem) sync(ctx context.Context) error {
 	return fs.dev.Sync(context.WithoutCancel(ctx))
 }
-
-var _ blockdev.Reader = Device(nil)

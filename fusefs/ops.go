@@ -241,7 +241,11 @@ func (fs *filesystem) link(ctx context.Context, ino, dir uint32, name string) (o
 			return syscall.EMLINK
 		}
 		if in.nlink == 0 {
-			if err := t.removeEntry(orphanIno, mustInode(t, orphanIno), orphanName(ino)); err != nil {
+			od, err := t.orphanDir()
+			if err != nil {
+				return err
+			}
+			if err := t.removeEntry(orphanIno, od, orphanName(ino)); err != nil {
 				return err
 			}
 		}
@@ -257,20 +261,17 @@ func (fs *filesystem) link(ctx context.Context, ino, dir uint32, name string) (o
 	return out, err
 }
 
-func mustInode(t *tx, ino uint32) *inode {
-	in, err := t.inode(ino)
-	if err != nil {
-		// The orphan directory was verified at open and is never freed.
-		panic(err)
-	}
-	return in
-}
+// orphanDir returns the orphan directory for a change to its entries.
+func (t *tx) orphanDir() (*inode, error) { return t.inode(orphanIno) }
 
 func orphanName(ino uint32) string { return strconv.FormatUint(uint64(ino), 10) }
 
 // orphan puts ino (nlink 0, still open) in the orphan directory.
 func (t *tx) orphan(ino uint32, in *inode) error {
-	od := mustInode(t, orphanIno)
+	od, err := t.orphanDir()
+	if err != nil {
+		return err
+	}
 	if in.isDir() {
 		in.parent = orphanIno
 	}
@@ -320,7 +321,11 @@ func (t *tx) reap(ino uint32) error {
 	if in.nlink != 0 {
 		return corruptf("orphan inode %d has %d links", ino, in.nlink)
 	}
-	if err := t.removeEntry(orphanIno, mustInode(t, orphanIno), orphanName(ino)); err != nil {
+	od, err := t.orphanDir()
+	if err != nil {
+		return err
+	}
+	if err := t.removeEntry(orphanIno, od, orphanName(ino)); err != nil {
 		return err
 	}
 	return t.freeAll(ino, in)
