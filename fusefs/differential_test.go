@@ -51,6 +51,12 @@ func runDifferential(t *testing.T, name string, sut target, ops int, onOp func(i
 	defer func() { t.Logf("seed %d: %d operations", seed, i) }()
 	for ; long && time.Now().Before(deadline) || !long && i < ops; i++ {
 		o := w.next(tree)
+		if o.pre != nil {
+			refErr, sutErr := o.pre(ref), o.pre(sut)
+			if errnoOf(refErr) != errnoOf(sutErr) {
+				t.Fatalf("seed %d op %d %s (first step): reference says %v, filesystem says %v", seed, i, o.desc, refErr, sutErr)
+			}
+		}
 		refErr := o.run(ref)
 		sutErr := o.run(sut)
 		if errnoOf(refErr) != errnoOf(sutErr) {

@@ -372,9 +372,12 @@ type workload struct {
 	maxWrite int
 }
 
-// op is one generated operation.
+// op is one generated operation. pre, if set, is a step of its own that
+// comes first (creating the file a write goes to: two filesystem
+// operations, as through FUSE, so a crash can fall between them).
 type op struct {
 	desc string
+	pre  func(t target) error
 	run  func(t target) error
 }
 
@@ -437,51 +440,55 @@ func (w *workload) next(tree map[string]string) op {
 		for i := range data {
 			data[i] = byte(r.IntN(256))
 		}
-		return op{fmt.Sprintf("write %s off=%d len=%d", p, off, size), func(t target) error { return t.write(p, off, data) }}
+		o := op{desc: fmt.Sprintf("write %s off=%d len=%d", p, off, size), run: func(t target) error { return t.write(p, off, data) }}
+		if _, exists := tree[p]; !exists {
+			o.pre = func(t target) error { return t.write(p, 0, nil) }
+		}
+		return o
 	case k < 38:
 		p := fileOrNew()
 		size := int64(r.IntN(80 << 10))
 		if r.IntN(6) == 0 {
 			size = int64(r.IntN(4 << 20))
 		}
-		return op{fmt.Sprintf("truncate %s %d", p, size), func(t target) error { return t.truncate(p, size) }}
+		return op{desc: fmt.Sprintf("truncate %s %d", p, size), run: func(t target) error { return t.truncate(p, size) }}
 	case k < 48:
 		p := newName()
-		return op{"mkdir " + p, func(t target) error { return t.mkdir(p, 0o755) }}
+		return op{desc: "mkdir " + p, run: func(t target) error { return t.mkdir(p, 0o755) }}
 	case k < 60:
 		a, b := anyPath(), anyPath()
 		if r.IntN(2) == 0 {
 			b = newName()
 		}
-		return op{fmt.Sprintf("rename %s %s", a, b), func(t target) error { return t.rename(a, b) }}
+		return op{desc: fmt.Sprintf("rename %s %s", a, b), run: func(t target) error { return t.rename(a, b) }}
 	case k < 66:
 		a, b := fileOrNew(), newName()
-		return op{fmt.Sprintf("link %s %s", a, b), func(t target) error { return t.link(a, b) }}
+		return op{desc: fmt.Sprintf("link %s %s", a, b), run: func(t target) error { return t.link(a, b) }}
 	case k < 74:
 		p := anyPath()
-		return op{"unlink " + p, func(t target) error { return t.unlink(p) }}
+		return op{desc: "unlink " + p, run: func(t target) error { return t.unlink(p) }}
 	case k < 80:
 		p := anyPath()
 		if r.IntN(2) == 0 {
 			p = pick(dirs[1:])
 		}
-		return op{"rmdir " + p, func(t target) error { return t.rmdir(p) }}
+		return op{desc: "rmdir " + p, run: func(t target) error { return t.rmdir(p) }}
 	case k < 85:
 		p := newName()
 		dest := strings.Repeat("../x/", 1+r.IntN(3)) + fmt.Sprint(r.IntN(1000))
 		if r.IntN(5) == 0 {
 			dest = strings.Repeat("y", 100+r.IntN(3000)) // targets longer than one block's worth of inline data
 		}
-		return op{fmt.Sprintf("symlink %s -> %.20s", p, dest), func(t target) error { return t.symlink(dest, p) }}
+		return op{desc: fmt.Sprintf("symlink %s -> %.20s", p, dest), run: func(t target) error { return t.symlink(dest, p) }}
 	case k < 90:
 		p := fileOrNew()
 		mode := uint32(r.IntN(0o1000)) | 0o600
-		return op{fmt.Sprintf("chmod %s %o", p, mode), func(t target) error { return t.chmod(p, mode) }}
+		return op{desc: fmt.Sprintf("chmod %s %o", p, mode), run: func(t target) error { return t.chmod(p, mode) }}
 	case k < 96:
 		p := fileOrNew()
 		name := fmt.Sprintf("user.k%d", r.IntN(4))
 		if r.IntN(4) == 0 {
-			return op{fmt.Sprintf("removexattr %s %s", p, name), func(t target) error { return t.removexattr(p, name) }}
+			return op{desc: fmt.Sprintf("removexattr %s %s", p, name), run: func(t target) error { return t.removexattr(p, name) }}
 		}
 		// ext4, the reference, keeps all of an inode's xattrs in one
 		// block; larger values are covered by posixtest's XAttrLarge.
@@ -492,10 +499,10 @@ func (w *workload) next(tree map[string]string) op {
 		for i := range val {
 			val[i] = byte(r.IntN(256))
 		}
-		return op{fmt.Sprintf("setxattr %s %s len=%d", p, name, len(val)), func(t target) error { return t.setxattr(p, name, val) }}
+		return op{desc: fmt.Sprintf("setxattr %s %s len=%d", p, name, len(val)), run: func(t target) error { return t.setxattr(p, name, val) }}
 	default:
 		p := fileOrNew()
-		return op{"fsync " + p, func(t target) error { return t.fsync(p) }}
+		return op{desc: "fsync " + p, run: func(t target) error { return t.fsync(p) }}
 	}
 }
 
