@@ -41,15 +41,7 @@ type localDevice struct{ blockdev.Volume }
 
 // ReadBlocks reads consecutive blocks with one call when the volume can.
 func (d localDevice) ReadBlocks(first uint64, p []byte) error {
-	if rr, ok := d.Volume.(rangeReader); ok {
-		return rr.ReadBlocks(first, p)
-	}
-	for i := 0; i < len(p)/blockdev.BlockSize; i++ {
-		if err := d.ReadBlock(first+uint64(i), p[i*blockdev.BlockSize:(i+1)*blockdev.BlockSize]); err != nil {
-			return err
-		}
-	}
-	return nil
+	return readBlocks(d.Volume, first, p)
 }
 
 func (d localDevice) Commit(ctx context.Context, b *blockdev.Batch) (Ack, error) {

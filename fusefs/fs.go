@@ -226,24 +226,30 @@ func mapPath(lblk uint64) (level int, root int, idx [3]int, err error) {
 // lookupEntry returns the map entry of logical block lblk of inode ino.
 func lookupEntry(r metaReader, in *inode, ino uint32, lblk uint64) (entry, error) {
 	level, root, idx, err := mapPath(lblk)
-	if err != nil {
+	if err != nil || level == 0 {
+		return in.direct[root], err
+	}
+	leaf, err := leafBlock(r, in, ino, level, root, idx)
+	if leaf == nil || err != nil {
 		return entry{}, err
 	}
-	if level == 0 {
-		return in.direct[root], nil
-	}
+	return getEntry(leaf[8*idx[level-1]:]), nil
+}
+
+// leafBlock walks from indirect root entry root down level-1 map blocks
+// along idx and returns the leaf map block, or nil inside a hole.
+func leafBlock(r metaReader, in *inode, ino uint32, level, root int, idx [3]int) ([]byte, error) {
 	e := in.ind[root]
-	for i := 0; i < level; i++ {
+	for l := 0; ; l++ {
 		if e.blk == 0 {
-			return entry{}, nil
+			return nil, nil
 		}
 		p, err := r.readMeta(e.blk, mapCheck(ino, e.blk))
-		if err != nil {
-			return entry{}, err
+		if err != nil || l == level-1 {
+			return p, err
 		}
-		e = getEntry(p[8*idx[i]:])
+		e = getEntry(p[8*idx[l]:])
 	}
-	return e, nil
 }
 
 // setEntry sets the map entry of logical block lblk, allocating map blocks

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"strconv"
 	"syscall"
+
+	"github.com/tricopy/tricopy/blockdev"
 )
 
 // maxLinks is the largest link count a file may have.
@@ -851,15 +853,21 @@ type rangeReader interface {
 
 // readRun reads consecutive blocks from the device.
 func (fs *filesystem) readRun(first uint64, p []byte) error {
-	if rr, ok := fs.dev.(rangeReader); ok {
-		if err := rr.ReadBlocks(first, p); err != nil {
-			return fmt.Errorf("read blocks %d-%d: %w", first, first+uint64(len(p)/bs)-1, err)
-		}
-		return nil
+	if err := readBlocks(fs.dev, first, p); err != nil {
+		return fmt.Errorf("read blocks %d-%d: %w", first, first+uint64(len(p)/bs)-1, err)
+	}
+	return nil
+}
+
+// readBlocks reads consecutive blocks from r, with one call when r is a
+// rangeReader, else block by block.
+func readBlocks(r blockdev.Reader, first uint64, p []byte) error {
+	if rr, ok := r.(rangeReader); ok {
+		return rr.ReadBlocks(first, p)
 	}
 	for i := 0; i < len(p)/bs; i++ {
-		if err := fs.dev.ReadBlock(first+uint64(i), p[i*bs:(i+1)*bs]); err != nil {
-			return fmt.Errorf("read block %d: %w", first+uint64(i), err)
+		if err := r.ReadBlock(first+uint64(i), p[i*bs:(i+1)*bs]); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -885,18 +893,8 @@ func fileEntries(r metaReader, in *inode, ino uint32, first uint64, out []entry)
 		key[level] = 0
 		if !haveLeaf || key != leafKey {
 			leafKey, haveLeaf = key, true
-			leaf = nil
-			e := in.ind[root]
-			for l := 0; l < level && e.blk != 0; l++ {
-				p, err := r.readMeta(e.blk, mapCheck(ino, e.blk))
-				if err != nil {
-					return err
-				}
-				if l == level-1 {
-					leaf = p
-					break
-				}
-				e = getEntry(p[8*idx[l]:])
+			if leaf, err = leafBlock(r, in, ino, level, root, idx); err != nil {
+				return err
 			}
 		}
 		if leaf == nil {
