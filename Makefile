@@ -25,7 +25,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 #   fuse3: fusermount3 (FUSE mounts)   fio: benchmarks   sqlite3, git, tar: POSIX workload tests
 DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar
 
-.PHONY: help build deps test test-go test-procs1 fuzz-short lint bench run clean
+.PHONY: help build deps test test-go test-procs1 fuzz-short lint bench run clean proto
 
 help:
 	@echo "make build       build $(BIN)"
@@ -33,7 +33,8 @@ help:
 	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
 	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint        gofmt, go vet, staticcheck"
-	@echo "make bench       deps, build, then bin/tricopy bench fs --dir BENCHDIR ($(BENCHDIR))"
+	@echo "make bench       deps, build, then bin/tricopy bench fs and bench submit under BENCHDIR ($(BENCHDIR))"
+	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"
 	@echo "make run         deps, build, then mount volume a under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
 	@echo "make clean       remove bin/"
 
@@ -102,8 +103,20 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 bench: deps build
-	mkdir -p $(BENCHDIR)
-	$(BIN) bench fs --dir $(BENCHDIR)
+	mkdir -p $(BENCHDIR)/fs $(BENCHDIR)/submit
+	$(BIN) bench fs --dir $(BENCHDIR)/fs
+	$(BIN) bench submit --dir $(BENCHDIR)/submit
+
+# proto regenerates the committed Go code of the wire protocol. protoc comes
+# from Debian (protobuf-compiler); the Go plugins at pinned versions.
+PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+proto:
+	@command -v protoc >/dev/null 2>&1 || apt-get install -y protobuf-compiler
+	GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO)
+	GOBIN=$(CURDIR)/bin $(GO) install $(PROTOC_GEN_GO_GRPC)
+	cd intermediate/wire && PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative wire.proto
 
 # run mounts volume "a" (formatted on first use) with configs/local.yaml; the
 # flags put its data and mountpoint under RUNDIR.

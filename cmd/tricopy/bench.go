@@ -23,7 +23,8 @@ func newBenchCmd(a *app) *cobra.Command {
 		Long: `Run tricopy's benchmarks. Each compares tricopy with a yardstick run in the
 same invocation on the same disk and prints a markdown table of absolute
 figures, ratios and the targets they are held to.`,
-		Example: `  tricopy bench fs --dir /var/tmp/tricopy-bench`,
+		Example: `  tricopy bench fs --dir /var/tmp/tricopy-bench
+  tricopy bench submit --dir /var/tmp/tricopy-bench`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usageErrorf("unexpected argument %q: pick a benchmark, e.g. fs", args[0])
@@ -33,6 +34,7 @@ figures, ratios and the targets they are held to.`,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
 	c.AddCommand(newBenchFSCmd(a))
+	c.AddCommand(newBenchSubmitCmd(a))
 	return c
 }
 

@@ -131,6 +131,8 @@ This version formats, checks and mounts local volumes.` + configHelp,
 		newFormatCmd(a),
 		newFsckCmd(a),
 		newMountCmd(a),
+		newIntermediateCmd(a),
+		newStatusCmd(a),
 		newBenchCmd(a),
 	)
 	return root

@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// errUnhealthy is returned by status when the group is not healthy (no
+// leader reachable).
+var errUnhealthy = errors.New("group not healthy")
+
+// statusJSON is the document `tricopy status --json` prints. Its fields are
+// a stable contract, documented in docs/STATUS.md: fields may be added,
+// never renamed or removed.
+type statusJSON struct {
+	Group          string       `json:"group"`
+	Leader         string       `json:"leader"`
+	LeaderAddr     string       `json:"leader_addr"`
+	CommittedSeq   uint64       `json:"committed_seq"`
+	ValidSeq       uint64       `json:"valid_seq"`
+	JournalBatches uint64       `json:"journal_batches"`
+	JournalBytes   uint64       `json:"journal_bytes"`
+	JournalBudget  uint64       `json:"journal_budget"`
+	Volumes        []volumeJSON `json:"volumes"`
+	Nodes          []nodeJSON   `json:"nodes"`
+	Healthy        bool         `json:"healthy"`
+	Problems       []string     `json:"problems"`
+}
+
+// volumeJSON is one volume in statusJSON.
+type volumeJSON struct {
+	Name         string `json:"name"`
+	Epoch        uint64 `json:"epoch"`
+	CommittedSeq uint64 `json:"committed_seq"`
+	VolumeSeq    uint64 `json:"volume_seq"`
+	BlockCount   uint64 `json:"block_count"`
+}
+
+// nodeJSON is one intermediate node in statusJSON.
+type nodeJSON struct {
+	ID           string `json:"id"`
+	Addr         string `json:"addr"`
+	RaftAddr     string `json:"raft_addr"`
+	State        string `json:"state"`
+	Reachable    bool   `json:"reachable"`
+	Error        string `json:"error,omitempty"`
+	CommittedSeq uint64 `json:"committed_seq"`
+	AppliedIndex uint64 `json:"applied_index"`
+}
+
+func newStatusCmd(a *app) *cobra.Command {
+	cfg := configs.DefaultStatus()
+	return newCommand(a, commandSpec{
+		use:   "status",
+		short: "Show the state of the consistency group",
+		long: `Status asks every address in --intermediate, and the leader they name, for the
+state of the group: the leader, the committed seq (the last global sequence
+number given to a batch), the valid counter, the journal's use of its budget,
+each volume's epoch and last committed seq, and each intermediate node's Raft
+state and progress.
+
+With --json it prints one JSON object whose fields are a stable contract for
+scripts (docs/STATUS.md). It exits 0 when the group is healthy (a leader is
+known and answers, every listed node answers), 1 otherwise, so it serves as a
+health check.`,
+		example: `  tricopy status --intermediate 127.0.0.1:7100
+  tricopy status --intermediate 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100 --json | jq .committed_seq`,
+	}, &cfg, runStatus)
+}
+
+// runStatus is `tricopy status`.
+func runStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Status) error {
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	doc := collectStatus(ctx, cl, cfg.Group)
+	if cfg.JSON {
+		enc := json.NewEncoder(a.stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(doc); err != nil {
+			return fmt.Errorf("write status: %w", err)
+		}
+	} else {
+		printStatus(a, doc)
+	}
+	if !doc.Healthy {
+		return fmt.Errorf("%w: %v", errUnhealthy, doc.Problems)
+	}
+	return nil
+}
+
+// collectStatus builds the status document from every node's answer.
+func collectStatus(ctx context.Context, cl *client.Client, group string) *statusJSON {
+	doc := &statusJSON{Group: group, Volumes: []volumeJSON{}, Nodes: []nodeJSON{}, Problems: []string{}}
+	all, _ := cl.StatusAll(ctx)
+	leader, lerr := cl.Status(ctx)
+	if lerr != nil {
+		doc.Problems = append(doc.Problems, fmt.Sprintf("no node answered: %v", lerr))
+	}
+	byAddr := map[string]*wire.StatusResponse{}
+	errs := map[string]error{}
+	for _, ns := range all {
+		if ns.Err != nil {
+			errs[ns.Addr] = ns.Err
+			continue
+		}
+		byAddr[ns.Addr] = ns.Status
+	}
+	if leader != nil {
+		doc.Group = leader.GetGroup()
+		doc.Leader = leader.GetLeader()
+		doc.LeaderAddr = leader.GetLeaderAddr()
+		doc.CommittedSeq = leader.GetCommittedSeq()
+		doc.ValidSeq = leader.GetValidSeq()
+		doc.JournalBatches = leader.GetJournalBatches()
+		doc.JournalBytes = leader.GetJournalBytes()
+		doc.JournalBudget = leader.GetJournalBudget()
+		for _, v := range leader.GetVolumes() {
+			doc.Volumes = append(doc.Volumes, volumeJSON{
+				Name: v.GetName(), Epoch: v.GetEpoch(), CommittedSeq: v.GetCommittedSeq(), VolumeSeq: v.GetVolumeSeq(), BlockCount: v.GetBlockCount(),
+			})
+		}
+		if leader.GetLeaderAddr() != "" {
+			if _, seen := byAddr[leader.GetLeaderAddr()]; !seen {
+				byAddr[leader.GetLeaderAddr()] = leader
+			}
+		}
+		if leader.GetLeader() == "" || leader.GetRaftState() != "Leader" {
+			doc.Problems = append(doc.Problems, "no leader")
+		}
+		for _, srv := range leader.GetServers() {
+			n := nodeJSON{ID: srv.GetId(), Addr: srv.GetClientAddr(), RaftAddr: srv.GetRaftAddr(), State: "unknown"}
+			for addr, st := range byAddr {
+				if st.GetNode() == srv.GetId() {
+					n.Addr, n.Reachable, n.State = addr, true, st.GetRaftState()
+					n.CommittedSeq, n.AppliedIndex = st.GetCommittedSeq(), st.GetAppliedIndex()
+				}
+			}
+			if !n.Reachable {
+				if err, ok := errs[n.Addr]; ok {
+					n.Error = err.Error()
+				} else if n.Addr == "" {
+					n.Error = "client address unknown (never leader, not in --intermediate)"
+				}
+			}
+			doc.Nodes = append(doc.Nodes, n)
+		}
+	}
+	for addr, err := range errs {
+		doc.Problems = append(doc.Problems, fmt.Sprintf("node at %s did not answer: %v", addr, err))
+	}
+	doc.Healthy = len(doc.Problems) == 0
+	return doc
+}
+
+// printStatus prints doc for a person.
+func printStatus(a *app, doc *statusJSON) {
+	leader := doc.Leader
+	if leader == "" {
+		leader = "none"
+	}
+	fmt.Fprintf(a.stdout, "group %s: leader %s, committed seq %d, valid seq %d, journal %d batches %s of %s\n",
+		doc.Group, leader, doc.CommittedSeq, doc.ValidSeq, doc.JournalBatches,
+		configs.Size(doc.JournalBytes), configs.Size(doc.JournalBudget))
+	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VOLUME\tEPOCH\tCOMMITTED SEQ\tVOLUME SEQ\tSIZE")
+	for _, v := range doc.Volumes {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", v.Name, v.Epoch, v.CommittedSeq, v.VolumeSeq, configs.Size(v.BlockCount*wire.BlockSize))
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tADDR\tRAFT ADDR\tSTATE\tCOMMITTED SEQ\tAPPLIED INDEX")
+	for _, n := range doc.Nodes {
+		state := n.State
+		if !n.Reachable {
+			state = "UNREACHABLE"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\n", n.ID, n.Addr, n.RaftAddr, state, n.CommittedSeq, n.AppliedIndex)
+	}
+	tw.Flush()
+	for _, p := range doc.Problems {
+		fmt.Fprintf(a.stdout, "problem: %s\n", p)
+	}
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// freeAddr returns a free 127.0.0.1 address.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// background is a command running in this process.
+type background struct {
+	cancel         context.CancelFunc
+	done           chan int
+	stdout, stderr *syncBuffer
+}
+
+// startBackground runs `tricopy args...` until the test ends, and returns
+// once its standard output contains ready.
+func startBackground(t *testing.T, ready string, args ...string) *background {
+	t.Helper()
+	clearEnv(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &background{cancel: cancel, done: make(chan int, 1), stdout: &syncBuffer{}, stderr: &syncBuffer{}}
+	go func() { b.done <- run(ctx, args, strings.NewReader(""), b.stdout, b.stderr) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-b.done:
+		case <-time.After(30 * time.Second):
+			t.Errorf("%s did not exit 30s after cancel; stderr:\n%s", args[0], b.stderr)
+		}
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(b.stdout.String(), ready) {
+		select {
+		case code := <-b.done:
+			t.Fatalf("%s exited with %d; stderr:\n%s", args[0], code, b.stderr)
+		case <-time.After(10 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not print %q within 20s; stderr:\n%s", args[0], ready, b.stderr)
+		}
+	}
+	return b
+}
+
+// startIntermediate runs a single-node intermediate and returns its client
+// address.
+func startIntermediate(t *testing.T) string {
+	t.Helper()
+	listen, raftAddr := freeAddr(t), freeAddr(t)
+	startBackground(t, "serving at", "intermediate", "--node", "i1", "--data", t.TempDir(),
+		"--listen", listen, "--raft", raftAddr, "--cluster", "i1="+raftAddr, "--log-level", "warn")
+	return listen
+}
+
+// documentedFields returns the field paths in the table of docs/STATUS.md
+// ("volumes[].name", ...), split on commas.
+func documentedFields(t *testing.T) []string {
+	t.Helper()
+	doc, err := os.ReadFile("../../docs/STATUS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	row := regexp.MustCompile("(?m)^\\| (`[^|]*`) \\|")
+	field := regexp.MustCompile("`([a-z_\\[\\].]+)`")
+	var out []string
+	for _, m := range row.FindAllStringSubmatch(string(doc), -1) {
+		for _, f := range field.FindAllStringSubmatch(m[1], -1) {
+			out = append(out, f[1])
+		}
+	}
+	if len(out) < 20 {
+		t.Fatalf("found only %d fields in docs/STATUS.md: %v", len(out), out)
+	}
+	return out
+}
+
+// lookup finds a field path in a decoded JSON document; "x[]" descends into
+// the first element of array x.
+func lookup(doc any, path string) (any, bool) {
+	cur := doc
+	for _, part := range strings.Split(path, ".") {
+		name, isArray := strings.CutSuffix(part, "[]")
+		m, ok := cur.(map[string]any)
+		if !ok {
+			return nil, false
+		}
+		if cur, ok = m[name]; !ok {
+			return nil, false
+		}
+		if isArray {
+			arr, ok := cur.([]any)
+			if !ok {
+				return nil, false
+			}
+			if len(arr) == 0 {
+				return arr, true
+			}
+			cur = arr[0]
+		}
+	}
+	return cur, true
+}
+
+// TestStatusJSONSchema: every field docs/STATUS.md documents is in the
+// output (fields may be added, never removed), and the figures are right.
+func TestStatusJSONSchema(t *testing.T) {
+	addr := startIntermediate(t)
+	cl, err := client.New(client.Config{Addrs: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, err := cl.OpenVolume(ctx, client.VolumeOptions{Name: "a", Epoch: 1, BlockCount: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := v.Submit(ctx, []*wire.Block{{Index: uint64(i), Data: make([]byte, wire.BlockSize)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	v.Close()
+
+	r := runCmd(t, nil, "status", "--intermediate", addr, "--json")
+	r.expect(t, 0)
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("status --json is not one JSON object: %v\n%s", err, r.stdout)
+	}
+	for _, f := range documentedFields(t) {
+		if f == "nodes[].error" {
+			continue // documented as omitted when the node answered
+		}
+		if _, ok := lookup(doc, f); !ok {
+			t.Errorf("documented field %q missing from status --json", f)
+		}
+	}
+	if doc["committed_seq"].(float64) != 3 || doc["leader"] != "i1" || doc["healthy"] != true {
+		t.Errorf("status: committed_seq %v leader %v healthy %v; want 3, i1, true", doc["committed_seq"], doc["leader"], doc["healthy"])
+	}
+	if vol, _ := lookup(doc, "volumes[]"); vol.(map[string]any)["volume_seq"].(float64) != 3 {
+		t.Errorf("volume a: %v, want volume_seq 3", vol)
+	}
+
+	r = runCmd(t, nil, "status", "--intermediate", addr)
+	r.expect(t, 0)
+	if !strings.Contains(r.stdout, "leader i1, committed seq 3") {
+		t.Errorf("status text:\n%s", r.stdout)
+	}
+}
+
+// TestStatusUnreachable: no node answers: exit 1, the JSON says why.
+func TestStatusUnreachable(t *testing.T) {
+	r := runCmd(t, nil, "status", "--intermediate", freeAddr(t), "--json", "--timeout", "2s")
+	r.expect(t, 1, "not healthy")
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("status --json: %v\n%s", err, r.stdout)
+	}
+	if doc["healthy"] != false || len(doc["problems"].([]any)) == 0 {
+		t.Errorf("unreachable cluster: healthy %v problems %v", doc["healthy"], doc["problems"])
+	}
+}
+
+// TestIntermediateConfigErrors: bad cluster settings are usage errors that
+// name the key.
+func TestIntermediateConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"intermediate", "--node", "i1", "--data", dir, "--listen", "127.0.0.1:7100", "--raft", "127.0.0.1:7200"}
+	runCmd(t, nil, base...).expect(t, 2, "cluster")
+	runCmd(t, nil, append(base, "--cluster", "i1")...).expect(t, 2, "cluster", "ID=RAFTADDR")
+	runCmd(t, nil, append(base, "--cluster", "i2=127.0.0.1:7200")...).expect(t, 2, "cluster", "not in the list")
+	runCmd(t, nil, append(base, "--cluster", "i1=127.0.0.1:7201")...).expect(t, 2, "cluster", "--raft")
+	runCmd(t, nil, append(base, "--cluster", "i1=127.0.0.1:7200", "--join", "127.0.0.1:7100")...).expect(t, 2, "join")
+	runCmd(t, nil, append(base, "--cluster", "i1=127.0.0.1:7200", "--max-message", "1KiB")...).expect(t, 2, "max-message")
+	runCmd(t, nil, "intermediate", "remove", "--node", "i3").expect(t, 2, "intermediate")
+	runCmd(t, nil, "status").expect(t, 2, "intermediate")
+}
+
+// TestIntermediateRemoveCommand removes a node that is not a member (a
+// no-op) from a running single-node cluster.
+func TestIntermediateRemoveCommand(t *testing.T) {
+	addr := startIntermediate(t)
+	r := runCmd(t, nil, "intermediate", "remove", "--intermediate", addr, "--node", "i9")
+	r.expect(t, 0)
+	if !strings.Contains(r.stdout, "removed node i9") {
+		t.Errorf("stdout: %s", r.stdout)
+	}
+}

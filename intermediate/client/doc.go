@@ -1,0 +1,46 @@
+// Package client is the client of the intermediate cluster: primaries Submit
+// batches through it, secondaries Fetch committed batches through it, and the
+// CLI asks it for Status and to Join or Remove nodes.
+//
+// # Submit
+//
+// A Client opens one Volume per primary volume. Volume.Submit and
+// Volume.SubmitAsync give each batch the next volume seq under a lock, so
+// volume seqs follow call order, seal it (wire.Seal) and queue it. Two
+// goroutines serve a Volume:
+//
+//   - the sender goroutine (Volume.run), started by Client.OpenVolume, owns
+//     the Submit stream: it drains every queued batch into one SubmitBatches
+//     message (client-side group commit, up to Config.MaxMessage bytes and
+//     Config.MaxInFlight unacknowledged bytes), and when the stream fails it
+//     reconnects (following NOT_LEADER redirects, cycling through
+//     Config.Addrs with backoff), re-opens the volume, checks that the
+//     intermediate holds every acknowledged batch, and resends every
+//     unacknowledged batch in order; the intermediate acknowledges a batch it
+//     had already committed with its original seq, so a resend is
+//     exactly-once;
+//   - the receiver goroutine, started by the sender for each stream and
+//     waited for before it reconnects, matches each ack against the oldest
+//     batch in flight and completes its waiter.
+//
+// A permanent refusal (stale epoch, journal full, volume mismatch, ...) or an
+// inconsistency (an ack out of order, acknowledged batches missing after a
+// reconnect) breaks the Volume: every waiter fails with an error that
+// matches both ErrBroken and the cause, and so does every later Submit.
+// Retrying transient failures goes on in the background for as long as the
+// Volume is open; each caller bounds its own wait with its context.
+//
+// # Fetch
+//
+// Client.Fetch streams the committed batches of one volume from any node and
+// runs on the caller's goroutine. It checks every batch (wire.CheckBatch)
+// before handing it over and stops at the first corrupt one (fail-stop); after
+// a transport failure it reconnects to the next node and resumes after the
+// last seq it delivered.
+//
+// # Shutdown
+//
+// Client.Close cancels every stream, waits for every goroutine the Client
+// started (and for running Fetch calls to return), fails pending submits with
+// ErrClosed and closes the cached gRPC connections.
+package client

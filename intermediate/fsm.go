@@ -1,0 +1,673 @@
+package intermediate
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// Log attribute keys of the state machine.
+const (
+	fsmKeyGroup      = "group"
+	fsmKeyVolume     = "volume"
+	fsmKeyIndex      = "index"
+	fsmKeySeq        = "seq"
+	fsmKeyEpoch      = "epoch"
+	fsmKeyBlocks     = "blocks"
+	fsmKeyAppliedSeq = "applied_seq"
+	fsmKeyRestoring  = "restoring"
+	fsmKeyPath       = "path"
+	fsmKeyBatches    = "batches"
+	fsmKeyBytes      = "bytes"
+	fsmKeySnapshot   = "snapshot"
+	fsmKeyKept       = "kept"
+	fsmKeyRewritten  = "rewritten"
+	fsmKeyRemoved    = "removed"
+	fsmKeyPrevEpoch  = "previous_epoch"
+	fsmKeyDuration   = "duration"
+	fsmKeyErr        = "err"
+)
+
+// FSMConfig configures NewFSM.
+type FSMConfig struct {
+	// Group is the consistency group's name, for the logs and the snapshot
+	// header (a snapshot of another group is refused).
+	Group string
+	// Dir holds the intermediate volumes, one subdirectory per volume
+	// (Dir/<name>); it is created if missing. The FSM owns it.
+	Dir string
+	// FS is the file system of Dir; nil means blockdev.OSFS.
+	FS blockdev.FS
+	// Logger receives the state machine's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// OnFatal is called once, from the goroutine that calls Apply or
+	// Restore, when the state machine stops on a fatal error (see FSM).
+	OnFatal func(error)
+}
+
+// FSM is the Raft state machine of an intermediate node. It holds the
+// group's gapless seq counter, the volumes' records (epoch, last volume seq,
+// last seq), the journal of committed batches, the intermediate volumes and
+// the client addresses of the nodes.
+//
+// Goroutines: hashicorp/raft calls Apply, Snapshot and Restore from its one
+// FSM goroutine (the apply goroutine), never concurrently with each other;
+// FSMSnapshot.Persist runs on Raft's snapshot goroutine, concurrently with
+// Apply. Every read method (Stats, Volume, Volumes, NodeAddr, Fetch,
+// Changed, Failed, ReadVolumeBlock) may be called from any goroutine at any
+// time. Only the apply goroutine changes the state; it does so under mu,
+// which readers take for reading. Close is called once Raft has stopped.
+//
+// The state machine is deterministic: every node applying the same log
+// returns the same results and reaches the same state. Seqs are assigned at
+// apply time from the FSM's own counter, never from the Raft index (which
+// configuration changes and leader no-ops advance too).
+//
+// Fatal errors: a committed entry that cannot be decoded, a batch that fails
+// wire.CheckBatch, or an I/O error on an intermediate volume stops the state
+// machine (fail-stop, never a silent skip): the error is logged and recorded,
+// OnFatal is called once, and from then on Apply returns an error wrapping
+// wire.ErrFailed for every entry and Snapshot and Restore refuse. The node
+// must be restarted once the cause is fixed.
+type FSM struct {
+	cfg  FSMConfig
+	fsys blockdev.FS
+	log  *slog.Logger
+
+	// mu guards the fields below. The apply goroutine is their only writer.
+	mu      sync.RWMutex
+	st      fsmState
+	vols    map[string]*ivolume // open intermediate volumes, by name
+	changed chan struct{}       // closed and replaced at each state change
+	failed  error               // the fatal error
+	closed  bool
+
+	// imageHook, when set (by tests), is called by Persist after it has
+	// read the header of a volume and before it reads the blocks.
+	imageHook func(volume string)
+}
+
+var _ raft.FSM = (*FSM)(nil)
+
+// fsmState is the replicated state: equal on every node at the same log
+// position, and what a snapshot carries (with the volumes' images).
+type fsmState struct {
+	// seq is the group's seq counter: the seq of the last accepted batch.
+	seq uint64
+	// appliedIndex is the Raft index of the last applied entry.
+	appliedIndex uint64
+	// journalStart is the first seq the journal may still hold: every
+	// batch with a lower seq was trimmed.
+	journalStart uint64
+	// journal holds the committed batches not trimmed, in seq order. Its
+	// elements are never modified: a snapshot shares the array.
+	journal      []*wire.CommittedBatch
+	journalBytes uint64
+	volumes      map[string]*volumeRecord
+	nodeAddrs    map[string]string
+}
+
+// volumeRecord is the state of one registered volume.
+type volumeRecord struct {
+	name          string
+	epoch         uint64
+	blockCount    uint64
+	lastVolumeSeq uint64
+	lastSeq       uint64
+	// trimmedSeq is the seq of the last batch of the volume dropped from
+	// the journal (0 when none was).
+	trimmedSeq uint64
+	// batches are the volume's batches in the journal, in seq order, which
+	// is also volume-seq order without a gap.
+	batches []*wire.CommittedBatch
+}
+
+func (r *volumeRecord) info() VolumeInfo {
+	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq}
+}
+
+// seqOf returns the seq of the volume's batch volumeSeq, or 0 when the
+// journal no longer holds it.
+func (r *volumeRecord) seqOf(volumeSeq uint64) uint64 {
+	if len(r.batches) == 0 {
+		return 0
+	}
+	first := r.batches[0].GetBatch().GetVolumeSeq()
+	if volumeSeq < first || volumeSeq-first >= uint64(len(r.batches)) {
+		return 0
+	}
+	return r.batches[volumeSeq-first].GetSeq()
+}
+
+func newState() fsmState {
+	return fsmState{journalStart: 1, volumes: map[string]*volumeRecord{}, nodeAddrs: map[string]string{}}
+}
+
+// SubmitResult is what Apply returns for a SubmitEntry: one result per
+// batch, in the entry's order.
+type SubmitResult struct {
+	Batches []BatchResult
+}
+
+// BatchResult is the outcome of one batch of a SubmitEntry.
+type BatchResult struct {
+	// VolumeSeq is the batch's volume seq.
+	VolumeSeq uint64
+	// Seq is the global seq the batch was committed at; for a duplicate,
+	// the seq of the original, or 0 if the journal no longer holds it.
+	Seq uint64
+	// Duplicate is set when the volume seq had been committed before.
+	Duplicate bool
+	// Err is a *wire.Error when the batch was refused: UNKNOWN_VOLUME,
+	// STALE_EPOCH (Epoch is the volume's current epoch), GAP
+	// (ResumeVolumeSeq is the next volume seq expected) or BAD_REQUEST
+	// (volume seq 0).
+	Err error
+}
+
+// RegisterResult is what Apply returns for a RegisterVolume entry.
+type RegisterResult struct {
+	// Volume is the volume's record after the entry (zero when the request
+	// was malformed).
+	Volume VolumeInfo
+	// Err is a *wire.Error: BAD_REQUEST for a bad name or block count,
+	// VOLUME_MISMATCH when the volume is registered with another block
+	// count.
+	Err error
+}
+
+// EpochResult is what Apply returns for a SetEpoch entry.
+type EpochResult struct {
+	// Volume is the volume's record after the entry.
+	Volume VolumeInfo
+	// Err is a *wire.Error UNKNOWN_VOLUME for a volume not registered.
+	Err error
+}
+
+// VolumeInfo is the record of one registered volume.
+type VolumeInfo struct {
+	Name          string
+	Epoch         uint64
+	BlockCount    uint64
+	LastVolumeSeq uint64 // the volume seq of the volume's last committed batch
+	LastSeq       uint64 // the seq of the volume's last committed batch
+}
+
+// FSMStats are the state machine's counters.
+type FSMStats struct {
+	// CommittedSeq is the seq of the last committed batch of the group.
+	CommittedSeq uint64
+	// ValidSeq is the valid counter: every batch with seq <= ValidSeq is
+	// committed. Seqs are assigned when entries are applied, in order, so
+	// on a node's applied state it always equals CommittedSeq.
+	ValidSeq uint64
+	// AppliedIndex is the Raft index of the last applied entry.
+	AppliedIndex uint64
+	// JournalBatches and JournalBytes are the batches the journal holds
+	// and their payload bytes.
+	JournalBatches uint64
+	JournalBytes   uint64
+}
+
+// NewFSM opens the intermediate volumes already in cfg.Dir (creating the
+// directory if needed) and returns a state machine with an empty state: the
+// Raft log (or a snapshot) brings it up to date. A volume whose header is
+// corrupt is an error naming it.
+func NewFSM(cfg FSMConfig) (*FSM, error) {
+	if cfg.Dir == "" {
+		return nil, errors.New("new state machine: volumes directory is empty")
+	}
+	f := &FSM{cfg: cfg, fsys: cfg.FS, log: cfg.Logger, st: newState(), changed: make(chan struct{})}
+	if f.fsys == nil {
+		f.fsys = blockdev.OSFS{}
+	}
+	if f.log == nil {
+		f.log = slog.Default()
+	}
+	f.log = f.log.With(fsmKeyGroup, cfg.Group)
+	if err := mkdirAllDurable(f.fsys, cfg.Dir); err != nil {
+		return nil, fmt.Errorf("create volumes directory %q: %w", cfg.Dir, err)
+	}
+	vols, err := f.openVolumes()
+	if err != nil {
+		return nil, err
+	}
+	f.vols = vols
+	return f, nil
+}
+
+// Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
+// *EpochResult or nil (NodeAddr and non-command entries); after a fatal
+// error, an error wrapping wire.ErrFailed.
+func (f *FSM) Apply(l *raft.Log) any {
+	if err := f.refusal(); err != nil {
+		return err
+	}
+	if l.Type != raft.LogCommand {
+		f.mu.Lock()
+		f.st.appliedIndex = l.Index
+		f.mu.Unlock()
+		return nil
+	}
+	e, err := wire.DecodeEntry(l.Data)
+	if err != nil {
+		return f.fatal(fmt.Errorf("raft entry %d: %w", l.Index, err))
+	}
+	switch op := e.GetOp().(type) {
+	case *wire.Entry_Submit:
+		return f.applySubmit(l.Index, op.Submit)
+	case *wire.Entry_RegisterVolume:
+		return f.applyRegister(l.Index, op.RegisterVolume)
+	case *wire.Entry_SetEpoch:
+		return f.applySetEpoch(l.Index, op.SetEpoch)
+	case *wire.Entry_NodeAddr:
+		f.mu.Lock()
+		f.st.nodeAddrs[op.NodeAddr.GetId()] = op.NodeAddr.GetClientAddr()
+		f.st.appliedIndex = l.Index
+		f.broadcastLocked()
+		f.mu.Unlock()
+		return nil
+	default:
+		return f.fatal(fmt.Errorf("raft entry %d: %w: operation %T", l.Index, wire.ErrBadEntry, op))
+	}
+}
+
+// pendingWrite gathers the blocks one entry writes to one intermediate
+// volume, applied in one blockdev Apply.
+type pendingWrite struct {
+	iv     *ivolume
+	writes []blockdev.Write
+	seq    uint64 // the last seq whose blocks are in writes
+}
+
+func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
+	batches := se.GetBatches()
+	// Check every batch before changing anything, so that an entry is
+	// applied whole, or not at all when it stops the state machine.
+	f.mu.RLock()
+	counts := make([]uint64, len(batches))
+	for i, b := range batches {
+		if rec := f.st.volumes[b.GetVolume()]; rec != nil {
+			counts[i] = rec.blockCount
+		}
+	}
+	f.mu.RUnlock()
+	for i, b := range batches {
+		if err := wire.CheckBatch(b, counts[i]); err != nil {
+			return f.fatal(fmt.Errorf("raft entry %d: batch %d of %d: %w", index, i, len(batches), err))
+		}
+	}
+
+	res := &SubmitResult{Batches: make([]BatchResult, len(batches))}
+	var pending []*pendingWrite
+	accepted := false
+	f.mu.Lock()
+	for i, b := range batches {
+		r := f.submitLocked(b)
+		res.Batches[i] = r
+		if r.Err != nil || r.Duplicate {
+			continue
+		}
+		accepted = true
+		iv := f.vols[b.GetVolume()]
+		if iv == nil {
+			f.mu.Unlock()
+			return f.fatal(fmt.Errorf("raft entry %d: volume %q is registered but has no intermediate volume", index, b.GetVolume()))
+		}
+		if r.Seq <= iv.hdr.applied {
+			continue // replay: the volume already holds the batch
+		}
+		var p *pendingWrite
+		for _, q := range pending {
+			if q.iv == iv {
+				p = q
+			}
+		}
+		if p == nil {
+			p = &pendingWrite{iv: iv}
+			pending = append(pending, p)
+		}
+		for _, blk := range b.GetBlocks() {
+			p.writes = append(p.writes, blockdev.Write{Index: blk.GetIndex(), Data: blk.GetData()})
+		}
+		p.seq = r.Seq
+	}
+	f.st.appliedIndex = index
+	f.mu.Unlock()
+
+	for _, p := range pending {
+		if err := p.iv.apply(p.writes, p.seq); err != nil {
+			return f.fatal(fmt.Errorf("raft entry %d: %w", index, err))
+		}
+	}
+	if accepted {
+		f.mu.Lock()
+		f.broadcastLocked()
+		f.mu.Unlock()
+	}
+	return res
+}
+
+// submitLocked decides one checked batch: refused, duplicate, or accepted
+// with the next seq and appended to the journal. The caller holds mu.
+func (f *FSM) submitLocked(b *wire.Batch) BatchResult {
+	vs := b.GetVolumeSeq()
+	r := BatchResult{VolumeSeq: vs}
+	rec := f.st.volumes[b.GetVolume()]
+	switch {
+	case rec == nil:
+		r.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "batch %d: volume %q is not registered", vs, b.GetVolume())
+	case b.GetEpoch() != rec.epoch:
+		e := wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_EPOCH, "batch %d of volume %q carries epoch %d, the volume is at epoch %d",
+			vs, rec.name, b.GetEpoch(), rec.epoch)
+		e.Epoch = rec.epoch
+		r.Err = e
+	case vs == 0:
+		r.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "batch of volume %q has volume seq 0; volume seqs start at 1", rec.name)
+	case vs <= rec.lastVolumeSeq:
+		r.Duplicate = true
+		r.Seq = rec.seqOf(vs)
+	case vs > rec.lastVolumeSeq+1:
+		e := wire.Errorf(wire.ErrorCode_ERROR_CODE_GAP, "batch %d of volume %q skips volume seq %d", vs, rec.name, rec.lastVolumeSeq+1)
+		e.ResumeVolumeSeq = rec.lastVolumeSeq + 1
+		r.Err = e
+	default:
+		f.st.seq++
+		r.Seq = f.st.seq
+		cb := &wire.CommittedBatch{Seq: r.Seq, Batch: b}
+		f.st.journal = append(f.st.journal, cb)
+		f.st.journalBytes += uint64(wire.BatchBytes(b))
+		rec.batches = append(rec.batches, cb)
+		rec.lastVolumeSeq, rec.lastSeq = vs, r.Seq
+	}
+	return r
+}
+
+func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
+	name, blocks := rv.GetVolume(), rv.GetBlockCount()
+	res := &RegisterResult{}
+	f.mu.RLock()
+	rec := f.st.volumes[name]
+	f.mu.RUnlock()
+	switch {
+	case wire.CheckVolumeName(name) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register volume: %v", wire.CheckVolumeName(name))
+	case blocks == 0 || blocks >= maxBlockCount:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register volume %q: block count %d not in [1, %d)", name, blocks, uint64(maxBlockCount))
+	case rec != nil && rec.blockCount != blocks:
+		res.Volume = rec.info()
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "volume %q is registered with %d blocks, not %d", name, rec.blockCount, blocks)
+	case rec != nil:
+		res.Volume = rec.info()
+	}
+	if res.Err != nil || rec != nil {
+		f.mu.Lock()
+		f.st.appliedIndex = index
+		f.mu.Unlock()
+		return res
+	}
+
+	iv, err := f.volumeFor(name, blocks)
+	if err != nil {
+		return f.fatal(fmt.Errorf("raft entry %d: register volume %q: %w", index, name, err))
+	}
+	rec = &volumeRecord{name: name, epoch: max(rv.GetEpoch(), 1), blockCount: blocks}
+	f.mu.Lock()
+	f.st.volumes[name] = rec
+	f.vols[name] = iv
+	f.st.appliedIndex = index
+	f.broadcastLocked()
+	f.mu.Unlock()
+	f.log.Info("registered volume", fsmKeyVolume, name, fsmKeyBlocks, blocks, fsmKeyEpoch, rec.epoch, fsmKeyIndex, index)
+	res.Volume = rec.info()
+	return res
+}
+
+// volumeFor returns the intermediate volume for a volume being registered:
+// the one already on disk, left by an earlier run of the node whose log is
+// being replayed, or a new one. A volume on disk left restoring is rebuilt;
+// one of another size means the directory does not belong to this log.
+func (f *FSM) volumeFor(name string, blocks uint64) (*ivolume, error) {
+	f.mu.RLock()
+	iv := f.vols[name]
+	f.mu.RUnlock()
+	if iv != nil {
+		switch {
+		case iv.hdr.restoring:
+			f.log.Warn("rebuilding intermediate volume left restoring", fsmKeyVolume, name)
+			f.mu.Lock()
+			delete(f.vols, name)
+			f.mu.Unlock()
+			if err := iv.close(); err != nil {
+				return nil, err
+			}
+		case iv.blocks != blocks:
+			return nil, fmt.Errorf("intermediate volume on disk has %d blocks, the log registers %d: %w",
+				iv.blocks, blocks, blockdev.ErrCorrupt)
+		default:
+			f.log.Info("using intermediate volume on disk", fsmKeyVolume, name, fsmKeyAppliedSeq, iv.hdr.applied)
+			return iv, nil
+		}
+	}
+	return f.createIvolume(name, blocks)
+}
+
+func (f *FSM) applySetEpoch(index uint64, se *wire.SetEpoch) any {
+	res := &EpochResult{}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.appliedIndex = index
+	rec := f.st.volumes[se.GetVolume()]
+	if rec == nil {
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "set epoch: volume %q is not registered", se.GetVolume())
+		return res
+	}
+	if se.GetEpoch() > rec.epoch {
+		f.log.Info("raised volume epoch", fsmKeyVolume, rec.name, fsmKeyEpoch, se.GetEpoch(), fsmKeyPrevEpoch, rec.epoch, fsmKeyIndex, index)
+		rec.epoch = se.GetEpoch()
+		f.broadcastLocked()
+	}
+	res.Volume = rec.info()
+	return res
+}
+
+// trimJournal drops the journal's batches with seq <= upTo (at most the
+// committed seq). A secondary that asks for a dropped batch of its volume
+// is told the journal is compacted. Like every state change it must run on
+// the apply goroutine (a later issue drives it from a log entry).
+func (f *FSM) trimJournal(upTo uint64) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	upTo = min(upTo, f.st.seq)
+	if upTo < f.st.journalStart {
+		return
+	}
+	k := sort.Search(len(f.st.journal), func(i int) bool { return f.st.journal[i].GetSeq() > upTo })
+	dropped := map[string]int{}
+	for _, cb := range f.st.journal[:k] {
+		rec := f.st.volumes[cb.GetBatch().GetVolume()]
+		rec.trimmedSeq = cb.GetSeq()
+		dropped[rec.name]++
+		f.st.journalBytes -= uint64(wire.BatchBytes(cb.GetBatch()))
+	}
+	for name, n := range dropped {
+		rec := f.st.volumes[name]
+		rec.batches = slices.Clone(rec.batches[n:])
+	}
+	// New arrays: a snapshot may share the old ones, and the dropped
+	// batches must not stay reachable.
+	f.st.journal = slices.Clone(f.st.journal[k:])
+	f.st.journalStart = upTo + 1
+	f.broadcastLocked()
+}
+
+// broadcastLocked wakes every waiter on Changed. The caller holds mu.
+func (f *FSM) broadcastLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
+
+// fatal stops the state machine on err (the first time), calls OnFatal,
+// and returns the error Apply returns from then on.
+func (f *FSM) fatal(err error) error {
+	f.mu.Lock()
+	first := f.failed == nil
+	if first {
+		f.failed = err
+		f.broadcastLocked()
+	}
+	f.mu.Unlock()
+	if first {
+		f.log.Error("state machine stopped on a fatal error", fsmKeyErr, err)
+		if f.cfg.OnFatal != nil {
+			f.cfg.OnFatal(err)
+		}
+	}
+	return f.refusal()
+}
+
+// refusal returns the error with which Apply refuses entries once the state
+// machine has stopped or was closed, or nil.
+func (f *FSM) refusal() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	switch {
+	case f.failed != nil:
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_FAILED, "state machine of group %q stopped: %v", f.cfg.Group, f.failed)
+	case f.closed:
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_FAILED, "state machine of group %q is closed", f.cfg.Group)
+	}
+	return nil
+}
+
+// Failed returns the fatal error that stopped the state machine, or nil.
+func (f *FSM) Failed() error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.failed
+}
+
+// Stats returns the state machine's counters.
+func (f *FSM) Stats() FSMStats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return FSMStats{
+		CommittedSeq:   f.st.seq,
+		ValidSeq:       f.st.seq,
+		AppliedIndex:   f.st.appliedIndex,
+		JournalBatches: uint64(len(f.st.journal)),
+		JournalBytes:   f.st.journalBytes,
+	}
+}
+
+// Volume returns the record of a registered volume.
+func (f *FSM) Volume(name string) (VolumeInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	rec := f.st.volumes[name]
+	if rec == nil {
+		return VolumeInfo{}, false
+	}
+	return rec.info(), true
+}
+
+// Volumes returns the records of every registered volume, sorted by name.
+func (f *FSM) Volumes() []VolumeInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]VolumeInfo, 0, len(f.st.volumes))
+	for _, name := range slices.Sorted(maps.Keys(f.st.volumes)) {
+		out = append(out, f.st.volumes[name].info())
+	}
+	return out
+}
+
+// NodeAddr returns the client address a NodeAddr entry recorded for the
+// node id, or "" if none did.
+func (f *FSM) NodeAddr(id string) string {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.nodeAddrs[id]
+}
+
+// Fetch returns the journal's batches of volume with seq > afterSeq, in seq
+// order, at most max of them (max <= 0: all). compacted is set, with no
+// batches, when the journal no longer holds some batch of the volume with
+// seq > afterSeq: the caller must resynchronise from the intermediate
+// volume. The batches are shared and must not be modified. An unregistered
+// volume gives a *wire.Error UNKNOWN_VOLUME.
+func (f *FSM) Fetch(volume string, afterSeq uint64, max int) (batches []*wire.CommittedBatch, compacted bool, err error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	rec := f.st.volumes[volume]
+	if rec == nil {
+		return nil, false, wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "fetch: volume %q is not registered", volume)
+	}
+	if afterSeq < rec.trimmedSeq {
+		return nil, true, nil
+	}
+	i := sort.Search(len(rec.batches), func(i int) bool { return rec.batches[i].GetSeq() > afterSeq })
+	j := len(rec.batches)
+	if max > 0 && j-i > max {
+		j = i + max
+	}
+	if i == j {
+		return nil, false, nil
+	}
+	return slices.Clone(rec.batches[i:j]), false, nil
+}
+
+// Changed returns a channel that is closed at the next Apply or Restore
+// that changes the state (or when the state machine stops). To wait for
+// new batches without missing a wake-up, take the channel before calling
+// Fetch, and wait on it only if Fetch returned nothing.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// ReadVolumeBlock reads block index of the intermediate volume of volume
+// into p (BlockSize bytes). The volume holds every batch the node applied;
+// just after a Restore that rewrote it from a snapshot image, some of its
+// blocks may already hold batches that the node has yet to apply again.
+func (f *FSM) ReadVolumeBlock(volume string, index uint64, p []byte) error {
+	f.mu.RLock()
+	rec, iv := f.st.volumes[volume], f.vols[volume]
+	f.mu.RUnlock()
+	if rec == nil || iv == nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "read block %d: volume %q is not registered", index, volume)
+	}
+	if index >= rec.blockCount {
+		return fmt.Errorf("read block %d of intermediate volume %q of %d blocks: %w", index, volume, rec.blockCount, blockdev.ErrOutOfRange)
+	}
+	if err := iv.vol.ReadBlock(index, p); err != nil {
+		return fmt.Errorf("read intermediate volume %q: %w", volume, err)
+	}
+	return nil
+}
+
+// Close closes the intermediate volumes, without syncing them: what they
+// lose in a crash, the Raft log replays. Apply refuses entries afterwards.
+func (f *FSM) Close() error {
+	f.mu.Lock()
+	vols := f.vols
+	f.vols, f.closed = map[string]*ivolume{}, true
+	f.mu.Unlock()
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(vols)) {
+		if err := vols[name].close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

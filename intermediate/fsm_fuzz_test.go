@@ -1,0 +1,249 @@
+package intermediate
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"testing"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// Modes of FuzzFSMApply: how the input becomes a log entry.
+const (
+	ftFuzzRaw    = iota // the bytes are the entry
+	ftFuzzFramed        // the bytes are the protobuf body, framed with a valid CRC
+	ftFuzzSealed        // as framed, with every batch resealed so that it passes its CRC
+)
+
+// ftFuzzMaxBlocks bounds the volumes a fuzzed entry may register: MemFS
+// holds a volume's data file in memory.
+const ftFuzzMaxBlocks = 64
+
+// ftFuzzBase builds the state the fuzz targets start from.
+func ftFuzzBase(t testing.TB, fsys blockdev.FS) *ftHarness {
+	h := ftNew(t, fsys, "/vols")
+	h.register("a", 8, 1)
+	h.register("b", 4, 2)
+	h.submit(ftBatch("a", 1, 1, 0, 7), ftBatch("b", 2, 1, 3))
+	h.submit(ftBatch("a", 1, 2, 1))
+	h.apply(ftNodeAddr("n1", "127.0.0.1:1"))
+	return h
+}
+
+// ftFrame frames a protobuf body as wire.EncodeEntry does.
+func ftFrame(body []byte) []byte {
+	p := append([]byte{1}, body...)
+	return binary.LittleEndian.AppendUint32(p, crc32.Checksum(p, crc32.MakeTable(crc32.Castagnoli)))
+}
+
+func ftFuzzSeedBody(t testing.TB, e *wire.Entry) []byte {
+	b, err := proto.Marshal(e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// FuzzFSMApply applies arbitrary bytes as a log entry: the FSM must never
+// panic, must stop (not skip) on an entry it cannot decode, and otherwise
+// must keep its invariants.
+func FuzzFSMApply(f *testing.F) {
+	// Small seeds (one block each): the fuzzer minimises what it finds, and
+	// that takes time proportional to the input's size.
+	for _, e := range []*wire.Entry{
+		ftSubmit(ftBatch("a", 1, 3, 2)),
+		ftSubmit(ftBatch("b", 2, 2, 1)),
+		ftRegister("c", 16, 1),
+		ftRegister("a", 9, 1),
+		ftSetEpoch("b", 3),
+		ftNodeAddr("n2", "x"),
+	} {
+		framed, err := wire.EncodeEntry(e)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(byte(ftFuzzRaw), framed)
+		f.Add(byte(ftFuzzFramed), ftFuzzSeedBody(f, e))
+		f.Add(byte(ftFuzzSealed), ftFuzzSeedBody(f, e))
+	}
+	f.Add(byte(ftFuzzRaw), []byte{})
+	f.Add(byte(ftFuzzRaw), []byte{1, 0, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
+		var l *raft.Log
+		switch mode % 3 {
+		case ftFuzzRaw:
+			l = &raft.Log{Type: raft.LogCommand, Data: data}
+		case ftFuzzFramed, ftFuzzSealed:
+			e := new(wire.Entry)
+			if proto.Unmarshal(data, e) == nil {
+				if rv := e.GetRegisterVolume(); rv != nil && rv.GetBlockCount() > ftFuzzMaxBlocks {
+					t.Skip("registers a volume too large for MemFS")
+				}
+				if mode%3 == ftFuzzSealed {
+					for _, b := range e.GetSubmit().GetBatches() {
+						wire.Seal(b)
+					}
+					body, err := proto.Marshal(e)
+					if err != nil {
+						t.Skip()
+					}
+					data = body
+				}
+			}
+			l = &raft.Log{Type: raft.LogCommand, Data: ftFrame(data)}
+		}
+		h := ftFuzzBase(t, nil)
+		before := h.f.Stats()
+		res := h.applyLog(l)
+		if failed := h.f.Failed(); failed != nil {
+			if _, ok := res.(error); !ok {
+				t.Fatalf("the entry stopped the FSM (%v) but Apply returned %T", failed, res)
+			}
+			if h.fatals.Load() != 1 {
+				t.Fatalf("OnFatal called %d times", h.fatals.Load())
+			}
+			return
+		}
+		if err, ok := res.(error); ok {
+			t.Fatalf("Apply returned error %v without stopping the FSM", err)
+		}
+		ftCheckInvariants(t, h.f)
+		after := h.f.Stats()
+		if sr, ok := res.(*SubmitResult); ok {
+			accepted := uint64(0)
+			for _, r := range sr.Batches {
+				if r.Err == nil && !r.Duplicate {
+					accepted++
+					if r.Seq != before.CommittedSeq+accepted {
+						t.Fatalf("accepted batch got seq %d, want %d", r.Seq, before.CommittedSeq+accepted)
+					}
+				}
+			}
+			if after.CommittedSeq != before.CommittedSeq+accepted {
+				t.Fatalf("committed seq %d after %d accepted batches from %d", after.CommittedSeq, accepted, before.CommittedSeq)
+			}
+		} else if after.CommittedSeq != before.CommittedSeq {
+			t.Fatalf("a %T entry moved the seq from %d to %d", res, before.CommittedSeq, after.CommittedSeq)
+		}
+	})
+}
+
+// ftLimitFS refuses to size a file beyond a limit, so that a fuzzed
+// snapshot cannot make MemFS allocate a huge volume.
+type ftLimitFS struct{ blockdev.FS }
+
+func (l ftLimitFS) OpenFile(label, name string, flag int, perm fs.FileMode) (blockdev.File, error) {
+	f, err := l.FS.OpenFile(label, name, flag, perm)
+	if err != nil {
+		return nil, err
+	}
+	return ftLimitFile{f}, nil
+}
+
+type ftLimitFile struct{ blockdev.File }
+
+func (f ftLimitFile) Truncate(size int64) error {
+	if size > ftFuzzMaxBlocks*blockdev.BlockSize {
+		return fmt.Errorf("test file system: file of %d bytes refused", size)
+	}
+	return f.File.Truncate(size)
+}
+
+// Modes of FuzzSnapshotRestore.
+const (
+	ftSnapRaw    = iota // the bytes are the stream
+	ftSnapFramed        // the bytes are frames (type, 4-byte length, payload) that get valid checksums
+)
+
+// ftUnframe turns a snapshot stream into the framed mode's input: the
+// frames without their checksums.
+func ftUnframe(stream []byte) []byte {
+	var out []byte
+	for len(stream) > 0 {
+		n := int(binary.LittleEndian.Uint32(stream[1:]))
+		out = append(out, stream[0])
+		out = binary.LittleEndian.AppendUint32(out, uint32(n))
+		out = append(out, stream[frameHeadSize:frameHeadSize+n]...)
+		stream = stream[frameHeadSize+n+4:]
+	}
+	return out
+}
+
+// ftReframe builds a stream of frames with valid checksums from the framed
+// mode's input; an incomplete last frame is cut short as it is.
+func ftReframe(data []byte) []byte {
+	var buf bytes.Buffer
+	fw := &frameWriter{w: &buf}
+	for len(data) >= 5 {
+		typ, n := data[0], int(binary.LittleEndian.Uint32(data[1:]))
+		data = data[5:]
+		if n > len(data) {
+			n = len(data)
+		}
+		fw.write(typ, data[:n])
+		data = data[n:]
+	}
+	return append(buf.Bytes(), data...)
+}
+
+// FuzzSnapshotRestore restores arbitrary bytes: the FSM must never panic,
+// and a refused stream must leave the state exactly as it was. In the
+// framed mode the checksums are right, so the fuzzer reaches the checks of
+// the frames' content; a stream that passes them must give a consistent
+// state.
+func FuzzSnapshotRestore(f *testing.F) {
+	// Small seeds: one volume of two blocks, one batch of a zero block (so
+	// the image's chunk carries no data), then the same trimmed.
+	src := ftNew(f, nil, "/src")
+	src.register("a", 2, 1)
+	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 1, Blocks: []*wire.Block{{Index: 1, Data: make([]byte, wire.BlockSize)}}}))
+	src.apply(ftNodeAddr("n1", "127.0.0.1:1"))
+	full := ftSnapshot(f, src.f)
+	src.f.trimJournal(1)
+	trimmed := ftSnapshot(f, src.f)
+	empty := ftSnapshot(f, ftNew(f, nil, "/empty").f)
+	for _, seed := range [][]byte{full, trimmed, empty} {
+		f.Add(byte(ftSnapRaw), seed)
+		f.Add(byte(ftSnapFramed), ftUnframe(seed))
+	}
+	f.Add(byte(ftSnapRaw), trimmed[:len(trimmed)/2])
+	f.Add(byte(ftSnapRaw), []byte{})
+	f.Add(byte(ftSnapRaw), []byte(snapMagic))
+	f.Fuzz(func(t *testing.T, mode byte, data []byte) {
+		if mode%2 == ftSnapFramed {
+			data = ftReframe(data)
+		}
+		h := ftNew(t, ftLimitFS{blockdev.NewMemFS()}, "/vols")
+		h.register("a", 8, 1)
+		h.register("c", 2, 1)
+		h.submit(ftBatch("a", 1, 1, 4), ftBatch("c", 1, 1, 1))
+		before := ftDumpOf(t, h.f)
+		if err := ftRestore(h.f, data); err != nil {
+			if h.f.Failed() != nil {
+				t.Fatalf("a refused stream stopped the FSM: %v", h.f.Failed())
+			}
+			ftSameDump(t, "after a refused stream", ftDumpOf(t, h.f), before)
+			if left := ftLeftovers(t, h); len(left) != 0 {
+				t.Fatalf("temporary directories left: %v", left)
+			}
+			return
+		}
+		ftCheckInvariants(t, h.f)
+		// The restored state takes entries and snapshots again.
+		for _, v := range h.f.Volumes() {
+			h.submit(ftBatch(v.Name, v.Epoch, v.LastVolumeSeq+1, 0))
+		}
+		ftCheckInvariants(t, h.f)
+		again := ftSnapshot(t, h.f)
+		if err := ftRestore(ftNew(t, nil, "/again").f, again); err != nil {
+			t.Fatalf("restore of a snapshot of the restored state: %v", err)
+		}
+	})
+}

@@ -1,0 +1,601 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/raft"
+	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// Defaults of Config.
+const (
+	DefaultGroup             = "default"
+	DefaultJournalBudget     = 512 << 20
+	DefaultSnapshotThreshold = 8192
+	DefaultTrailingLogs      = 4096
+	DefaultSnapshotInterval  = 2 * time.Minute
+	DefaultApplyTimeout      = 10 * time.Second
+	DefaultPipelineDepth     = 4
+)
+
+// Sentinel errors of package intermediate.
+var (
+	// ErrNotInCluster: the node's ID is not in the --cluster list.
+	ErrNotInCluster = errors.New("node not in cluster list")
+	// ErrClosed: the node has been closed.
+	ErrClosed = errors.New("node closed")
+)
+
+// Peer is one member of the initial cluster: a node ID and its Raft address.
+type Peer struct {
+	ID       string
+	RaftAddr string
+}
+
+// Config configures one intermediate node.
+type Config struct {
+	// ID is the node's Raft server ID.
+	ID string
+	// Dir holds the Raft log (raft.db), snapshots and the intermediate
+	// volumes. One process at a time.
+	Dir string
+	// Group is the consistency group the cluster serves.
+	Group string
+	// Listen is the client (gRPC) address; ignored when ClientListener is set.
+	Listen string
+	// ClientListener, when set, is used instead of listening on Listen.
+	ClientListener net.Listener
+	// RaftAddr is the Raft transport's bind and advertised address; ignored
+	// when RaftListener is set (its address is advertised).
+	RaftAddr string
+	// RaftListener, when set, carries the Raft transport.
+	RaftListener net.Listener
+	// Dial, when set, makes the Raft transport's outgoing connections (tests
+	// inject faults here; TLS plugs in here later).
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
+	// Cluster is the initial configuration. A node without state bootstraps
+	// it when its own ID is listed; every node given the same list forms the
+	// same cluster. Empty with Join set: join a running cluster.
+	Cluster []Peer
+	// Join lists client addresses of a running cluster to ask for
+	// membership when the node has no state.
+	Join []string
+	// JournalBudget bounds the journal's payload bytes; the leader refuses
+	// Submit with wire.ErrJournalFull beyond it.
+	JournalBudget uint64
+	// MaxMessage bounds gRPC messages and Raft entries.
+	MaxMessage int
+	// SnapshotThreshold, SnapshotInterval and TrailingLogs tune Raft's
+	// snapshots (see hashicorp/raft Config).
+	SnapshotThreshold uint64
+	SnapshotInterval  time.Duration
+	TrailingLogs      uint64
+	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout override
+	// Raft's defaults when not zero (tests shorten them).
+	HeartbeatTimeout   time.Duration
+	ElectionTimeout    time.Duration
+	LeaderLeaseTimeout time.Duration
+	// ApplyTimeout bounds one proposal's wait to enter the Raft log.
+	ApplyTimeout time.Duration
+	// PipelineDepth is how many Submit entries may be in the Raft pipeline
+	// at once; batches arriving meanwhile are grouped into the next entry.
+	PipelineDepth int
+	// Logger receives the node's logs and Raft's.
+	Logger *slog.Logger
+	// GRPCOptions are extra server options (TLS later).
+	GRPCOptions []grpc.ServerOption
+	// DialOptions are extra client options for Join calls.
+	DialOptions []grpc.DialOption
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.ID == "" {
+		return c, errors.New("node id is empty")
+	}
+	if c.Dir == "" {
+		return c, errors.New("data directory is empty")
+	}
+	if c.Group == "" {
+		c.Group = DefaultGroup
+	}
+	if c.JournalBudget == 0 {
+		c.JournalBudget = DefaultJournalBudget
+	}
+	if c.MaxMessage == 0 {
+		c.MaxMessage = wire.DefaultMaxMessage
+	}
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.SnapshotInterval == 0 {
+		c.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = DefaultTrailingLogs
+	}
+	if c.ApplyTimeout == 0 {
+		c.ApplyTimeout = DefaultApplyTimeout
+	}
+	if c.PipelineDepth == 0 {
+		c.PipelineDepth = DefaultPipelineDepth
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ClientListener == nil && c.Listen == "" {
+		return c, errors.New("client listen address is empty")
+	}
+	if c.RaftListener == nil && c.RaftAddr == "" {
+		return c, errors.New("raft address is empty")
+	}
+	if len(c.Cluster) > 0 && len(c.Join) > 0 {
+		return c, errors.New("cluster and join are exclusive: bootstrap with cluster, or join a running one")
+	}
+	seen := map[string]bool{}
+	for _, p := range c.Cluster {
+		if p.ID == "" || p.RaftAddr == "" {
+			return c, fmt.Errorf("cluster member %q=%q: id and address are required", p.ID, p.RaftAddr)
+		}
+		if seen[p.ID] {
+			return c, fmt.Errorf("cluster member %q listed twice", p.ID)
+		}
+		seen[p.ID] = true
+	}
+	if len(c.Cluster) > 0 && !seen[c.ID] {
+		return c, fmt.Errorf("node %q: %w", c.ID, ErrNotInCluster)
+	}
+	return c, nil
+}
+
+// Node is one running intermediate node: the Raft member with its state
+// machine, the proposer that groups Submit batches into Raft entries, and
+// the gRPC server.
+//
+// Goroutines: Raft's own; the proposer (proposer.run) and its completer;
+// the leader watcher (watchLeader), which records this node's client
+// address in the log when it becomes leader; the gRPC server (serve) and one
+// goroutine per stream. Close stops all of them.
+type Node struct {
+	cfg       Config
+	log       *slog.Logger
+	fsm       *FSM
+	raft      *raft.Raft
+	store     *raftboltdb.BoltStore
+	transport *raft.NetworkTransport
+	grpc      *grpc.Server
+	clientLis net.Listener
+	prop      *proposer
+	notify    chan bool
+	logCount  *countingLogStore
+
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	wg     sync.WaitGroup
+
+	fatalOnce sync.Once
+	fatal     chan struct{}
+	fatalErr  error
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// Open starts a node: it opens (or creates) the Raft state in cfg.Dir,
+// bootstraps or joins the cluster as configured, and serves clients.
+func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
+	cfg, err = cfg.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("intermediate config: %w", err)
+	}
+	log := cfg.Logger.With(logKeyNode, cfg.ID)
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory %q: %w", cfg.Dir, err)
+	}
+	n := &Node{cfg: cfg, log: log, fatal: make(chan struct{}), notify: make(chan bool, 16)}
+	n.ctx, n.cancel = context.WithCancelCause(context.Background())
+	defer func() {
+		if err != nil {
+			n.Close()
+		}
+	}()
+
+	n.fsm, err = NewFSM(FSMConfig{
+		Group:   cfg.Group,
+		Dir:     filepath.Join(cfg.Dir, "volumes"),
+		Logger:  log,
+		OnFatal: n.setFatal,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n.store, err = raftboltdb.New(raftboltdb.Options{
+		Path:        filepath.Join(cfg.Dir, "raft.db"),
+		BoltOptions: &bbolt.Options{Timeout: time.Second},
+		NoSync:      false, // the log is the durability point of every Submit
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open raft log %q: %w", filepath.Join(cfg.Dir, "raft.db"), err)
+	}
+	n.logCount = &countingLogStore{LogStore: n.store}
+	logs, err := raft.NewLogCache(1024, n.logCount)
+	if err != nil {
+		return nil, fmt.Errorf("raft log cache: %w", err)
+	}
+	snaps, err := raft.NewFileSnapshotStoreWithLogger(cfg.Dir, 2, newHclog(log, "raft-snapshot"))
+	if err != nil {
+		return nil, fmt.Errorf("open snapshots in %q: %w", cfg.Dir, err)
+	}
+	raftLis := cfg.RaftListener
+	if raftLis == nil {
+		raftLis, err = net.Listen("tcp", cfg.RaftAddr)
+		if err != nil {
+			return nil, fmt.Errorf("listen for raft on %q: %w", cfg.RaftAddr, err)
+		}
+	}
+	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  &streamLayer{Listener: raftLis, dial: cfg.Dial},
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  newHclog(log, "raft-net"),
+	})
+
+	rc := raft.DefaultConfig()
+	rc.LocalID = raft.ServerID(cfg.ID)
+	rc.Logger = newHclog(log, "raft")
+	rc.NotifyCh = n.notify
+	rc.SnapshotThreshold = cfg.SnapshotThreshold
+	rc.SnapshotInterval = cfg.SnapshotInterval
+	rc.TrailingLogs = cfg.TrailingLogs
+	rc.MaxAppendEntries = 256
+	if cfg.HeartbeatTimeout != 0 {
+		rc.HeartbeatTimeout = cfg.HeartbeatTimeout
+	}
+	if cfg.ElectionTimeout != 0 {
+		rc.ElectionTimeout = cfg.ElectionTimeout
+	}
+	if cfg.LeaderLeaseTimeout != 0 {
+		rc.LeaderLeaseTimeout = cfg.LeaderLeaseTimeout
+	}
+	if err := raft.ValidateConfig(rc); err != nil {
+		return nil, fmt.Errorf("raft config: %w", err)
+	}
+
+	existing, err := raft.HasExistingState(logs, n.store, snaps)
+	if err != nil {
+		return nil, fmt.Errorf("read raft state in %q: %w", cfg.Dir, err)
+	}
+	if !existing && len(cfg.Cluster) > 0 {
+		var servers []raft.Server
+		for _, p := range cfg.Cluster {
+			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddr)})
+		}
+		if err := raft.BootstrapCluster(rc, logs, n.store, snaps, n.transport, raft.Configuration{Servers: servers}); err != nil {
+			return nil, fmt.Errorf("bootstrap cluster: %w", err)
+		}
+		log.Info("bootstrapped cluster", "members", len(servers))
+	}
+	n.raft, err = raft.NewRaft(rc, n.fsm, logs, n.store, snaps, n.transport)
+	if err != nil {
+		return nil, fmt.Errorf("start raft: %w", err)
+	}
+	n.prop = newProposer(n)
+
+	n.clientLis = cfg.ClientListener
+	if n.clientLis == nil {
+		n.clientLis, err = net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen for clients on %q: %w", cfg.Listen, err)
+		}
+	}
+	opts := append([]grpc.ServerOption{
+		grpc.MaxRecvMsgSize(cfg.MaxMessage + 64<<10),
+		grpc.MaxSendMsgSize(cfg.MaxMessage + 64<<10),
+	}, cfg.GRPCOptions...)
+	n.grpc = grpc.NewServer(opts...)
+	wire.RegisterIntermediateServer(n.grpc, &service{n: n})
+
+	n.wg.Add(2)
+	go n.serve()
+	go n.watchLeader()
+	n.prop.start()
+
+	if !existing && len(cfg.Join) > 0 {
+		if err := n.join(ctx); err != nil {
+			return nil, err
+		}
+	}
+	log.Info("intermediate node started", logKeyAddr, n.ClientAddr(), "raft", raftLis.Addr().String(), "existing_state", existing)
+	return n, nil
+}
+
+// serve runs the gRPC server until Close.
+func (n *Node) serve() {
+	defer n.wg.Done()
+	if err := n.grpc.Serve(n.clientLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		n.log.Error("grpc server stopped", logKeyErr, err)
+	}
+}
+
+// watchLeader records this node's client address in the log each time it
+// becomes leader, so followers can send clients to it.
+func (n *Node) watchLeader() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case leader := <-n.notify:
+			if !leader {
+				n.log.Info("lost leadership")
+				continue
+			}
+			n.log.Info("became leader")
+			if n.fsm.NodeAddr(n.cfg.ID) == n.ClientAddr() {
+				continue
+			}
+			entry := &wire.Entry{Op: &wire.Entry_NodeAddr{NodeAddr: &wire.NodeAddr{Id: n.cfg.ID, ClientAddr: n.ClientAddr()}}}
+			if _, err := n.apply(n.ctx, entry); err != nil {
+				n.log.Warn("record leader address", logKeyErr, err)
+			}
+		}
+	}
+}
+
+// join asks the cluster at cfg.Join to add this node, following leader
+// redirects, until ctx ends.
+func (n *Node) join(ctx context.Context) error {
+	addrs := append([]string(nil), n.cfg.Join...)
+	backoff := 100 * time.Millisecond
+	var lastErr error
+	for i := 0; ; i++ {
+		addr := addrs[i%len(addrs)]
+		err := n.joinOnce(ctx, addr)
+		if err == nil {
+			n.log.Info("joined cluster", logKeyAddr, addr)
+			return nil
+		}
+		lastErr = err
+		var we *wire.Error
+		if errors.As(err, &we) && we.Code == wire.ErrorCode_ERROR_CODE_NOT_LEADER && we.LeaderAddr != "" {
+			addrs = append(addrs, we.LeaderAddr)
+			i = len(addrs) - 2 // next turn tries the leader
+			continue
+		}
+		n.log.Warn("join cluster", logKeyAddr, addr, logKeyErr, err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("join cluster via %v: %w (last error: %v)", n.cfg.Join, ctx.Err(), lastErr)
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 2*time.Second)
+	}
+}
+
+func (n *Node) joinOnce(ctx context.Context, addr string) error {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, n.cfg.DialOptions...)
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return fmt.Errorf("dial %q: %w", addr, err)
+	}
+	defer conn.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	_, err = wire.NewIntermediateClient(conn).Join(cctx, &wire.JoinRequest{Id: n.cfg.ID, RaftAddr: string(n.transport.LocalAddr())})
+	return wire.FromStatus(err)
+}
+
+// apply is the one path for synchronous Raft writes: encode, check the
+// size, Apply, wait, and turn an error response into an error.
+func (n *Node) apply(ctx context.Context, e *wire.Entry) (any, error) {
+	data, err := wire.EncodeEntry(e)
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > n.cfg.MaxMessage {
+		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_TOO_LARGE, "raft entry of %d bytes over the limit of %d", len(data), n.cfg.MaxMessage)
+	}
+	f := n.raft.Apply(data, n.cfg.ApplyTimeout)
+	if err := waitFuture(ctx, f); err != nil {
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, n.raftError(err)
+	}
+	resp := f.Response()
+	if err, ok := resp.(error); ok {
+		return nil, err
+	}
+	return resp, nil
+}
+
+// raftError maps an error of the Raft library to the protocol's errors: a
+// node that is not (or no longer) leader answers NOT_LEADER with the
+// leader's address when it knows it.
+func (n *Node) raftError(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrNotLeader), errors.Is(err, raft.ErrLeadershipLost),
+		errors.Is(err, raft.ErrLeadershipTransferInProgress), errors.Is(err, raft.ErrAbortedByRestore):
+		return n.notLeader(err.Error())
+	case errors.Is(err, raft.ErrRaftShutdown):
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is shutting down", n.cfg.ID)
+	case errors.Is(err, raft.ErrEnqueueTimeout):
+		return n.notLeader("raft enqueue timeout: " + err.Error())
+	default:
+		return fmt.Errorf("raft apply: %w", err)
+	}
+}
+
+// notLeader returns a NOT_LEADER error naming the leader if known.
+func (n *Node) notLeader(reason string) *wire.Error {
+	_, id := n.raft.LeaderWithID()
+	e := wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is not the leader: %s", n.cfg.ID, reason)
+	if id != "" && string(id) != n.cfg.ID {
+		e.LeaderID = string(id)
+		e.LeaderAddr = n.fsm.NodeAddr(string(id))
+	}
+	return e
+}
+
+// setFatal is the FSM's OnFatal: the node stops serving writes; the
+// process is expected to exit (Fatal reports it).
+func (n *Node) setFatal(err error) {
+	n.fatalOnce.Do(func() {
+		n.fatalErr = err
+		n.log.Error("state machine stopped: node must be restarted after the cause is fixed", logKeyErr, err)
+		close(n.fatal)
+	})
+}
+
+// Fatal returns a channel closed when the state machine stopped on a fatal
+// error (an undecodable entry, a checksum mismatch); FatalErr says why.
+func (n *Node) Fatal() <-chan struct{} { return n.fatal }
+
+// FatalErr returns the fatal error, or nil.
+func (n *Node) FatalErr() error {
+	select {
+	case <-n.fatal:
+		return n.fatalErr
+	default:
+		return nil
+	}
+}
+
+// ID returns the node's ID.
+func (n *Node) ID() string { return n.cfg.ID }
+
+// ClientAddr returns the address clients reach this node at.
+func (n *Node) ClientAddr() string {
+	if n.clientLis == nil {
+		return n.cfg.Listen
+	}
+	return n.clientLis.Addr().String()
+}
+
+// RaftAddr returns the node's Raft transport address.
+func (n *Node) RaftAddr() string { return string(n.transport.LocalAddr()) }
+
+// FSM returns the node's state machine (read side).
+func (n *Node) FSM() *FSM { return n.fsm }
+
+// Raft returns the node's Raft instance.
+func (n *Node) Raft() *raft.Raft { return n.raft }
+
+// IsLeader reports whether the node is the leader now.
+func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.State() == raft.Leader }
+
+// Close stops serving, shuts Raft down and closes the stores. It does not
+// leave the cluster (use Remove for that): a closed node rejoins with its
+// state when opened again.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.cancel(ErrClosed)
+		if n.grpc != nil {
+			n.grpc.Stop()
+		} else if n.clientLis != nil {
+			n.clientLis.Close()
+		}
+		if n.prop != nil {
+			n.prop.stop()
+		}
+		var errs []error
+		if n.raft != nil {
+			if err := n.raft.Shutdown().Error(); err != nil {
+				errs = append(errs, fmt.Errorf("shut down raft: %w", err))
+			}
+		}
+		if n.prop != nil {
+			n.prop.wait()
+		}
+		n.wg.Wait()
+		if n.transport != nil {
+			n.transport.Close()
+		}
+		if n.store != nil {
+			if err := n.store.Close(); err != nil {
+				errs = append(errs, fmt.Errorf("close raft log: %w", err))
+			}
+		}
+		if n.fsm != nil {
+			if err := n.fsm.Close(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		n.closeErr = errors.Join(errs...)
+	})
+	return n.closeErr
+}
+
+// streamLayer is the Raft transport's connection layer: a listener and a
+// dialer (replaceable for fault injection and, later, TLS).
+type streamLayer struct {
+	net.Listener
+	dial func(ctx context.Context, addr string) (net.Conn, error)
+}
+
+// Dial implements raft.StreamLayer.
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if s.dial != nil {
+		return s.dial(ctx, string(addr))
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", string(addr))
+}
+
+// NodeStats counts the work of a node's write path.
+type NodeStats struct {
+	// LogWrites is the number of Raft log writes (one fsync each).
+	LogWrites uint64
+	// LogEntries is the number of entries those writes stored.
+	LogEntries uint64
+	// SubmitEntries is the number of Submit entries this node proposed as
+	// leader, and SubmitBatches the batches they carried (group commit).
+	SubmitEntries uint64
+	SubmitBatches uint64
+}
+
+// Stats returns the node's write-path counters.
+func (n *Node) Stats() NodeStats {
+	return NodeStats{
+		LogWrites:     n.logCount.writes.Load(),
+		LogEntries:    n.logCount.entries.Load(),
+		SubmitEntries: n.prop.entries.Load(),
+		SubmitBatches: n.prop.batches.Load(),
+	}
+}
+
+// countingLogStore counts the writes of the Raft log store: raft-boltdb
+// commits (and fsyncs) once per StoreLog or StoreLogs call.
+type countingLogStore struct {
+	raft.LogStore
+	writes, entries atomic.Uint64
+}
+
+// StoreLog implements raft.LogStore.
+func (c *countingLogStore) StoreLog(l *raft.Log) error {
+	c.writes.Add(1)
+	c.entries.Add(1)
+	return c.LogStore.StoreLog(l)
+}
+
+// StoreLogs implements raft.LogStore.
+func (c *countingLogStore) StoreLogs(logs []*raft.Log) error {
+	c.writes.Add(1)
+	c.entries.Add(uint64(len(logs)))
+	return c.LogStore.StoreLogs(logs)
+}

@@ -1,0 +1,434 @@
+package intermediate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/hashicorp/raft"
+
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// Limits of the Submit and Fetch handlers.
+const (
+	// maxStreamInFlight bounds the payload bytes one Submit stream may have
+	// queued or in flight before the server stops reading from it (flow
+	// control; the client sees back-pressure, not an error).
+	maxStreamInFlight = 64 << 20
+	// defaultFetchBatches is the number of batches per Fetch response when
+	// the request does not say.
+	defaultFetchBatches = 256
+)
+
+// service implements wire.IntermediateServer on a Node.
+type service struct {
+	wire.UnimplementedIntermediateServer
+	n *Node
+}
+
+// checkGroup refuses a request for another consistency group.
+func (s *service) checkGroup(g string) error {
+	if g != "" && g != s.n.cfg.Group {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_WRONG_GROUP, "node %s serves group %q, not %q", s.n.cfg.ID, s.n.cfg.Group, g)
+	}
+	return nil
+}
+
+func (s *service) checkFailed() error {
+	if err := s.n.FatalErr(); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_FAILED, "node %s stopped: %v", s.n.cfg.ID, err)
+	}
+	return nil
+}
+
+// Submit implements the primaries' write stream; see wire.proto.
+func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
+	n := s.n
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	open := req.GetOpen()
+	if open == nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "first message of a submit stream must be open")
+	}
+	if err := s.checkFailed(); err != nil {
+		return err
+	}
+	if err := s.checkGroup(open.GetGroup()); err != nil {
+		return err
+	}
+	if err := wire.CheckVolumeName(open.GetVolume()); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
+	}
+	if !n.IsLeader() {
+		return n.notLeader("submit goes to the leader")
+	}
+	// The leader's state machine may still be applying entries of earlier
+	// terms: wait until it has caught up so the volume's position is exact.
+	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
+		return n.raftError(err)
+	}
+	info, ok := n.fsm.Volume(open.GetVolume())
+	if !ok {
+		res, err := n.apply(stream.Context(), &wire.Entry{Op: &wire.Entry_RegisterVolume{RegisterVolume: &wire.RegisterVolume{
+			Volume: open.GetVolume(), BlockCount: open.GetBlockCount(), Epoch: max(open.GetEpoch(), 1),
+		}}})
+		if err != nil {
+			return err
+		}
+		rr, _ := res.(*RegisterResult)
+		if rr == nil {
+			return fmt.Errorf("register volume %q: unexpected state machine response %T", open.GetVolume(), res)
+		}
+		if rr.Err != nil {
+			return rr.Err
+		}
+		info = rr.Volume
+		n.log.Info("registered volume", logKeyVolume, info.Name, "blocks", info.BlockCount, "epoch", info.Epoch)
+	}
+	if info.BlockCount != open.GetBlockCount() {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "volume %q has %d blocks at the intermediate, the primary says %d",
+			info.Name, info.BlockCount, open.GetBlockCount())
+	}
+	if open.GetEpoch() != 0 && open.GetEpoch() != info.Epoch {
+		e := wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_EPOCH, "volume %q is at epoch %d, the primary says %d", info.Name, info.Epoch, open.GetEpoch())
+		e.Epoch = info.Epoch
+		return e
+	}
+	if err := stream.Send(&wire.SubmitResponse{Msg: &wire.SubmitResponse_Opened{Opened: &wire.SubmitOpened{
+		Epoch: info.Epoch, LastVolumeSeq: info.LastVolumeSeq, LastSeq: info.LastSeq, BlockCount: info.BlockCount,
+	}}}); err != nil {
+		return err
+	}
+	ss := &submitStream{s: s, stream: stream, volume: info.Name, blocks: info.BlockCount, wake: make(chan struct{}, 1)}
+	ss.cond = sync.NewCond(&ss.mu)
+	return ss.run()
+}
+
+// submitStream is the state of one Submit stream after open: a receiver
+// goroutine reads batches and hands them to the proposer; the handler
+// goroutine sends acks in order as results come back.
+type submitStream struct {
+	s      *service
+	stream wire.Intermediate_SubmitServer
+	volume string
+	blocks uint64
+
+	mu          sync.Mutex
+	cond        *sync.Cond // signalled when inFlight drops
+	results     [][]BatchResult
+	resultErr   error
+	outstanding int   // proposals submitted and not completed
+	inFlight    int   // their payload bytes
+	recvErr     error // why the receiver stopped (io.EOF: the client closed)
+	recvDone    bool
+	wake        chan struct{}
+}
+
+func (ss *submitStream) signal() {
+	select {
+	case ss.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (ss *submitStream) run() error {
+	ctx, cancel := context.WithCancel(ss.stream.Context())
+	// The receiver cannot be waited for here: it may sit in stream.Recv,
+	// which returns only once this handler has returned and gRPC has ended
+	// the stream. Cancelling ctx releases it from flow control; the end of
+	// the stream releases it from Recv.
+	go ss.receive(ctx)
+	defer func() {
+		cancel()
+		ss.mu.Lock()
+		ss.cond.Broadcast()
+		ss.mu.Unlock()
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ss.wake:
+		}
+		ss.mu.Lock()
+		results, resErr := ss.results, ss.resultErr
+		ss.results = nil
+		recvDone, recvErr, outstanding := ss.recvDone, ss.recvErr, ss.outstanding
+		ss.mu.Unlock()
+
+		var acks []*wire.SubmitAck
+		var refusal error
+	collect:
+		for _, rs := range results {
+			for _, r := range rs {
+				if r.Err != nil {
+					refusal = r.Err
+					break collect
+				}
+				acks = append(acks, &wire.SubmitAck{VolumeSeq: r.VolumeSeq, Seq: r.Seq, Duplicate: r.Duplicate})
+			}
+		}
+		if len(acks) > 0 {
+			if err := ss.stream.Send(&wire.SubmitResponse{Msg: &wire.SubmitResponse_Acks{Acks: &wire.SubmitAcks{Acks: acks}}}); err != nil {
+				return err
+			}
+		}
+		switch {
+		case refusal != nil:
+			return refusal
+		case resErr != nil:
+			return resErr
+		case recvDone && recvErr != nil && !errors.Is(recvErr, io.EOF):
+			return recvErr
+		case recvDone && outstanding == 0:
+			return nil
+		}
+	}
+}
+
+// receive reads batch messages until the stream ends or a batch is refused.
+func (ss *submitStream) receive(ctx context.Context) {
+	err := ss.receiveLoop(ctx)
+	ss.mu.Lock()
+	ss.recvDone, ss.recvErr = true, err
+	ss.mu.Unlock()
+	ss.signal()
+}
+
+func (ss *submitStream) receiveLoop(ctx context.Context) error {
+	n := ss.s.n
+	for {
+		req, err := ss.stream.Recv()
+		if err != nil {
+			return err
+		}
+		msg := req.GetBatches()
+		if msg == nil || len(msg.GetBatches()) == 0 {
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "submit stream of volume %q: expected batches", ss.volume)
+		}
+		bytes := 0
+		for _, b := range msg.GetBatches() {
+			if b.GetVolume() != ss.volume {
+				return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "submit stream of volume %q got a batch of volume %q", ss.volume, b.GetVolume())
+			}
+			if err := wire.CheckBatch(b, ss.blocks); err != nil {
+				code := wire.ErrorCode_ERROR_CODE_BAD_REQUEST
+				if errors.Is(err, wire.ErrBadCRC) {
+					code = wire.ErrorCode_ERROR_CODE_BAD_CRC
+				}
+				n.log.Warn("refused batch", logKeyVolume, ss.volume, logKeyErr, err)
+				return wire.Errorf(code, "%v", err)
+			}
+			bytes += wire.BatchBytes(b)
+		}
+		if err := ss.s.checkFailed(); err != nil {
+			return err
+		}
+		if used := n.fsm.Stats().JournalBytes + n.prop.pendingBytes(); used+uint64(bytes) > n.cfg.JournalBudget {
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_JOURNAL_FULL,
+				"journal holds %d bytes (with batches in flight) of its budget of %d; refusing %d more bytes of volume %q",
+				used, n.cfg.JournalBudget, bytes, ss.volume)
+		}
+		// Flow control: wait while this stream has too much in flight.
+		ss.mu.Lock()
+		for ss.inFlight > 0 && ss.inFlight+bytes > maxStreamInFlight && ctx.Err() == nil {
+			ss.cond.Wait()
+		}
+		if ctx.Err() != nil {
+			ss.mu.Unlock()
+			return ctx.Err()
+		}
+		ss.outstanding++
+		ss.inFlight += bytes
+		ss.mu.Unlock()
+		pr := &proposal{batches: msg.GetBatches(), bytes: bytes}
+		pr.done = func(results []BatchResult, err error) {
+			ss.mu.Lock()
+			ss.outstanding--
+			ss.inFlight -= pr.bytes
+			if err != nil && ss.resultErr == nil {
+				ss.resultErr = err
+			}
+			if err == nil {
+				ss.results = append(ss.results, results)
+			}
+			ss.cond.Broadcast()
+			ss.mu.Unlock()
+			ss.signal()
+		}
+		if err := n.prop.submit(pr); err != nil {
+			pr.done(nil, err)
+			return err
+		}
+	}
+}
+
+// Fetch implements the secondaries' stream of committed batches.
+func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchServer) error {
+	if err := s.checkGroup(req.GetGroup()); err != nil {
+		return err
+	}
+	if err := wire.CheckVolumeName(req.GetVolume()); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
+	}
+	max := int(req.GetMaxBatches())
+	if max <= 0 || max > defaultFetchBatches {
+		max = defaultFetchBatches
+	}
+	// A batch is at most MaxMessage bytes; keep responses under the limit.
+	budget := s.n.cfg.MaxMessage / 2
+	after := req.GetAfterSeq()
+	ctx := stream.Context()
+	for {
+		if err := s.checkFailed(); err != nil {
+			return err
+		}
+		changed := s.n.fsm.Changed()
+		batches, compacted, err := s.n.fsm.Fetch(req.GetVolume(), after, max)
+		if err != nil {
+			if errors.Is(err, wire.ErrUnknownVolume) {
+				// A secondary may start before its primary: wait for the
+				// volume to appear.
+				batches, compacted = nil, false
+			} else {
+				return err
+			}
+		}
+		if compacted {
+			return stream.Send(&wire.FetchResponse{Compacted: true, CommittedSeq: s.n.fsm.Stats().CommittedSeq})
+		}
+		for len(batches) > 0 {
+			size, i := 0, 0
+			for i < len(batches) && (i == 0 || size+wire.BatchBytes(batches[i].GetBatch()) <= budget) {
+				size += wire.BatchBytes(batches[i].GetBatch())
+				i++
+			}
+			if err := stream.Send(&wire.FetchResponse{Batches: batches[:i], CommittedSeq: s.n.fsm.Stats().CommittedSeq}); err != nil {
+				return err
+			}
+			after = batches[i-1].GetSeq()
+			batches = batches[i:]
+		}
+		if len(batches) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.n.ctx.Done():
+				return wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is shutting down", s.n.cfg.ID)
+			case <-changed:
+			}
+		}
+	}
+}
+
+// Status implements the group status query.
+func (s *service) Status(ctx context.Context, _ *wire.StatusRequest) (*wire.StatusResponse, error) {
+	return s.n.Status(ctx)
+}
+
+// Status returns this node's view of the group.
+func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
+	st := n.fsm.Stats()
+	_, id := n.raft.LeaderWithID()
+	resp := &wire.StatusResponse{
+		Group:          n.cfg.Group,
+		Node:           n.cfg.ID,
+		RaftState:      n.raft.State().String(),
+		Leader:         string(id),
+		CommittedSeq:   st.CommittedSeq,
+		ValidSeq:       st.ValidSeq,
+		JournalBatches: st.JournalBatches,
+		JournalBytes:   st.JournalBytes,
+		JournalBudget:  n.cfg.JournalBudget,
+		AppliedIndex:   st.AppliedIndex,
+	}
+	if id != "" {
+		resp.LeaderAddr = n.fsm.NodeAddr(string(id))
+	}
+	for _, v := range n.fsm.Volumes() {
+		resp.Volumes = append(resp.Volumes, &wire.VolumeStatus{
+			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
+		})
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err == nil {
+		for _, srv := range cf.Configuration().Servers {
+			resp.Servers = append(resp.Servers, &wire.ServerStatus{
+				Id: string(srv.ID), RaftAddr: string(srv.Address), ClientAddr: n.fsm.NodeAddr(string(srv.ID)), Suffrage: srv.Suffrage.String(),
+			})
+		}
+	}
+	if n.fatalErr != nil {
+		resp.RaftState = "Failed"
+	}
+	return resp, ctx.Err()
+}
+
+// Join implements adding a node (leader only).
+func (s *service) Join(ctx context.Context, req *wire.JoinRequest) (*wire.JoinResponse, error) {
+	n := s.n
+	if req.GetId() == "" || req.GetRaftAddr() == "" {
+		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "join needs a node id and a raft address")
+	}
+	if !n.IsLeader() {
+		return nil, n.notLeader("join goes to the leader")
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, n.raftError(err)
+	}
+	for _, srv := range cf.Configuration().Servers {
+		if string(srv.ID) == req.GetId() && string(srv.Address) == req.GetRaftAddr() {
+			return &wire.JoinResponse{}, nil // already a member: joining twice is harmless
+		}
+	}
+	if err := waitFuture(ctx, n.raft.AddVoter(raft.ServerID(req.GetId()), raft.ServerAddress(req.GetRaftAddr()), 0, n.cfg.ApplyTimeout)); err != nil {
+		return nil, n.raftError(err)
+	}
+	n.log.Info("added node", "member", req.GetId(), logKeyAddr, req.GetRaftAddr())
+	return &wire.JoinResponse{}, nil
+}
+
+// Remove implements taking a node out (leader only).
+func (s *service) Remove(ctx context.Context, req *wire.RemoveRequest) (*wire.RemoveResponse, error) {
+	n := s.n
+	if req.GetId() == "" {
+		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "remove needs a node id")
+	}
+	if !n.IsLeader() {
+		return nil, n.notLeader("remove goes to the leader")
+	}
+	cf := n.raft.GetConfiguration()
+	if err := cf.Error(); err != nil {
+		return nil, n.raftError(err)
+	}
+	found := false
+	for _, srv := range cf.Configuration().Servers {
+		found = found || string(srv.ID) == req.GetId()
+	}
+	if !found {
+		return &wire.RemoveResponse{}, nil // not a member: removing twice is harmless
+	}
+	if err := waitFuture(ctx, n.raft.RemoveServer(raft.ServerID(req.GetId()), 0, n.cfg.ApplyTimeout)); err != nil {
+		return nil, n.raftError(err)
+	}
+	n.log.Info("removed node", "member", req.GetId())
+	return &wire.RemoveResponse{}, nil
+}
+
+// waitFuture waits for a Raft future or ctx.
+func waitFuture(ctx context.Context, f raft.Future) error {
+	done := make(chan error, 1)
+	go func() { done <- f.Error() }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
