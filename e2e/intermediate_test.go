@@ -305,7 +305,12 @@ func TestIntermediateSIGKILL(t *testing.T) {
 	}
 	for s := uint64(1); s <= doc.CommittedSeq; s++ {
 		if !seqs[s] {
-			t.Fatalf("seq %d missing (gapless 1..%d)", s, doc.CommittedSeq)
+			var maxSeq uint64
+			for s := range seqs {
+				maxSeq = max(maxSeq, s)
+			}
+			t.Fatalf("seq %d missing (gapless 1..%d); fetched %d seqs up to %d; acknowledged per volume %v",
+				s, doc.CommittedSeq, len(seqs), maxSeq, perVolume)
 		}
 	}
 	for _, a := range acks {

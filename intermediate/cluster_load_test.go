@@ -274,6 +274,16 @@ func TestClusterLeaderKilledUnderLoad(t *testing.T) {
 	for _, tn := range c.nodes {
 		checkJournal(t, tn, names, blocks, recs)
 	}
+	// The same batches come back through Fetch, served by any node.
+	for _, name := range names {
+		want, _, _ := c.nodes[0].node.FSM().Fetch(name, 0, 0)
+		got := fetchAll(t, cl, name, len(want))
+		for i := range want {
+			if got[i].GetSeq() != want[i].GetSeq() || got[i].GetBatch().GetCrc() != want[i].GetBatch().GetCrc() {
+				t.Fatalf("fetch %s: batch %d is seq %d, journal has %d", name, i, got[i].GetSeq(), want[i].GetSeq())
+			}
+		}
+	}
 
 	// Restart every node: each comes back with the same state.
 	for _, tn := range c.nodes {
@@ -425,6 +435,26 @@ func TestClusterJoinRemove(t *testing.T) {
 	if _, err := v.Submit(ctx, []*wire.Block{{Index: 1, Data: blockData("a", 0, 99)}}); err != nil {
 		t.Fatalf("submit after remove: %v", err)
 	}
+}
+
+// fetchAll fetches the first n committed batches of volume through the
+// client (several Fetch responses: the server sends at most 256 per message).
+func fetchAll(t *testing.T, cl *client.Client, volume string, n int) []*wire.CommittedBatch {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var got []*wire.CommittedBatch
+	err := cl.Fetch(ctx, volume, 0, func(r *wire.FetchResponse) error {
+		got = append(got, r.GetBatches()...)
+		if len(got) >= n {
+			cancel()
+		}
+		return nil
+	})
+	if len(got) < n {
+		t.Fatalf("fetch %s: %d of %d batches: %v", volume, len(got), n, err)
+	}
+	return got
 }
 
 // durationEnv reads a duration from the environment, or def.

@@ -302,6 +302,16 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 		if compacted {
 			return stream.Send(&wire.FetchResponse{Compacted: true, CommittedSeq: s.n.fsm.Stats().CommittedSeq})
 		}
+		if len(batches) == 0 {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.n.ctx.Done():
+				return wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is shutting down", s.n.cfg.ID)
+			case <-changed:
+			}
+			continue
+		}
 		for len(batches) > 0 {
 			size, i := 0, 0
 			for i < len(batches) && (i == 0 || size+wire.BatchBytes(batches[i].GetBatch()) <= budget) {
@@ -313,15 +323,6 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 			}
 			after = batches[i-1].GetSeq()
 			batches = batches[i:]
-		}
-		if len(batches) == 0 {
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-s.n.ctx.Done():
-				return wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is shutting down", s.n.cfg.ID)
-			case <-changed:
-			}
 		}
 	}
 }
