@@ -567,15 +567,19 @@ type NodeStats struct {
 	// leader, and SubmitBatches the batches they carried (group commit).
 	SubmitEntries uint64
 	SubmitBatches uint64
+	// SubmitCommitTime is the total time Submit entries spent from Raft
+	// Apply to their result (log write, replication, state machine).
+	SubmitCommitTime time.Duration
 }
 
 // Stats returns the node's write-path counters.
 func (n *Node) Stats() NodeStats {
 	return NodeStats{
-		LogWrites:     n.logCount.writes.Load(),
-		LogEntries:    n.logCount.entries.Load(),
-		SubmitEntries: n.prop.entries.Load(),
-		SubmitBatches: n.prop.batches.Load(),
+		LogWrites:        n.logCount.writes.Load(),
+		LogEntries:       n.logCount.entries.Load(),
+		SubmitEntries:    n.prop.entries.Load(),
+		SubmitBatches:    n.prop.batches.Load(),
+		SubmitCommitTime: time.Duration(n.prop.commitNs.Load()),
 	}
 }
 

@@ -49,6 +49,7 @@ type proposer struct {
 	pending  atomic.Int64 // payload bytes queued or in flight
 	entries  atomic.Uint64
 	batches  atomic.Uint64
+	commitNs atomic.Uint64 // total time from raft.Apply to the entry's result
 	ctx      context.Context
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
@@ -200,7 +201,9 @@ func (p *proposer) complete() {
 
 // finish waits for one entry and hands each proposal its results.
 func (p *proposer) finish(fl *inflight) {
-	if err := fl.future.Error(); err != nil {
+	err := fl.future.Error()
+	p.commitNs.Add(uint64(time.Since(fl.start)))
+	if err != nil {
 		p.fail(fl.proposals, fl.bytes, p.n.raftError(err))
 		return
 	}
