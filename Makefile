@@ -76,7 +76,7 @@ test-go:
 	TRICOPY_REQUIRE_FUSE=1 $(GO) test -race -count=1 -p 1 -timeout 30m ./...
 
 test-procs1:
-	GOMAXPROCS=1 TRICOPY_REQUIRE_FUSE=1 $(GO) test -count=1 -p 1 -timeout 15m ./fusefs/... ./cmd/...
+	GOMAXPROCS=1 TRICOPY_REQUIRE_FUSE=1 $(GO) test -count=1 -p 1 -timeout 15m ./fusefs/... ./cmd/... ./intermediate/...
 
 # fuzz-short finds the Fuzz* targets with `go test -list` in every package
 # that has a Fuzz function in a test file, and fuzzes each for FUZZTIME.
@@ -89,7 +89,7 @@ fuzz-short:
 		list=$$($(GO) test -list '^Fuzz' "$$pkg"); \
 		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
 			echo "fuzz $$pkg $$target for $(FUZZTIME)"; \
-			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) "$$pkg"; \
+			$(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$$pkg"; \
 			n=$$((n+1)); \
 		done; \
 	done; \
