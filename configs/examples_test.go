@@ -15,6 +15,10 @@ var exampleConfigs = map[string]func() Config{
 	"format": formatCfg,
 	"fsck":   fsckCfg,
 	"mount":  mountCfg,
+	"intermediate": func() Config {
+		c := DefaultIntermediate()
+		return &c
+	},
 }
 
 // usedBy finds the command of an example file in its header line
