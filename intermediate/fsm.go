@@ -1,6 +1,7 @@
 package intermediate
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -49,9 +50,16 @@ type FSMConfig struct {
 	FS blockdev.FS
 	// Logger receives the state machine's logs; nil means slog.Default().
 	Logger *slog.Logger
-	// OnFatal is called once, from the goroutine that calls Apply or
-	// Restore, when the state machine stops on a fatal error (see FSM).
+	// OnFatal is called once, when the state machine stops on a fatal
+	// error (see FSM): from the goroutine that calls Apply or Restore, or
+	// from the FSM's applier goroutine for an error writing a volume.
 	OnFatal func(error)
+	// ApplyQueueBytes bounds the block data of the entries queued to the
+	// applier goroutine (see FSM); 0 means DefaultApplyQueueBytes.
+	ApplyQueueBytes int64
+	// ApplyQueueEntries bounds the number of entries queued to the
+	// applier goroutine; 0 means DefaultApplyQueueEntries.
+	ApplyQueueEntries int
 }
 
 // FSM is the Raft state machine of an intermediate node. It holds the
@@ -59,13 +67,35 @@ type FSMConfig struct {
 // last seq), the journal of committed batches, the intermediate volumes and
 // the client addresses of the nodes.
 //
-// Goroutines: hashicorp/raft calls Apply, Snapshot and Restore from its one
-// FSM goroutine (the apply goroutine), never concurrently with each other;
-// FSMSnapshot.Persist runs on Raft's snapshot goroutine, concurrently with
-// Apply. Every read method (Stats, Volume, Volumes, NodeAddr, Fetch,
-// Changed, Failed, ReadVolumeBlock) may be called from any goroutine at any
-// time. Only the apply goroutine changes the state; it does so under mu,
-// which readers take for reading. Close is called once Raft has stopped.
+// Goroutines:
+//
+//   - hashicorp/raft calls Apply, Snapshot and Restore from its one FSM
+//     goroutine (the apply goroutine), never concurrently with each other.
+//     Only the apply goroutine changes the state; it does so under mu,
+//     which readers take for reading.
+//   - The applier goroutine, started by NewFSM and stopped by Close, owns
+//     the writes of Submit entries to the intermediate volumes. Apply
+//     decides an entry in memory (seqs, dedupe, journal, results), queues
+//     the entry's volume writes (the blocks and, per volume, the header
+//     with the new applied seq, one atomic blockdev Apply per volume) and
+//     returns; the applier applies them in log order. The queue is bounded
+//     (ApplyQueueBytes, ApplyQueueEntries): when it is full, Apply blocks
+//     until the applier makes room, which holds up Raft's apply goroutine
+//     and so the results of later entries (back-pressure). The apply
+//     goroutine drains the queue before it touches a volume itself
+//     (registering a new volume, Restore). Crash semantics are unchanged:
+//     Apply never synced the volumes, and the Raft log replayed after a
+//     restart rewrites what a crash lost, skipping what a volume holds by
+//     the applied seq of its header.
+//   - FSMSnapshot.Persist runs on Raft's snapshot goroutine, concurrently
+//     with Apply; it first waits for the applier to have written every
+//     entry up to the snapshot.
+//   - Every read method (Stats, Volume, Volumes, NodeAddr, Fetch, Changed,
+//     Failed, ReadVolumeBlock) may be called from any goroutine at any
+//     time. ReadVolumeBlock first waits for the applier to have written
+//     every entry applied before the call.
+//   - Close is called once Raft has stopped: it drains the queue, stops
+//     the applier and closes the volumes.
 //
 // The state machine is deterministic: every node applying the same log
 // returns the same results and reaches the same state. Seqs are assigned at
@@ -77,7 +107,10 @@ type FSMConfig struct {
 // machine (fail-stop, never a silent skip): the error is logged and recorded,
 // OnFatal is called once, and from then on Apply returns an error wrapping
 // wire.ErrFailed for every entry and Snapshot and Restore refuse. The node
-// must be restarted once the cause is fixed.
+// must be restarted once the cause is fixed. An I/O error of the applier
+// surfaces after the entry's Apply returned: that entry's result stands (it
+// is committed in the Raft log, which the restarted node replays), and the
+// entries applied after the error fail.
 type FSM struct {
 	cfg  FSMConfig
 	fsys blockdev.FS
@@ -90,10 +123,17 @@ type FSM struct {
 	changed chan struct{}       // closed and replaced at each state change
 	failed  error               // the fatal error
 	closed  bool
+	// jobs is the number of the last job queued (or about to be) to the
+	// applier: the volumes are as of the state once ap has applied it.
+	jobs uint64
+
+	// ap writes the Submit entries to the intermediate volumes.
+	ap *applier
 
 	// imageHook, when set (by tests), is called by Persist after it has
-	// read the header of a volume and before it reads the blocks.
-	imageHook func(volume string)
+	// read the header of a volume (at applied seq applied) and before it
+	// reads the blocks.
+	imageHook func(volume string, applied uint64)
 }
 
 var _ raft.FSM = (*FSM)(nil)
@@ -219,12 +259,22 @@ type FSMStats struct {
 }
 
 // NewFSM opens the intermediate volumes already in cfg.Dir (creating the
-// directory if needed) and returns a state machine with an empty state: the
-// Raft log (or a snapshot) brings it up to date. A volume whose header is
-// corrupt is an error naming it.
+// directory if needed), starts the applier goroutine and returns a state
+// machine with an empty state: the Raft log (or a snapshot) brings it up to
+// date. A volume whose header is corrupt is an error naming it. Close stops
+// the applier.
 func NewFSM(cfg FSMConfig) (*FSM, error) {
 	if cfg.Dir == "" {
 		return nil, errors.New("new state machine: volumes directory is empty")
+	}
+	if cfg.ApplyQueueBytes < 0 || cfg.ApplyQueueEntries < 0 {
+		return nil, fmt.Errorf("new state machine: apply queue bounds %d bytes, %d entries: negative", cfg.ApplyQueueBytes, cfg.ApplyQueueEntries)
+	}
+	if cfg.ApplyQueueBytes == 0 {
+		cfg.ApplyQueueBytes = DefaultApplyQueueBytes
+	}
+	if cfg.ApplyQueueEntries == 0 {
+		cfg.ApplyQueueEntries = DefaultApplyQueueEntries
 	}
 	f := &FSM{cfg: cfg, fsys: cfg.FS, log: cfg.Logger, st: newState(), changed: make(chan struct{})}
 	if f.fsys == nil {
@@ -242,6 +292,7 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 		return nil, err
 	}
 	f.vols = vols
+	f.ap = newApplier(cfg.ApplyQueueBytes, cfg.ApplyQueueEntries, func(err error) { f.fatal(err) })
 	return f, nil
 }
 
@@ -281,14 +332,6 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 }
 
-// pendingWrite gathers the blocks one entry writes to one intermediate
-// volume, applied in one blockdev Apply.
-type pendingWrite struct {
-	iv     *ivolume
-	writes []blockdev.Write
-	seq    uint64 // the last seq whose blocks are in writes
-}
-
 func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	batches := se.GetBatches()
 	// Check every batch before changing anything, so that an entry is
@@ -308,7 +351,7 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	}
 
 	res := &SubmitResult{Batches: make([]BatchResult, len(batches))}
-	var pending []*pendingWrite
+	job := &volumeJob{index: index}
 	accepted := false
 	f.mu.Lock()
 	for i, b := range batches {
@@ -326,26 +369,39 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 		if r.Seq <= iv.hdr.applied {
 			continue // replay: the volume already holds the batch
 		}
-		var p *pendingWrite
-		for _, q := range pending {
+		var w *volumeWrite
+		for _, q := range job.writes {
 			if q.iv == iv {
-				p = q
+				w = q
 			}
 		}
-		if p == nil {
-			p = &pendingWrite{iv: iv}
-			pending = append(pending, p)
+		if w == nil {
+			w = &volumeWrite{iv: iv}
+			job.writes = append(job.writes, w)
+			job.bytes += blockdev.BlockSize // the header
 		}
 		for _, blk := range b.GetBlocks() {
-			p.writes = append(p.writes, blockdev.Write{Index: blk.GetIndex(), Data: blk.GetData()})
+			w.writes = append(w.writes, blockdev.Write{Index: blk.GetIndex(), Data: blk.GetData()})
 		}
-		p.seq = r.Seq
+		job.bytes += int64(len(b.GetBlocks())) * blockdev.BlockSize
+		w.hdr = iv.hdr
+		w.hdr.applied = r.Seq
+	}
+	// The headers are the volumes' state once the job is applied; the
+	// job's number tells readers what to wait for.
+	for _, w := range job.writes {
+		w.iv.hdr = w.hdr
+	}
+	if len(job.writes) > 0 {
+		f.jobs++
+		job.n = f.jobs
 	}
 	f.st.appliedIndex = index
 	f.mu.Unlock()
 
-	for _, p := range pending {
-		if err := p.iv.apply(p.writes, p.seq); err != nil {
+	// Outside mu: the queue may be full, and readers must not wait on it.
+	if job.n != 0 {
+		if err := f.ap.enqueue(job); err != nil {
 			return f.fatal(fmt.Errorf("raft entry %d: %w", index, err))
 		}
 	}
@@ -416,6 +472,10 @@ func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
 		return res
 	}
 
+	// The volume work below must not run beside the applier.
+	if err := f.drain(); err != nil {
+		return f.fatal(fmt.Errorf("raft entry %d: register volume %q: %w", index, name, err))
+	}
 	iv, err := f.volumeFor(name, blocks)
 	if err != nil {
 		return f.fatal(fmt.Errorf("raft entry %d: register volume %q: %w", index, name, err))
@@ -637,12 +697,16 @@ func (f *FSM) Changed() <-chan struct{} {
 }
 
 // ReadVolumeBlock reads block index of the intermediate volume of volume
-// into p (BlockSize bytes). The volume holds every batch the node applied;
-// just after a Restore that rewrote it from a snapshot image, some of its
-// blocks may already hold batches that the node has yet to apply again.
+// into p (BlockSize bytes). The volume holds every batch the node applied
+// before the call: ReadVolumeBlock first waits for the applier goroutine to
+// have written them (one atomic load when it has). Just after a Restore that
+// rewrote the volume from a snapshot image, some of its blocks may already
+// hold batches that the node has yet to apply again. Once the state machine
+// stopped on an error writing the volumes, a read that would wait for the
+// applier returns an error.
 func (f *FSM) ReadVolumeBlock(volume string, index uint64, p []byte) error {
 	f.mu.RLock()
-	rec, iv := f.st.volumes[volume], f.vols[volume]
+	rec, iv, jobs := f.st.volumes[volume], f.vols[volume], f.jobs
 	f.mu.RUnlock()
 	if rec == nil || iv == nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "read block %d: volume %q is not registered", index, volume)
@@ -650,18 +714,42 @@ func (f *FSM) ReadVolumeBlock(volume string, index uint64, p []byte) error {
 	if index >= rec.blockCount {
 		return fmt.Errorf("read block %d of intermediate volume %q of %d blocks: %w", index, volume, rec.blockCount, blockdev.ErrOutOfRange)
 	}
+	if err := f.ap.wait(context.Background(), jobs); err != nil {
+		return fmt.Errorf("read block %d of intermediate volume %q: %w", index, volume, err)
+	}
 	if err := iv.vol.ReadBlock(index, p); err != nil {
 		return fmt.Errorf("read intermediate volume %q: %w", volume, err)
 	}
 	return nil
 }
 
-// Close closes the intermediate volumes, without syncing them: what they
-// lose in a crash, the Raft log replays. Apply refuses entries afterwards.
+// drain waits for the applier to have written every job queued. The apply
+// goroutine calls it before it touches a volume itself; it returns an error
+// only when the applier failed or was stopped.
+func (f *FSM) drain() error {
+	f.mu.RLock()
+	jobs := f.jobs
+	f.mu.RUnlock()
+	return f.ap.wait(context.Background(), jobs)
+}
+
+// Close drains the applier's queue, stops the applier goroutine and closes
+// the intermediate volumes, without syncing them: what they lose in a crash,
+// the Raft log replays. Apply refuses entries afterwards. It is called once
+// Raft has stopped.
 func (f *FSM) Close() error {
 	f.mu.Lock()
+	f.closed = true
+	f.mu.Unlock()
+	// A drain fails only after the applier failed, which stopped the state
+	// machine with its error already.
+	if err := f.drain(); err != nil {
+		f.log.Warn("closing with intermediate volume writes not applied", fsmKeyErr, err)
+	}
+	f.ap.stop()
+	f.mu.Lock()
 	vols := f.vols
-	f.vols, f.closed = map[string]*ivolume{}, true
+	f.vols = map[string]*ivolume{}
 	f.mu.Unlock()
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(vols)) {

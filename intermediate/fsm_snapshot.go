@@ -3,12 +3,16 @@ package intermediate
 // Snapshots of the state machine, and why a fuzzy volume image is correct.
 //
 // Snapshot runs on the apply goroutine just after the entry at the
-// snapshot's index was applied; let C be the seq counter then. At that
-// instant each intermediate volume holds every batch of its volume with
-// seq <= C, and its header's applied seq is at least the volume's last
-// seq. Snapshot copies the metadata and the journal slice (batches are never
-// modified, and the journal's array is never written below its length), so
-// it is cheap; Persist does the I/O, concurrently with later Applies.
+// snapshot's index was applied; let C be the seq counter then. Apply queues
+// each entry's volume writes to the applier goroutine (applier.go), which
+// writes them in log order; Snapshot records the number J of the last job
+// queued then. Once the applier has applied job J, each intermediate volume
+// holds every batch of its volume with seq <= C, and its header's applied
+// seq is at least the volume's last seq at the snapshot; later jobs only
+// raise it. Snapshot copies the metadata and the journal slice (batches are
+// never modified, and the journal's array is never written below its
+// length), so it is cheap; Persist does the I/O, concurrently with later
+// Applies and with the applier.
 //
 // Persist streams, in frames each carrying its length and CRC-32C:
 //
@@ -20,14 +24,17 @@ package intermediate
 //	         at most chunkBlocks blocks (an all-zero chunk carries no data)
 //	end      the counts again
 //
-// For each volume Persist first Syncs it, so that the local volume is from
-// then on durably at least where this snapshot says; then it reads the
-// header, whose applied seq H is >= the volume's last seq at the snapshot
-// (applies only raise it); then it reads the blocks, a chunk at a time, never
-// holding a volume in memory. Every batch is applied together with its
-// header in one atomic blockdev Apply and reads see each batch whole or not
-// at all, so the blocks read after the header reflect every batch <= H. They
-// may also reflect later batches: the image is fuzzy.
+// Persist first waits for the applier to have applied job J (it runs on
+// Raft's snapshot goroutine, so waiting does not hold up Apply; the wait
+// ends with an error, and the sink is cancelled, if the applier fails or the
+// FSM is closed). For each volume Persist then Syncs it, so that the local
+// volume is from then on durably at least where this snapshot says; then it
+// reads the header, whose applied seq H is >= the volume's last seq at the
+// snapshot (applies only raise it); then it reads the blocks, a chunk at a
+// time, never holding a volume in memory. The applier writes every batch
+// together with its header in one atomic blockdev Apply and reads see each
+// batch whole or not at all, so the blocks read after the header reflect
+// every batch <= H. They may also reflect later batches: the image is fuzzy.
 //
 // Restore writes the image and sets the header to H. The node then applies
 // the log after the snapshot's index, which holds exactly the batches with
@@ -45,6 +52,10 @@ package intermediate
 // Raft restores the node's own latest snapshot: Persist synced the volume,
 // and a FileVolume recovers a prefix of its batches each with its header, so
 // h >= H and nothing is rewritten.
+//
+// Restore runs on the apply goroutine and first drains the applier's queue,
+// so the applier never writes a volume that Restore reads, closes or
+// replaces; Apply, the only source of jobs, runs on the same goroutine.
 //
 // A volume that is rewritten is built in Dir/.restore-<name> (header with
 // restoring set, then the chunks, then the header with H and restoring
@@ -137,6 +148,7 @@ type nodeMeta struct{ id, addr string }
 // journal, with the intermediate volumes to image.
 type fsmSnapshot struct {
 	f       *FSM
+	jobs    uint64 // the applier's job that brings the volumes to the snapshot
 	meta    snapshotMeta
 	journal []*wire.CommittedBatch
 	vols    []*ivolume // in meta.volumes order
@@ -153,7 +165,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	n := len(f.st.journal)
-	s := &fsmSnapshot{f: f, journal: f.st.journal[:n:n]}
+	s := &fsmSnapshot{f: f, jobs: f.jobs, journal: f.st.journal[:n:n]}
 	s.meta = snapshotMeta{seq: f.st.seq, appliedIndex: f.st.appliedIndex, journalStart: f.st.journalStart, journalBatches: uint64(n)}
 	for _, name := range slices.Sorted(maps.Keys(f.st.volumes)) {
 		rec, iv := f.st.volumes[name], f.vols[name]
@@ -170,7 +182,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	return s, nil
 }
 
-// Persist implements raft.FSMSnapshot: it streams the snapshot to sink and
+// Persist implements raft.FSMSnapshot: it waits for the applier to have
+// written the volumes up to the snapshot, streams the snapshot to sink and
 // closes it, or cancels it on error. It runs concurrently with Apply.
 func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 	start := time.Now()
@@ -192,6 +205,9 @@ func (s *fsmSnapshot) Persist(sink raft.SnapshotSink) error {
 func (s *fsmSnapshot) Release() {}
 
 func (s *fsmSnapshot) persist(w io.Writer) error {
+	if err := s.f.ap.wait(context.Background(), s.jobs); err != nil {
+		return err
+	}
 	bw := bufio.NewWriterSize(w, 1<<20)
 	fw := &frameWriter{w: bw}
 	var e encoder
@@ -232,7 +248,8 @@ func (s *fsmSnapshot) persist(w io.Writer) error {
 }
 
 // writeImage streams the image of one volume: see the comment at the top of
-// the file for why reading a volume that Apply keeps writing is correct.
+// the file for why reading a volume that the applier keeps writing is
+// correct.
 func (s *fsmSnapshot) writeImage(fw *frameWriter, vm volumeMeta, iv *ivolume, chunk []byte) error {
 	if err := iv.vol.Sync(context.Background()); err != nil {
 		return err
@@ -246,7 +263,7 @@ func (s *fsmSnapshot) writeImage(fw *frameWriter, vm volumeMeta, iv *ivolume, ch
 			h.applied, h.restoring, vm.lastSeq)
 	}
 	if s.f.imageHook != nil {
-		s.f.imageHook(vm.name)
+		s.f.imageHook(vm.name, h.applied)
 	}
 	var e encoder
 	e.str(vm.name)
@@ -296,6 +313,9 @@ func allZeros(p []byte) bool {
 func (f *FSM) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	if err := f.refusal(); err != nil {
+		return fmt.Errorf("restore snapshot: %w", err)
+	}
+	if err := f.drain(); err != nil {
 		return fmt.Errorf("restore snapshot: %w", err)
 	}
 	start := time.Now()

@@ -89,6 +89,7 @@ type ftHarness struct {
 	t      testing.TB
 	fsys   blockdev.FS
 	dir    string
+	config func(*FSMConfig) // adjusts the configuration, when set
 	f      *FSM
 	log    []*raft.Log
 	fatals atomic.Int32
@@ -100,10 +101,16 @@ func ftLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
 // ftNew opens an FSM on dir of fsys (a fresh MemFS when nil).
 func ftNew(t testing.TB, fsys blockdev.FS, dir string) *ftHarness {
 	t.Helper()
+	return ftNewWith(t, fsys, dir, nil)
+}
+
+// ftNewWith is ftNew with config adjusting the FSM's configuration.
+func ftNewWith(t testing.TB, fsys blockdev.FS, dir string, config func(*FSMConfig)) *ftHarness {
+	t.Helper()
 	if fsys == nil {
 		fsys = blockdev.NewMemFS()
 	}
-	h := &ftHarness{t: t, fsys: fsys, dir: dir}
+	h := &ftHarness{t: t, fsys: fsys, dir: dir, config: config}
 	h.open()
 	t.Cleanup(func() { h.f.Close() })
 	return h
@@ -111,10 +118,14 @@ func ftNew(t testing.TB, fsys blockdev.FS, dir string) *ftHarness {
 
 func (h *ftHarness) open() {
 	h.t.Helper()
-	f, err := NewFSM(FSMConfig{Group: ftGroup, Dir: h.dir, FS: h.fsys, Logger: ftLogger(), OnFatal: func(err error) {
+	cfg := FSMConfig{Group: ftGroup, Dir: h.dir, FS: h.fsys, Logger: ftLogger(), OnFatal: func(err error) {
 		h.fatals.Add(1)
 		h.fatal.Store(err)
-	}})
+	}}
+	if h.config != nil {
+		h.config(&cfg)
+	}
+	f, err := NewFSM(cfg)
 	if err != nil {
 		h.t.Fatalf("new fsm on %s: %v", h.dir, err)
 	}
@@ -256,6 +267,14 @@ func ftImage(t testing.TB, f *FSM, volume string, blocks uint64) [32]byte {
 	var sum [32]byte
 	h.Sum(sum[:0])
 	return sum
+}
+
+// ftDrain waits for the applier to have written every entry applied.
+func ftDrain(t testing.TB, f *FSM) {
+	t.Helper()
+	if err := f.drain(); err != nil {
+		t.Fatalf("drain the applier: %v", err)
+	}
 }
 
 // ftRawImage hashes every block of an open intermediate volume, the header
@@ -577,6 +596,7 @@ func TestFSMSubmitOneApplyPerVolume(t *testing.T) {
 	h.register("b", 8, 1)
 	cfs.logWrites.Store(0)
 	h.submit(ftBatch("a", 1, 1, 0), ftBatch("b", 1, 1, 0), ftBatch("a", 1, 2, 1, 2), ftBatch("a", 1, 3, 1), ftBatch("b", 1, 2, 3))
+	ftDrain(t, h.f)
 	if n := cfs.logWrites.Load(); n != 2 {
 		t.Fatalf("%d intent log writes for one entry over two volumes, want 2", n)
 	}
@@ -773,8 +793,8 @@ func TestSnapshotFuzzyImage(t *testing.T) {
 		src.submit(ftBatch("a", 1, va, i%16, (i+5)%16), ftBatch("b", 1, vb, i%8))
 	}
 	var headers []uint64
-	src.f.imageHook = func(volume string) {
-		headers = append(headers, src.f.vols[volume].hdr.applied)
+	src.f.imageHook = func(volume string, applied uint64) {
+		headers = append(headers, applied)
 		for i := range uint64(6) {
 			va, vb = va+1, vb+1
 			src.submit(ftBatch("a", 1, va, (i*3)%16, 15), ftBatch("b", 1, vb, (i+2)%8))
@@ -1174,6 +1194,7 @@ func TestFSMOpenRefusesCorruptHeader(t *testing.T) {
 	h := ftNew(t, mem, "/vols")
 	h.register("vol-1", 4, 1)
 	h.submit(ftBatch("vol-1", 1, 1, 0))
+	ftDrain(t, h.f) // the junk header must land after the batch's
 	iv := h.f.vols["vol-1"]
 	junk := bytes.Repeat([]byte{0x5a}, wire.BlockSize)
 	if err := iv.vol.Apply(t.Context(), &blockdev.Batch{Writes: []blockdev.Write{{Index: 4, Data: junk}}}, blockdev.ApplyOptions{Sync: true}); err != nil {
