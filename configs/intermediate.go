@@ -33,7 +33,7 @@ type Intermediate struct {
 	// Raft is the Raft transport address, bound and advertised.
 	Raft string `key:"raft" meta:"ADDR" help:"host:port of the Raft transport between intermediate nodes, as the peers reach it; required"`
 	// Cluster is the initial membership: ID=RAFTADDR entries.
-	Cluster []string `key:"cluster" meta:"ID=ADDR,..." help:"initial cluster as comma-separated ID=RAFTADDR entries including this node; the same list on every node bootstraps the cluster (ignored once the node has state)"`
+	Cluster []string `key:"cluster" meta:"ID=ADDR,..." help:"initial cluster as comma-separated ID=RAFTADDR entries including this node; the same list on every node bootstraps the cluster; without --cluster and --join, a single-node cluster of this node (ignored once the node has state)"`
 	// Join lists client addresses of a running cluster.
 	Join []string `key:"join" meta:"ADDRS" help:"comma-separated client addresses of a running cluster to join (instead of --cluster; ignored once the node has state)"`
 	// Group is the consistency group the cluster serves.
@@ -94,9 +94,6 @@ func (c *Intermediate) Validate() error {
 	if len(c.Cluster) > 0 && len(c.Join) > 0 {
 		return Invalid("join", "--join and --cluster exclude each other: --cluster bootstraps a new cluster, --join adds this node to a running one")
 	}
-	if len(c.Cluster) == 0 && len(c.Join) == 0 {
-		return Invalid("cluster", "give --cluster (for a single node: --cluster %s=%s) or --join", c.Node, c.Raft)
-	}
 	peers, err := c.Peers()
 	if err != nil {
 		return err
@@ -136,8 +133,12 @@ func (c *Intermediate) Validate() error {
 	return nil
 }
 
-// Peers parses Cluster into [ID, RAFTADDR] pairs.
+// Peers parses Cluster into [ID, RAFTADDR] pairs. Without Cluster and
+// Join it is the embedded default: a single-node cluster of this node.
 func (c *Intermediate) Peers() ([][2]string, error) {
+	if len(c.Cluster) == 0 && len(c.Join) == 0 {
+		return [][2]string{{c.Node, c.Raft}}, nil
+	}
 	var out [][2]string
 	seen := map[string]bool{}
 	for _, e := range c.Cluster {

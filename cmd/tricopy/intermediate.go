@@ -27,8 +27,9 @@ secondaries fetch from any node, and tricopy status asks any node. Nodes talk
 Raft on --raft. The Raft log, snapshots and intermediate volumes live in
 --data; a restarted node rejoins with its state.
 
-A new cluster: start every node with the same --cluster list (a single node:
---cluster i1=ADDR, with ADDR its --raft). A node added later starts with --join
+A new cluster: start every node with the same --cluster list. Without --cluster
+and --join the node forms a single-node cluster of its own (the same as
+--cluster ID=RAFT, the embedded default). A node added later starts with --join
 and the client address of any member instead; 'tricopy intermediate remove'
 takes a node out. --cluster and --join only matter while --data is empty.
 
@@ -36,8 +37,7 @@ The node prints "intermediate node ID serving at ADDR" on standard output once
 it serves. SIGINT or SIGTERM stops it (it stays a member). If its state machine
 meets an entry or batch that fails its checksum it stops serving and exits 1:
 the node must be wiped and rejoined (it then catches up by snapshot).`,
-		example: `  tricopy intermediate --node i1 --data /var/lib/tricopy/i1 --listen 127.0.0.1:7100 \
-      --raft 127.0.0.1:7200 --cluster i1=127.0.0.1:7200
+		example: `  tricopy intermediate --node i1 --data /var/lib/tricopy/i1 --listen 127.0.0.1:7100 --raft 127.0.0.1:7200
   tricopy intermediate --node i2 --data /var/lib/tricopy/i2 --listen 10.0.0.2:7100 \
       --raft 10.0.0.2:7200 --cluster i1=10.0.0.1:7200,i2=10.0.0.2:7200,i3=10.0.0.3:7200
   tricopy intermediate --node i4 --data /var/lib/tricopy/i4 --listen 10.0.0.4:7100 \

@@ -189,7 +189,6 @@ func TestStatusUnreachable(t *testing.T) {
 func TestIntermediateConfigErrors(t *testing.T) {
 	dir := t.TempDir()
 	base := []string{"intermediate", "--node", "i1", "--data", dir, "--listen", "127.0.0.1:7100", "--raft", "127.0.0.1:7200"}
-	runCmd(t, nil, base...).expect(t, 2, "cluster")
 	runCmd(t, nil, append(base, "--cluster", "i1")...).expect(t, 2, "cluster", "ID=RAFTADDR")
 	runCmd(t, nil, append(base, "--cluster", "i2=127.0.0.1:7200")...).expect(t, 2, "cluster", "not in the list")
 	runCmd(t, nil, append(base, "--cluster", "i1=127.0.0.1:7201")...).expect(t, 2, "cluster", "--raft")
@@ -200,9 +199,12 @@ func TestIntermediateConfigErrors(t *testing.T) {
 }
 
 // TestIntermediateRemoveCommand removes a node that is not a member (a
-// no-op) from a running single-node cluster.
+// no-op) from a running single-node cluster, started without --cluster (the
+// embedded default).
 func TestIntermediateRemoveCommand(t *testing.T) {
-	addr := startIntermediate(t)
+	addr, raftAddr := freeAddr(t), freeAddr(t)
+	startBackground(t, "serving at", "intermediate", "--node", "i1", "--data", t.TempDir(),
+		"--listen", addr, "--raft", raftAddr, "--log-level", "warn")
 	r := runCmd(t, nil, "intermediate", "remove", "--intermediate", addr, "--node", "i9")
 	r.expect(t, 0)
 	if !strings.Contains(r.stdout, "removed node i9") {
