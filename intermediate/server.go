@@ -364,7 +364,7 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 			})
 		}
 	}
-	if n.fatalErr != nil {
+	if n.FatalErr() != nil {
 		resp.RaftState = "Failed"
 	}
 	return resp, ctx.Err()
