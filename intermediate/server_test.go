@@ -205,3 +205,41 @@ func TestServerFollowerRedirects(t *testing.T) {
 		}
 	}
 }
+
+// TestNodeStopsOnCorruptEntry: an entry that cannot be decoded stops every
+// node's state machine (fail-stop): Fatal fires, status says Failed, and
+// Submit is refused.
+func TestNodeStopsOnCorruptEntry(t *testing.T) {
+	c := newTestCluster(t, 3, nil)
+	c.startAll()
+	leader := c.leader(15 * time.Second)
+	if err := leader.node.Raft().Apply([]byte("not an entry"), 5*time.Second).Error(); err != nil {
+		t.Fatal(err)
+	}
+	for _, tn := range c.nodes {
+		select {
+		case <-tn.node.Fatal():
+		case <-time.After(15 * time.Second):
+			t.Fatalf("node %s did not stop on the corrupt entry", tn.id)
+		}
+		if !errors.Is(tn.node.FatalErr(), wire.ErrBadEntry) {
+			t.Errorf("node %s stopped with %v, want a bad entry error", tn.id, tn.node.FatalErr())
+		}
+		st, err := tn.node.Status(context.Background())
+		if err != nil || st.GetRaftState() != "Failed" {
+			t.Errorf("node %s status %q (%v), want Failed", tn.id, st.GetRaftState(), err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := rawClient(t, leader.clientAddr, 1<<20).Submit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&wire.SubmitRequest{Msg: &wire.SubmitRequest_Open{Open: &wire.SubmitOpen{Volume: "a", Epoch: 1, BlockCount: 16}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Recv(); !errors.Is(wire.FromStatus(err), wire.ErrFailed) {
+		t.Errorf("submit to a failed node: %v, want FAILED", wire.FromStatus(err))
+	}
+}
