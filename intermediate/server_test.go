@@ -243,3 +243,37 @@ func TestNodeStopsOnCorruptEntry(t *testing.T) {
 		t.Errorf("submit to a failed node: %v, want FAILED", wire.FromStatus(err))
 	}
 }
+
+// TestServerJournalFull: past the journal budget, Submit is refused with
+// JOURNAL_FULL naming the budget; what was acknowledged stays committed.
+func TestServerJournalFull(t *testing.T) {
+	c := newTestCluster(t, 1, func(cfg *intermediate.Config) { cfg.JournalBudget = 10 * wire.BlockSize })
+	c.startAll()
+	tn := c.leader(15 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := openStream(t, ctx, rawClient(t, tn.clientAddr, 1<<20))
+	var acked uint64
+	var refused error
+	for vseq := uint64(1); vseq <= 20 && refused == nil; vseq++ {
+		if err := s.Send(&wire.SubmitRequest{Msg: &wire.SubmitRequest_Batches{Batches: &wire.SubmitBatches{Batches: []*wire.Batch{batch(vseq, vseq%16)}}}}); err != nil {
+			break
+		}
+		resp, err := s.Recv()
+		if err != nil {
+			refused = wire.FromStatus(err)
+			break
+		}
+		acked += uint64(len(resp.GetAcks().GetAcks()))
+	}
+	if !errors.Is(refused, wire.ErrJournalFull) {
+		t.Fatalf("after %d acks: %v, want JOURNAL_FULL", acked, refused)
+	}
+	t.Logf("refusal: %v", refused)
+	if acked != 10 {
+		t.Errorf("%d batches acknowledged under a budget of 10 blocks, want 10", acked)
+	}
+	if st := tn.node.FSM().Stats(); st.CommittedSeq != acked || st.JournalBytes != acked*wire.BlockSize {
+		t.Errorf("committed %d, journal %d bytes; want %d and %d", st.CommittedSeq, st.JournalBytes, acked, acked*wire.BlockSize)
+	}
+}
