@@ -346,7 +346,8 @@ func TestFSMCloseDrainsApplier(t *testing.T) {
 		t.Fatal("Close returned before the applier goroutine")
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for ftApplierGoroutines() != before {
+	// Other tests' FSMs may end meanwhile: no more than before is the check.
+	for ftApplierGoroutines() > before {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d applier goroutines after Close, %d before the FSM", ftApplierGoroutines(), before)
 		}

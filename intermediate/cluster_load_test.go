@@ -305,15 +305,27 @@ func TestClusterLeaderKilledUnderLoad(t *testing.T) {
 			break
 		}
 	}
+	// Snapshot every other node now, which also compacts their logs: the
+	// wiped node cannot catch up from the log and must install a snapshot.
+	for _, tn := range c.nodes {
+		if tn != wiped {
+			if err := tn.node.Raft().Snapshot().Error(); err != nil {
+				t.Fatalf("snapshot on %s: %v", tn.id, err)
+			}
+		}
+	}
 	c.stop(wiped)
 	if err := os.RemoveAll(wiped.dir); err != nil {
 		t.Fatal(err)
 	}
 	c.start(wiped)
 	c.waitConverged(60 * time.Second)
-	if idx, _ := strconv.ParseUint(wiped.node.Raft().Stats()["last_snapshot_index"], 10, 64); idx == 0 {
-		t.Fatalf("wiped node %s did not install a snapshot", wiped.id)
-	}
+	// Raft records the installed snapshot just after restoring the state
+	// machine, so poll.
+	waitFor(t, 10*time.Second, "the wiped node to record an installed snapshot", func() bool {
+		idx, _ := strconv.ParseUint(wiped.node.Raft().Stats()["last_snapshot_index"], 10, 64)
+		return idx > 0
+	})
 	compareNodes(t, c, names, blocks)
 	checkJournal(t, wiped, names, blocks, recs)
 	if _, err := os.Stat(filepath.Join(wiped.dir, "raft.db")); err != nil {

@@ -121,8 +121,8 @@ func ftNewWith(t testing.TB, fsys blockdev.FS, dir string, config func(*FSMConfi
 func (h *ftHarness) open() {
 	h.t.Helper()
 	cfg := FSMConfig{Group: ftGroup, Dir: h.dir, FS: h.fsys, Logger: ftLogger(), OnFatal: func(err error) {
+		h.fatal.Store(err) // before the count: tests poll the count, then read err
 		h.fatals.Add(1)
-		h.fatal.Store(err)
 	}}
 	if h.config != nil {
 		h.config(&cfg)
@@ -968,11 +968,11 @@ func TestSnapshotStreamsLargeVolume(t *testing.T) {
 	dir := t.TempDir()
 	src := ftNew(t, blockdev.OSFS{}, filepath.Join(dir, "src"))
 	src.register("big", blocks, 1)
-	// 32 MiB of data in runs across the volume; the rest stays sparse.
+	// 96 MiB of data in runs across the volume; the rest stays sparse.
 	vs := uint64(0)
-	for run := uint64(0); run < 32; run++ {
+	for run := uint64(0); run < 96; run++ {
 		vs++
-		first := run * (blocks / 32)
+		first := run * 512 // chunk-aligned runs of 256 blocks
 		var idx []uint64
 		for i := range uint64(256) {
 			idx = append(idx, first+i)
@@ -998,8 +998,8 @@ func TestSnapshotStreamsLargeVolume(t *testing.T) {
 	if alloc > 16<<20 {
 		t.Fatalf("persist allocated %d bytes for a volume of %d: it must stream", alloc, blocks*wire.BlockSize)
 	}
-	if sink.n < 32<<20 || sink.n > 34<<20 {
-		t.Fatalf("streamed %d bytes; want the 32 MiB of data with small frames around it", sink.n)
+	if sink.n < 96<<20 || sink.n > 98<<20 {
+		t.Fatalf("streamed %d bytes; want the 96 MiB of data with small frames around it", sink.n)
 	}
 
 	// Restore it elsewhere on the disk, from a file as Raft does: a staged
@@ -1052,7 +1052,7 @@ func TestSnapshotStreamsLargeVolume(t *testing.T) {
 		t.Fatal(restoreErr)
 	}
 	t.Logf("restored a %d MiB volume (%d MiB of data): live heap grew by at most %d bytes", blocks*wire.BlockSize>>20, sink.n>>20, grew)
-	if grew > 24<<20 {
+	if grew > 40<<20 {
 		t.Fatalf("restore grew the live heap by %d bytes for %d bytes of volume data: it must stream", grew, sink.n)
 	}
 	if got, want := ftImage(t, dst.f, "big", blocks), ftImage(t, src.f, "big", blocks); got != want {
