@@ -55,11 +55,11 @@ func FuzzIntentLog(f *testing.F) {
 			log = append(log, appendRecord(nil, hdr.gen, hdr.startSeq+uint64(i), synced(i), b)...)
 			ends = append(ends, len(log))
 		}
+		orig := bytes.Clone(log)
 		damage := len(log) // offset of the first damaged byte
-		kept := len(log)   // bytes of records kept
 		if int64(cut) < int64(len(log)) {
 			log = log[:cut]
-			damage, kept = int(cut), int(cut)
+			damage = int(cut)
 		}
 		if len(junk) > 0 {
 			log = append(log, junk...)
@@ -92,7 +92,9 @@ func FuzzIntentLog(f *testing.F) {
 			// left intact, may prove the damage.
 			proven := false
 			for j := intact + 1; j < len(ends); j++ {
-				whole := ends[j] <= kept && (flipped < ends[j-1] || flipped >= ends[j])
+				// Whole: its bytes are all there and unchanged (junk may
+				// rebuild the end of a cut record byte for byte).
+				whole := ends[j] <= len(log) && bytes.Equal(log[ends[j-1]:ends[j]], orig[ends[j-1]:ends[j]])
 				if whole && synced(j) >= hdr.startSeq+uint64(intact) {
 					proven = true
 				}
