@@ -151,7 +151,7 @@ func create(dir string, blocks uint64, opts Options) (_ *FileVolume, err error) 
 		return nil, fmt.Errorf("block count %d not in [1, %d]", blocks, uint64(MaxBlocks))
 	}
 	fsys := opts.FS
-	if err := mkdirAllDurable(fsys, dir); err != nil {
+	if err := MkdirAllDurable(fsys, LabelDir, dir); err != nil {
 		return nil, err
 	}
 	v := newFileVolume(dir, opts)
@@ -443,12 +443,13 @@ func writeFileAtomic(fsys FS, label, name string, b []byte) error {
 	return nil
 }
 
-// mkdirAllDurable creates dir and its missing parents, and makes each
-// creation durable.
-func mkdirAllDurable(fsys FS, dir string) error {
+// MkdirAllDurable creates dir and its missing parents on fsys, and makes
+// each creation durable by syncing the parent directory. label names the
+// operations for fault injection.
+func MkdirAllDurable(fsys FS, label, dir string) error {
 	var missing []string
 	for d := filepath.Clean(dir); ; {
-		_, err := fsys.Stat(LabelDir, d)
+		_, err := fsys.Stat(label, d)
 		if err == nil {
 			break
 		}
@@ -465,12 +466,12 @@ func mkdirAllDurable(fsys FS, dir string) error {
 	if len(missing) == 0 {
 		return nil
 	}
-	if err := fsys.MkdirAll(LabelDir, dir, 0o700); err != nil {
+	if err := fsys.MkdirAll(label, dir, 0o700); err != nil {
 		return err
 	}
 	for _, d := range slices.Backward(missing) {
 		parent := filepath.Dir(d)
-		if err := fsys.SyncDir(LabelDir, parent); err != nil {
+		if err := fsys.SyncDir(label, parent); err != nil {
 			return fmt.Errorf("sync directory %q: %w", parent, err)
 		}
 	}

@@ -284,7 +284,7 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 		f.log = slog.Default()
 	}
 	f.log = f.log.With(fsmKeyGroup, cfg.Group)
-	if err := mkdirAllDurable(f.fsys, cfg.Dir); err != nil {
+	if err := blockdev.MkdirAllDurable(f.fsys, labelVolumes, cfg.Dir); err != nil {
 		return nil, fmt.Errorf("create volumes directory %q: %w", cfg.Dir, err)
 	}
 	vols, err := f.openVolumes()

@@ -352,40 +352,6 @@ func removeAll(fsys blockdev.FS, name string) error {
 	return nil
 }
 
-// mkdirAllDurable creates dir and its missing parents, and makes each
-// creation durable by syncing the parent directory.
-func mkdirAllDurable(fsys blockdev.FS, dir string) error {
-	var missing []string
-	for d := filepath.Clean(dir); ; {
-		_, err := fsys.Stat(labelVolumes, d)
-		if err == nil {
-			break
-		}
-		if !errors.Is(err, fs.ErrNotExist) {
-			return err
-		}
-		missing = append(missing, d)
-		parent := filepath.Dir(d)
-		if parent == d {
-			break
-		}
-		d = parent
-	}
-	if len(missing) == 0 {
-		return nil
-	}
-	if err := fsys.MkdirAll(labelVolumes, dir, 0o700); err != nil {
-		return err
-	}
-	for i := len(missing) - 1; i >= 0; i-- {
-		parent := filepath.Dir(missing[i])
-		if err := fsys.SyncDir(labelVolumes, parent); err != nil {
-			return fmt.Errorf("sync directory %q: %w", parent, err)
-		}
-	}
-	return nil
-}
-
 // openVolumes opens every intermediate volume in the volumes directory and
 // removes the temporary directories a crash may have left. Anything else
 // in the directory is an error.

@@ -180,7 +180,7 @@ type Node struct {
 	clientLis net.Listener
 	prop      *proposer
 	notify    chan bool
-	logCount  *countingLogStore
+	logCount  *CountingLogStore
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -230,7 +230,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("open raft log %q: %w", filepath.Join(cfg.Dir, "raft.db"), err)
 	}
-	n.logCount = &countingLogStore{LogStore: n.store}
+	n.logCount = &CountingLogStore{LogStore: n.store}
 	logs, err := raft.NewLogCache(1024, n.logCount)
 	if err != nil {
 		return nil, fmt.Errorf("raft log cache: %w", err)
@@ -575,31 +575,38 @@ type NodeStats struct {
 // Stats returns the node's write-path counters.
 func (n *Node) Stats() NodeStats {
 	return NodeStats{
-		LogWrites:        n.logCount.writes.Load(),
-		LogEntries:       n.logCount.entries.Load(),
+		LogWrites:        n.logCount.Writes(),
+		LogEntries:       n.logCount.Entries(),
 		SubmitEntries:    n.prop.entries.Load(),
 		SubmitBatches:    n.prop.batches.Load(),
 		SubmitCommitTime: time.Duration(n.prop.commitNs.Load()),
 	}
 }
 
-// countingLogStore counts the writes of the Raft log store: raft-boltdb
-// commits (and fsyncs) once per StoreLog or StoreLogs call.
-type countingLogStore struct {
+// CountingLogStore wraps a Raft log store and counts its writes:
+// raft-boltdb commits (and fsyncs) once per StoreLog or StoreLogs call, so
+// Entries/Writes is the number of Raft entries per fsync.
+type CountingLogStore struct {
 	raft.LogStore
 	writes, entries atomic.Uint64
 }
 
 // StoreLog implements raft.LogStore.
-func (c *countingLogStore) StoreLog(l *raft.Log) error {
+func (c *CountingLogStore) StoreLog(l *raft.Log) error {
 	c.writes.Add(1)
 	c.entries.Add(1)
 	return c.LogStore.StoreLog(l)
 }
 
 // StoreLogs implements raft.LogStore.
-func (c *countingLogStore) StoreLogs(logs []*raft.Log) error {
+func (c *CountingLogStore) StoreLogs(logs []*raft.Log) error {
 	c.writes.Add(1)
 	c.entries.Add(uint64(len(logs)))
 	return c.LogStore.StoreLogs(logs)
 }
+
+// Writes returns the number of log writes so far.
+func (c *CountingLogStore) Writes() uint64 { return c.writes.Load() }
+
+// Entries returns the number of entries those writes stored.
+func (c *CountingLogStore) Entries() uint64 { return c.entries.Load() }

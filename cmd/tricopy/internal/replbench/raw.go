@@ -52,7 +52,7 @@ type raftNode struct {
 	id        string
 	raft      *raft.Raft
 	store     *raftboltdb.BoltStore
-	count     *countingLogStore
+	count     *intermediate.CountingLogStore
 	transport *raft.NetworkTransport
 }
 
@@ -85,7 +85,7 @@ func startRaft(ctx context.Context, dir string, nodes, writeBytes int, opts Opti
 		if err != nil {
 			return nil, fmt.Errorf("node %s: open raft log %s: %w", n.id, path, err)
 		}
-		n.count = &countingLogStore{LogStore: n.store}
+		n.count = &intermediate.CountingLogStore{LogStore: n.store}
 		n.transport, err = raft.NewTCPTransportWithLogger("127.0.0.1:0", nil, raftMaxPool, raftTimeout, hlog.Named(n.id))
 		if err != nil {
 			return nil, fmt.Errorf("node %s: raft transport: %w", n.id, err)
@@ -151,7 +151,7 @@ func (c *raftCluster) write(_ context.Context, _ int, _ uint64) error {
 
 // counters implements system.
 func (c *raftCluster) counters() counters {
-	return counters{logWrites: c.leader.count.writes.Load(), logEntries: c.leader.count.entries.Load()}
+	return counters{logWrites: c.leader.count.Writes(), logEntries: c.leader.count.Entries()}
 }
 
 // shutdown shuts every node's Raft down without waiting; pending futures
@@ -190,27 +190,6 @@ func (c *raftCluster) close() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// countingLogStore counts the writes of a Raft log store: raft-boltdb
-// commits (and fsyncs) once per StoreLog or StoreLogs call.
-type countingLogStore struct {
-	raft.LogStore
-	writes, entries atomic.Uint64
-}
-
-// StoreLog implements raft.LogStore.
-func (c *countingLogStore) StoreLog(l *raft.Log) error {
-	c.writes.Add(1)
-	c.entries.Add(1)
-	return c.LogStore.StoreLog(l)
-}
-
-// StoreLogs implements raft.LogStore.
-func (c *countingLogStore) StoreLogs(logs []*raft.Log) error {
-	c.writes.Add(1)
-	c.entries.Add(uint64(len(logs)))
-	return c.LogStore.StoreLogs(logs)
 }
 
 // countFSM is the yardstick's state machine: it counts the bytes applied.
@@ -260,7 +239,6 @@ func (countSnapshot) Release() {}
 var (
 	_ raft.FSM         = (*countFSM)(nil)
 	_ raft.FSMSnapshot = countSnapshot(0)
-	_ raft.LogStore    = (*countingLogStore)(nil)
 	_ system           = (*raftCluster)(nil)
 )
 
