@@ -28,7 +28,6 @@ package fsbench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -36,9 +35,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // Defaults of Options.
@@ -165,7 +165,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	res := &Results{
 		Time:       time.Now().UTC(),
 		FioVersion: version,
-		Kernel:     kernelRelease(),
+		Kernel:     benchutil.KernelRelease(),
 		SeqSize:    opts.SeqSize,
 		RandSize:   opts.RandSize,
 		FsyncSize:  opts.fsyncSize(),
@@ -184,7 +184,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 		return res, fmt.Errorf("write results: %w", err)
 	}
 	if opts.JSONPath != "" {
-		if err := writeJSON(opts.JSONPath, res); err != nil {
+		if err := benchutil.WriteJSON(opts.JSONPath, res); err != nil {
 			return res, err
 		}
 	}
@@ -269,25 +269,4 @@ func (b *bench) dropCaches() {
 		b.canDrop = false
 		b.log.Warn("cannot drop the page cache; relying on fio's invalidate=1", "err", err)
 	}
-}
-
-// kernelRelease returns the running kernel's release, or "" if unknown.
-func kernelRelease() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
-}
-
-// writeJSON writes res to path as indented JSON.
-func writeJSON(path string, res *Results) error {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode results: %w", err)
-	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write results: %w", err)
-	}
-	return nil
 }

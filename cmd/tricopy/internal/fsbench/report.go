@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"io"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // Results are the figures of one Run.
@@ -243,21 +245,9 @@ func (r *Results) WriteMarkdown(w io.Writer) error {
 			verdict = ""
 		}
 		fmt.Fprintf(bw, "| %s | %s | %s | %s | %s | %s | %s | %s |\n",
-			c.Metric, c.Unit, number(c.Tricopy), number(c.Loopback), number(c.Bare), ratio, target, verdict)
+			c.Metric, c.Unit, benchutil.Number(c.Tricopy), benchutil.Number(c.Loopback), benchutil.Number(c.Bare), ratio, target, verdict)
 	}
 	return bw.Flush()
-}
-
-// number formats a figure with three significant digits or more.
-func number(v float64) string {
-	switch {
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	default:
-		return fmt.Sprintf("%.2f", v)
-	}
 }
 
 // sizeString formats a byte count in MiB, KiB or bytes.

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // machine describes the computer the process runs on.
@@ -19,7 +21,7 @@ func machine() Machine {
 		CPUs:       runtime.NumCPU(),
 		GOMAXPROCS: runtime.GOMAXPROCS(0),
 		CPUModel:   cpuModel(),
-		Kernel:     kernelRelease(),
+		Kernel:     benchutil.KernelRelease(),
 		GoVersion:  runtime.Version(),
 		LoadBefore: loadAverage(),
 	}
@@ -40,15 +42,6 @@ func loadAverage() float64 {
 		return -1
 	}
 	return v
-}
-
-// kernelRelease returns the running kernel's release, or "" if unknown.
-func kernelRelease() string {
-	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
-	if err != nil {
-		return ""
-	}
-	return strings.TrimSpace(string(b))
 }
 
 // cpuModel returns the model name of the first CPU in /proc/cpuinfo, or ""

@@ -44,6 +44,8 @@ import (
 	"path/filepath"
 	"runtime"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // Defaults of Options.
@@ -209,7 +211,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 		return res, fmt.Errorf("write results: %w", err)
 	}
 	if opts.JSONPath != "" {
-		if err := writeJSON(opts.JSONPath, res); err != nil {
+		if err := benchutil.WriteJSON(opts.JSONPath, res); err != nil {
 			return res, err
 		}
 	}

@@ -2,12 +2,12 @@ package replbench
 
 import (
 	"bufio"
-	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strings"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // Sides of a scenario: the yardstick and ours.
@@ -291,11 +291,11 @@ func runCells(r *RunResult) string {
 	}
 	batches := "—"
 	if r.Side == SideSubmit {
-		batches = number(r.BatchesPerEntry)
+		batches = benchutil.Number(r.BatchesPerEntry)
 	}
 	return strings.Join([]string{
-		number(r.OpsPerSec), number(r.MBPerSec), number(millis(r.Latency.P50)), number(millis(r.Latency.P99)),
-		number(r.EntriesPerFsync), batches,
+		benchutil.Number(r.OpsPerSec), benchutil.Number(r.MBPerSec), benchutil.Number(millis(r.Latency.P50)), benchutil.Number(millis(r.Latency.P99)),
+		benchutil.Number(r.EntriesPerFsync), batches,
 	}, " | ")
 }
 
@@ -303,19 +303,7 @@ func runCells(r *RunResult) string {
 func millis(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // ms formats d in milliseconds.
-func ms(d time.Duration) string { return number(millis(d)) + " ms" }
-
-// number formats a figure with three significant digits or more.
-func number(v float64) string {
-	switch {
-	case v >= 100:
-		return fmt.Sprintf("%.0f", v)
-	case v >= 10:
-		return fmt.Sprintf("%.1f", v)
-	default:
-		return fmt.Sprintf("%.2f", v)
-	}
-}
+func ms(d time.Duration) string { return benchutil.Number(millis(d)) + " ms" }
 
 // load formats a load average, negative meaning unknown.
 func load(v float64) string {
@@ -330,16 +318,4 @@ func orUnknown(s string) string {
 		return "unknown"
 	}
 	return s
-}
-
-// writeJSON writes res to path as indented JSON.
-func writeJSON(path string, res *Results) error {
-	b, err := json.MarshalIndent(res, "", "  ")
-	if err != nil {
-		return fmt.Errorf("encode results: %w", err)
-	}
-	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
-		return fmt.Errorf("write results to %s: %w", path, err)
-	}
-	return nil
 }

@@ -1,0 +1,44 @@
+// Package benchutil holds what tricopy's benchmarks (bench fs, bench
+// submit) share for their reports: the machine facts they print, figure
+// formatting, and the JSON results file.
+package benchutil
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"strings"
+)
+
+// KernelRelease returns the running kernel's release, or "" if unknown.
+func KernelRelease() string {
+	b, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// Number formats a figure with three significant digits or more.
+func Number(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	default:
+		return fmt.Sprintf("%.2f", v)
+	}
+}
+
+// WriteJSON writes results to path as indented JSON.
+func WriteJSON(path string, results any) error {
+	b, err := json.MarshalIndent(results, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results to %s: %w", path, err)
+	}
+	return nil
+}
