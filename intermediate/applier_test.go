@@ -228,7 +228,7 @@ func TestFSMApplierErrorIsFatal(t *testing.T) {
 			}
 			if blocked {
 				ftWaitArrived(t, g, h.f.jobs)
-				l := ftEncode(t, ftSubmit(ftBatch("a", 1, 3, 2)))
+				l := ftEncode(t, ftFill(h.f, ftSubmit(ftBatch("a", 1, 3, 2))))
 				var res any
 				done := make(chan struct{})
 				go func() {
@@ -283,7 +283,7 @@ func TestFSMApplyBackPressure(t *testing.T) {
 			h.submit(ftBatch("a", 1, 2, 0))
 			ftWaitArrived(t, g, h.f.jobs)
 			h.submit(ftBatch("a", 1, 3, 1))
-			l := ftEncode(t, ftSubmit(ftBatch("a", 1, 4, 2)))
+			l := ftEncode(t, ftFill(h.f, ftSubmit(ftBatch("a", 1, 4, 2))))
 			var res any
 			done := make(chan struct{})
 			go func() {

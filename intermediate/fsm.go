@@ -166,13 +166,16 @@ type volumeRecord struct {
 	// trimmedSeq is the seq of the last batch of the volume dropped from
 	// the journal (0 when none was).
 	trimmedSeq uint64
+	// session is the Raft index of the volume's latest RegisterVolume
+	// entry: only batches of that Submit session are accepted.
+	session uint64
 	// batches are the volume's batches in the journal, in seq order, which
 	// is also volume-seq order without a gap.
 	batches []*wire.CommittedBatch
 }
 
 func (r *volumeRecord) info() VolumeInfo {
-	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq}
+	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq, Session: r.session}
 }
 
 // seqOf returns the seq of the volume's batch volumeSeq, or 0 when the
@@ -223,6 +226,8 @@ type RegisterResult struct {
 	// VOLUME_MISMATCH when the volume is registered with another block
 	// count.
 	Err error
+	// Created is set when the entry registered the volume.
+	Created bool
 }
 
 // EpochResult is what Apply returns for a SetEpoch entry.
@@ -240,6 +245,7 @@ type VolumeInfo struct {
 	BlockCount    uint64
 	LastVolumeSeq uint64 // the volume seq of the volume's last committed batch
 	LastSeq       uint64 // the seq of the volume's last committed batch
+	Session       uint64 // the Raft index of the latest RegisterVolume: the open Submit session
 }
 
 // FSMStats are the state machine's counters.
@@ -334,6 +340,9 @@ func (f *FSM) Apply(l *raft.Log) any {
 
 func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	batches := se.GetBatches()
+	if len(se.GetSessions()) != len(batches) {
+		return f.fatal(fmt.Errorf("raft entry %d: %d batches with %d sessions: %w", index, len(batches), len(se.GetSessions()), wire.ErrBadEntry))
+	}
 	// Check every batch before changing anything, so that an entry is
 	// applied whole, or not at all when it stops the state machine.
 	f.mu.RLock()
@@ -355,7 +364,7 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	accepted := false
 	f.mu.Lock()
 	for i, b := range batches {
-		r := f.submitLocked(b)
+		r := f.submitLocked(b, se.GetSessions()[i])
 		res.Batches[i] = r
 		if r.Err != nil || r.Duplicate {
 			continue
@@ -413,9 +422,10 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	return res
 }
 
-// submitLocked decides one checked batch: refused, duplicate, or accepted
-// with the next seq and appended to the journal. The caller holds mu.
-func (f *FSM) submitLocked(b *wire.Batch) BatchResult {
+// submitLocked decides one checked batch that came on Submit session
+// session: refused, duplicate, or accepted with the next seq and appended to
+// the journal. The caller holds mu.
+func (f *FSM) submitLocked(b *wire.Batch, session uint64) BatchResult {
 	vs := b.GetVolumeSeq()
 	r := BatchResult{VolumeSeq: vs}
 	rec := f.st.volumes[b.GetVolume()]
@@ -427,6 +437,9 @@ func (f *FSM) submitLocked(b *wire.Batch) BatchResult {
 			vs, rec.name, b.GetEpoch(), rec.epoch)
 		e.Epoch = rec.epoch
 		r.Err = e
+	case session != rec.session:
+		r.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_SESSION, "batch %d of volume %q came on submit session %d, the volume's session is %d",
+			vs, rec.name, session, rec.session)
 	case vs == 0:
 		r.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "batch of volume %q has volume seq 0; volume seqs start at 1", rec.name)
 	case vs <= rec.lastVolumeSeq:
@@ -467,6 +480,10 @@ func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
 	}
 	if res.Err != nil || rec != nil {
 		f.mu.Lock()
+		if res.Err == nil {
+			rec.session = index
+			res.Volume = rec.info()
+		}
 		f.st.appliedIndex = index
 		f.mu.Unlock()
 		return res
@@ -480,7 +497,7 @@ func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
 	if err != nil {
 		return f.fatal(fmt.Errorf("raft entry %d: register volume %q: %w", index, name, err))
 	}
-	rec = &volumeRecord{name: name, epoch: max(rv.GetEpoch(), 1), blockCount: blocks}
+	rec = &volumeRecord{name: name, epoch: max(rv.GetEpoch(), 1), blockCount: blocks, session: index}
 	f.mu.Lock()
 	f.st.volumes[name] = rec
 	f.vols[name] = iv
@@ -489,6 +506,7 @@ func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
 	f.mu.Unlock()
 	f.log.Info("registered volume", fsmKeyVolume, name, fsmKeyBlocks, blocks, fsmKeyEpoch, rec.epoch, fsmKeyIndex, index)
 	res.Volume = rec.info()
+	res.Created = true
 	return res
 }
 

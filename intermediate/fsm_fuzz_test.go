@@ -57,9 +57,12 @@ func ftFuzzSeedBody(t testing.TB, e *wire.Entry) []byte {
 func FuzzFSMApply(f *testing.F) {
 	// Small seeds (one block each): the fuzzer minimises what it finds, and
 	// that takes time proportional to the input's size.
+	base := ftFuzzBase(f, nil).f
 	for _, e := range []*wire.Entry{
-		ftSubmit(ftBatch("a", 1, 3, 2)),
-		ftSubmit(ftBatch("b", 2, 2, 1)),
+		ftFill(base, ftSubmit(ftBatch("a", 1, 3, 2))),
+		ftFill(base, ftSubmit(ftBatch("b", 2, 2, 1))),
+		ftFill(base, ftSubmit(ftBatch("a", 1, 3, 2), ftBatch("b", 2, 2, 1))),
+		ftSubmit(ftBatch("a", 1, 3, 2)), // no sessions: stops the FSM
 		ftRegister("c", 16, 1),
 		ftRegister("a", 9, 1),
 		ftSetEpoch("b", 3),

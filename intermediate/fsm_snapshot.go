@@ -89,7 +89,7 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 1
+	snapVersion = 2
 
 	// chunkBlocks is the largest number of blocks in one image chunk.
 	chunkBlocks = 256
@@ -139,7 +139,7 @@ type snapshotMeta struct {
 
 type volumeMeta struct {
 	name                                                  string
-	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq uint64
+	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq, session uint64
 }
 
 type nodeMeta struct{ id, addr string }
@@ -173,7 +173,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 			return nil, fmt.Errorf("snapshot: volume %q has no intermediate volume", name)
 		}
 		s.meta.volumes = append(s.meta.volumes, volumeMeta{name: name, epoch: rec.epoch, blockCount: rec.blockCount,
-			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq})
+			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq, session: rec.session})
 		s.vols = append(s.vols, iv)
 	}
 	for _, id := range slices.Sorted(maps.Keys(f.st.nodeAddrs)) {
@@ -376,7 +376,7 @@ func (r *restorer) read() (fsmState, error) {
 	st.seq, st.appliedIndex, st.journalStart = meta.seq, meta.appliedIndex, meta.journalStart
 	for _, vm := range meta.volumes {
 		st.volumes[vm.name] = &volumeRecord{name: vm.name, epoch: vm.epoch, blockCount: vm.blockCount,
-			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq}
+			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq, session: vm.session}
 	}
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
@@ -613,6 +613,7 @@ func encodeMeta(m snapshotMeta) []byte {
 		e.u64(v.lastVolumeSeq)
 		e.u64(v.lastSeq)
 		e.u64(v.trimmedSeq)
+		e.u64(v.session)
 	}
 	e.u32(uint32(len(m.nodes)))
 	for _, n := range m.nodes {
@@ -626,7 +627,7 @@ func encodeMeta(m snapshotMeta) []byte {
 // of a node address: counts read from the stream are bounded by them before
 // anything is allocated.
 const (
-	minVolumeMeta = 4 + 5*8
+	minVolumeMeta = 4 + 6*8
 	minNodeMeta   = 4 + 4
 )
 
@@ -641,7 +642,7 @@ func decodeMeta(p []byte) (snapshotMeta, error) {
 	}
 	for i := uint32(0); i < nv && d.err == nil; i++ {
 		v := volumeMeta{name: d.str()}
-		v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq = d.u64(), d.u64(), d.u64(), d.u64(), d.u64()
+		v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, v.session = d.u64(), d.u64(), d.u64(), d.u64(), d.u64(), d.u64()
 		m.volumes = append(m.volumes, v)
 	}
 	nn := d.u32()

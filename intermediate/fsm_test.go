@@ -61,6 +61,22 @@ func ftSubmit(batches ...*wire.Batch) *wire.Entry {
 	return &wire.Entry{Op: &wire.Entry_Submit{Submit: &wire.SubmitEntry{Batches: batches}}}
 }
 
+// ftFill sets the sessions of a submit entry to the current sessions of its
+// batches' volumes in f (a volume f does not know gets session 0), as the
+// leader's server stamps them.
+func ftFill(f *FSM, e *wire.Entry) *wire.Entry {
+	se := e.GetSubmit()
+	if se == nil || len(se.Sessions) == len(se.Batches) {
+		return e
+	}
+	se.Sessions = nil
+	for _, b := range se.GetBatches() {
+		info, _ := f.Volume(b.GetVolume())
+		se.Sessions = append(se.Sessions, info.Session)
+	}
+	return e
+}
+
 func ftRegister(name string, blocks, epoch uint64) *wire.Entry {
 	return &wire.Entry{Op: &wire.Entry_RegisterVolume{RegisterVolume: &wire.RegisterVolume{Volume: name, BlockCount: blocks, Epoch: epoch}}}
 }
@@ -152,7 +168,7 @@ func (h *ftHarness) applyLog(l *raft.Log) any {
 
 func (h *ftHarness) apply(e *wire.Entry) any {
 	h.t.Helper()
-	return h.applyLog(ftEncode(h.t, e))
+	return h.applyLog(ftEncode(h.t, ftFill(h.f, e)))
 }
 
 func (h *ftHarness) submit(batches ...*wire.Batch) []BatchResult {
@@ -407,7 +423,7 @@ func ftWorkload(t testing.TB, h *ftHarness, rounds int) {
 
 func TestFSMSeqGaplessAcrossVolumesAndEntries(t *testing.T) {
 	h := ftNew(t, nil, "/vols")
-	if res := h.register("a", 16, 1); res.Err != nil || res.Volume != (VolumeInfo{Name: "a", Epoch: 1, BlockCount: 16}) {
+	if res := h.register("a", 16, 1); res.Err != nil || res.Volume != (VolumeInfo{Name: "a", Epoch: 1, BlockCount: 16, Session: 1}) {
 		t.Fatalf("register a: %+v", res)
 	}
 	if res := h.register("b", 8, 0); res.Err != nil || res.Volume.Epoch != 1 {
@@ -561,12 +577,60 @@ func TestFSMUnknownVolume(t *testing.T) {
 	}
 }
 
+// TestFSMStaleSession checks the fence between Submit streams of a volume:
+// once a newer open recorded its RegisterVolume, a batch of the older stream
+// that reaches the log later is refused and takes no seq, even when it
+// carries the volume seq the newer stream will use.
+func TestFSMStaleSession(t *testing.T) {
+	h := ftNew(t, nil, "/vols")
+	old := h.register("a", 4, 1).Volume.Session
+	h.register("b", 4, 1)
+	h.submit(ftBatch("a", 1, 1, 0))
+	cur := h.register("a", 4, 1).Volume
+	if cur.Session == old || cur.LastVolumeSeq != 1 {
+		t.Fatalf("second open: %+v (first session %d)", cur, old)
+	}
+	e := ftSubmit(ftBatch("a", 1, 2, 1), ftBatch("b", 1, 1, 1))
+	e.GetSubmit().Sessions = []uint64{old, h.f.st.volumes["b"].session}
+	res, ok := h.apply(e).(*SubmitResult)
+	if !ok {
+		t.Fatalf("submit: %T", res)
+	}
+	if r := res.Batches[0]; !errors.Is(r.Err, wire.ErrStaleSession) || r.Seq != 0 {
+		t.Fatalf("batch of the old session: %+v, want STALE_SESSION", r)
+	}
+	if r := res.Batches[1]; r.Err != nil || r.Seq != 2 {
+		t.Fatalf("batch of another volume in the same entry: %+v, want seq 2", r)
+	}
+	if r := h.submit(ftBatch("a", 1, 2, 2))[0]; r.Err != nil || r.Seq != 3 || r.Duplicate {
+		t.Fatalf("batch of the new session with the same volume seq: %+v, want committed at seq 3", r)
+	}
+	// The session survives a snapshot.
+	dst := ftNew(t, nil, "/dst")
+	if err := ftRestore(dst.f, ftSnapshot(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dst.f.Volume("a"); got.Session != cur.Session {
+		t.Fatalf("session after restore: %d, want %d", got.Session, cur.Session)
+	}
+	// An entry whose sessions do not match its batches stops the FSM.
+	bad := ftSubmit(ftBatch("a", 1, 3, 0))
+	bad.GetSubmit().Sessions = []uint64{cur.Session, cur.Session}
+	if _, ok := h.applyLog(ftEncode(t, bad)).(error); !ok {
+		t.Fatal("an entry with two sessions for one batch was applied")
+	}
+	if err, _ := h.fatal.Load().(error); !errors.Is(err, wire.ErrBadEntry) {
+		t.Fatalf("fatal error %v, want ErrBadEntry", err)
+	}
+}
+
 func TestFSMRegisterVolume(t *testing.T) {
 	h := ftNew(t, nil, "/vols")
 	h.register("a", 4, 2)
 	h.submit(ftBatch("a", 2, 1, 0))
-	if res := h.register("a", 4, 7); res.Err != nil || res.Volume != (VolumeInfo{Name: "a", Epoch: 2, BlockCount: 4, LastVolumeSeq: 1, LastSeq: 1}) {
-		t.Fatalf("register again: %+v, want a no-op", res)
+	if res := h.register("a", 4, 7); res.Err != nil || res.Created ||
+		res.Volume != (VolumeInfo{Name: "a", Epoch: 2, BlockCount: 4, LastVolumeSeq: 1, LastSeq: 1, Session: 3}) {
+		t.Fatalf("register again: %+v, want the record unchanged but for a new session", res)
 	}
 	if res := h.register("a", 5, 2); !errors.Is(res.Err, wire.ErrVolumeMismatch) || res.Volume.BlockCount != 4 {
 		t.Fatalf("register with another size: %+v, want VOLUME_MISMATCH", res)
@@ -634,7 +698,7 @@ func (f ftCountFile) WriteAt(p []byte, off int64) (int, error) {
 func TestFSMFatalUndecodableEntry(t *testing.T) {
 	h := ftNew(t, nil, "/vols")
 	h.register("a", 4, 1)
-	good := ftEncode(t, ftSubmit(ftBatch("a", 1, 1, 0)))
+	good := ftEncode(t, ftFill(h.f, ftSubmit(ftBatch("a", 1, 1, 0))))
 	bad := &raft.Log{Type: raft.LogCommand, Data: bytes.Clone(good.Data)}
 	bad.Data[len(bad.Data)/2] ^= 0xff
 	res := h.applyLog(bad)
@@ -761,7 +825,7 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 		t.Fatal("a volume the snapshot does not name was not removed")
 	}
 	// Both continue identically.
-	l := ftEncode(t, ftSubmit(ftBatch("a", 1, want.Volumes[0].LastVolumeSeq+1, 3)))
+	l := ftEncode(t, ftFill(src.f, ftSubmit(ftBatch("a", 1, want.Volumes[0].LastVolumeSeq+1, 3))))
 	l.Index = uint64(len(src.log)) + 1
 	src.f.Apply(l)
 	dst.f.Apply(l)

@@ -179,6 +179,7 @@ type Node struct {
 	grpc      *grpc.Server
 	clientLis net.Listener
 	prop      *proposer
+	reports   *primaryReports
 	notify    chan bool
 	logCount  *CountingLogStore
 
@@ -293,6 +294,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 		return nil, fmt.Errorf("start raft: %w", err)
 	}
 	n.prop = newProposer(n)
+	n.reports = newPrimaryReports()
 
 	n.clientLis = cfg.ClientListener
 	if n.clientLis == nil {

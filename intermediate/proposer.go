@@ -16,6 +16,7 @@ import (
 // waiting to enter the Raft log.
 type proposal struct {
 	batches []*wire.Batch
+	session uint64 // the stream's Submit session (see wire.SubmitEntry)
 	bytes   int
 	// done receives one result per batch, or err when the entry did not
 	// commit. It is called on the completer goroutine, in log order, and
@@ -167,12 +168,16 @@ func (p *proposer) run() {
 // when the entry could not be made (the proposals are failed).
 func (p *proposer) propose(props []*proposal) *inflight {
 	var batches []*wire.Batch
+	var sessions []uint64
 	bytes := 0
 	for _, pr := range props {
 		batches = append(batches, pr.batches...)
+		for range pr.batches {
+			sessions = append(sessions, pr.session)
+		}
 		bytes += pr.bytes
 	}
-	data, err := wire.EncodeEntry(&wire.Entry{Op: &wire.Entry_Submit{Submit: &wire.SubmitEntry{Batches: batches}}})
+	data, err := wire.EncodeEntry(&wire.Entry{Op: &wire.Entry_Submit{Submit: &wire.SubmitEntry{Batches: batches, Sessions: sessions}}})
 	if err == nil && len(data) > p.n.cfg.MaxMessage {
 		err = wire.Errorf(wire.ErrorCode_ERROR_CODE_TOO_LARGE, "raft entry of %d bytes over the limit of %d", len(data), p.n.cfg.MaxMessage)
 	}

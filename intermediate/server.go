@@ -67,27 +67,25 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 	if !n.IsLeader() {
 		return n.notLeader("submit goes to the leader")
 	}
-	// The leader's state machine may still be applying entries of earlier
-	// terms: wait until it has caught up so the volume's position is exact.
-	if err := n.raft.Barrier(n.cfg.ApplyTimeout).Error(); err != nil {
-		return n.raftError(err)
+	// Every open records a RegisterVolume entry (which registers the volume
+	// on first contact): its application starts a new session of the volume
+	// and gives the volume's exact position, and the state machine refuses
+	// any batch of an older stream that would still reach the log after it.
+	res, err := n.apply(stream.Context(), &wire.Entry{Op: &wire.Entry_RegisterVolume{RegisterVolume: &wire.RegisterVolume{
+		Volume: open.GetVolume(), BlockCount: open.GetBlockCount(), Epoch: max(open.GetEpoch(), 1),
+	}}})
+	if err != nil {
+		return err
 	}
-	info, ok := n.fsm.Volume(open.GetVolume())
-	if !ok {
-		res, err := n.apply(stream.Context(), &wire.Entry{Op: &wire.Entry_RegisterVolume{RegisterVolume: &wire.RegisterVolume{
-			Volume: open.GetVolume(), BlockCount: open.GetBlockCount(), Epoch: max(open.GetEpoch(), 1),
-		}}})
-		if err != nil {
-			return err
-		}
-		rr, _ := res.(*RegisterResult)
-		if rr == nil {
-			return fmt.Errorf("register volume %q: unexpected state machine response %T", open.GetVolume(), res)
-		}
-		if rr.Err != nil {
-			return rr.Err
-		}
-		info = rr.Volume
+	rr, _ := res.(*RegisterResult)
+	if rr == nil {
+		return fmt.Errorf("register volume %q: unexpected state machine response %T", open.GetVolume(), res)
+	}
+	if rr.Err != nil {
+		return rr.Err
+	}
+	info := rr.Volume
+	if rr.Created {
 		n.log.Info("registered volume", logKeyVolume, info.Name, "blocks", info.BlockCount, "epoch", info.Epoch)
 	}
 	if info.BlockCount != open.GetBlockCount() {
@@ -104,8 +102,10 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 	}}}); err != nil {
 		return err
 	}
-	ss := &submitStream{s: s, stream: stream, volume: info.Name, blocks: info.BlockCount, wake: make(chan struct{}, 1)}
+	ss := &submitStream{s: s, stream: stream, volume: info.Name, blocks: info.BlockCount, session: info.Session, wake: make(chan struct{}, 1)}
 	ss.cond = sync.NewCond(&ss.mu)
+	n.reports.connect(info.Name, info.Session)
+	defer n.reports.disconnect(info.Name, info.Session)
 	return ss.run()
 }
 
@@ -115,8 +115,9 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 type submitStream struct {
 	s      *service
 	stream wire.Intermediate_SubmitServer
-	volume string
-	blocks uint64
+	volume  string
+	blocks  uint64
+	session uint64
 
 	mu          sync.Mutex
 	cond        *sync.Cond // signalled when inFlight drops
@@ -207,6 +208,10 @@ func (ss *submitStream) receiveLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if rep := req.GetReport(); rep != nil {
+			n.reports.report(ss.volume, ss.session, rep)
+			continue
+		}
 		msg := req.GetBatches()
 		if msg == nil || len(msg.GetBatches()) == 0 {
 			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "submit stream of volume %q: expected batches", ss.volume)
@@ -246,7 +251,7 @@ func (ss *submitStream) receiveLoop(ctx context.Context) error {
 		ss.outstanding++
 		ss.inFlight += bytes
 		ss.mu.Unlock()
-		pr := &proposal{batches: msg.GetBatches(), bytes: bytes}
+		pr := &proposal{batches: msg.GetBatches(), session: ss.session, bytes: bytes}
 		pr.done = func(results []BatchResult, err error) {
 			ss.mu.Lock()
 			ss.outstanding--
@@ -352,9 +357,11 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 		resp.LeaderAddr = n.fsm.NodeAddr(string(id))
 	}
 	for _, v := range n.fsm.Volumes() {
-		resp.Volumes = append(resp.Volumes, &wire.VolumeStatus{
+		vs := &wire.VolumeStatus{
 			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
-		})
+		}
+		n.reports.fill(vs)
+		resp.Volumes = append(resp.Volumes, vs)
 	}
 	cf := n.raft.GetConfiguration()
 	if err := cf.Error(); err == nil {

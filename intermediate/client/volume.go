@@ -116,6 +116,8 @@ type Volume struct {
 	lastSeq  uint64     // seq of the last ack
 	broken   error      // wraps ErrBroken and the cause
 	closed   bool
+	report   *wire.PrimaryReport // the latest Report, sent again on every stream
+	reported bool                // report went out on the current stream
 }
 
 // session is one Submit stream of a Volume.
@@ -256,6 +258,18 @@ func (v *Volume) SubmitAsync(blocks []*wire.Block) *Pending {
 	v.mu.Unlock()
 	v.kick()
 	return p
+}
+
+// Report tells the intermediate the state of the primary's mirror (shown by
+// its Status). It returns at once: the sender goroutine sends the report
+// ahead of the batches not yet sent, and again on every reopened stream;
+// only the latest report is kept.
+func (v *Volume) Report(rep *wire.PrimaryReport) {
+	rep = proto.CloneOf(rep)
+	v.mu.Lock()
+	v.report, v.reported = rep, false
+	v.mu.Unlock()
+	v.kick()
 }
 
 // checkBlocks refuses what the intermediate would refuse as malformed.
@@ -507,6 +521,7 @@ func (v *Volume) resume(s *session) error {
 			s.addr, last, v.next-1)
 	}
 	v.sent, v.inflight = 0, 0
+	v.reported = false
 	return nil
 }
 
@@ -558,6 +573,10 @@ func (v *Volume) send(s *session) error {
 func (v *Volume) take() *wire.SubmitRequest {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.report != nil && !v.reported {
+		v.reported = true
+		return &wire.SubmitRequest{Msg: &wire.SubmitRequest_Report{Report: v.report}}
+	}
 	limit := v.c.cfg.MaxMessage - requestOverhead
 	var batches []*wire.Batch
 	size := 0

@@ -37,6 +37,9 @@ var (
 	ErrUnknownVolume = errors.New("unknown volume")
 	// ErrFailed: the node stopped after a fatal error.
 	ErrFailed = errors.New("node failed")
+	// ErrStaleSession: a newer Submit stream of the volume was opened, so
+	// the batches of this one are no longer accepted.
+	ErrStaleSession = errors.New("stale submit session")
 )
 
 var codeSentinels = map[ErrorCode]error{
@@ -51,6 +54,7 @@ var codeSentinels = map[ErrorCode]error{
 	ErrorCode_ERROR_CODE_BAD_REQUEST:     ErrBadRequest,
 	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:  ErrUnknownVolume,
 	ErrorCode_ERROR_CODE_FAILED:          ErrFailed,
+	ErrorCode_ERROR_CODE_STALE_SESSION:   ErrStaleSession,
 }
 
 var codeGRPC = map[ErrorCode]codes.Code{
@@ -65,6 +69,7 @@ var codeGRPC = map[ErrorCode]codes.Code{
 	ErrorCode_ERROR_CODE_BAD_REQUEST:     codes.InvalidArgument,
 	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:  codes.NotFound,
 	ErrorCode_ERROR_CODE_FAILED:          codes.Internal,
+	ErrorCode_ERROR_CODE_STALE_SESSION:   codes.Aborted,
 }
 
 // Error is a refusal with its code and the facts a client needs to act on

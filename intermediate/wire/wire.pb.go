@@ -44,6 +44,7 @@ const (
 	ErrorCode_ERROR_CODE_BAD_REQUEST     ErrorCode = 9
 	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME  ErrorCode = 10
 	ErrorCode_ERROR_CODE_FAILED          ErrorCode = 11 // the node stopped after a fatal error
+	ErrorCode_ERROR_CODE_STALE_SESSION   ErrorCode = 12 // a newer Submit stream of the volume was opened
 )
 
 // Enum value maps for ErrorCode.
@@ -61,6 +62,7 @@ var (
 		9:  "ERROR_CODE_BAD_REQUEST",
 		10: "ERROR_CODE_UNKNOWN_VOLUME",
 		11: "ERROR_CODE_FAILED",
+		12: "ERROR_CODE_STALE_SESSION",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_CODE_UNSPECIFIED":     0,
@@ -75,6 +77,7 @@ var (
 		"ERROR_CODE_BAD_REQUEST":     9,
 		"ERROR_CODE_UNKNOWN_VOLUME":  10,
 		"ERROR_CODE_FAILED":          11,
+		"ERROR_CODE_STALE_SESSION":   12,
 	}
 )
 
@@ -246,6 +249,7 @@ type SubmitRequest struct {
 	//
 	//	*SubmitRequest_Open
 	//	*SubmitRequest_Batches
+	//	*SubmitRequest_Report
 	Msg           isSubmitRequest_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -306,6 +310,15 @@ func (x *SubmitRequest) GetBatches() *SubmitBatches {
 	return nil
 }
 
+func (x *SubmitRequest) GetReport() *PrimaryReport {
+	if x != nil {
+		if x, ok := x.Msg.(*SubmitRequest_Report); ok {
+			return x.Report
+		}
+	}
+	return nil
+}
+
 type isSubmitRequest_Msg interface {
 	isSubmitRequest_Msg()
 }
@@ -318,9 +331,15 @@ type SubmitRequest_Batches struct {
 	Batches *SubmitBatches `protobuf:"bytes,2,opt,name=batches,proto3,oneof"`
 }
 
+type SubmitRequest_Report struct {
+	Report *PrimaryReport `protobuf:"bytes,3,opt,name=report,proto3,oneof"`
+}
+
 func (*SubmitRequest_Open) isSubmitRequest_Msg() {}
 
 func (*SubmitRequest_Batches) isSubmitRequest_Msg() {}
+
+func (*SubmitRequest_Report) isSubmitRequest_Msg() {}
 
 // SubmitOpen names the volume a Submit stream writes. The intermediate
 // registers the volume on first contact (epoch 1) and refuses a block count
@@ -393,6 +412,85 @@ func (x *SubmitOpen) GetBlockCount() uint64 {
 	return 0
 }
 
+// PrimaryReport is the primary's view of its mirror, sent on its Submit
+// stream whenever it changes; the leader keeps the latest one per volume (in
+// memory, not in the log) and shows it in Status.
+type PrimaryReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`                                    // pair state: COPY, PAIR, SUSP, RESYNC, FENCED
+	DirtyRegions  uint64                 `protobuf:"varint,2,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"` // regions marked in the primary bitmap
+	ResyncDone    uint64                 `protobuf:"varint,3,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`       // regions copied by the running copy or resync
+	ResyncTotal   uint64                 `protobuf:"varint,4,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`    // regions the running copy or resync copies
+	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                  // why the state is not PAIR, empty otherwise
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrimaryReport) Reset() {
+	*x = PrimaryReport{}
+	mi := &file_wire_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrimaryReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrimaryReport) ProtoMessage() {}
+
+func (x *PrimaryReport) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrimaryReport.ProtoReflect.Descriptor instead.
+func (*PrimaryReport) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *PrimaryReport) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *PrimaryReport) GetDirtyRegions() uint64 {
+	if x != nil {
+		return x.DirtyRegions
+	}
+	return 0
+}
+
+func (x *PrimaryReport) GetResyncDone() uint64 {
+	if x != nil {
+		return x.ResyncDone
+	}
+	return 0
+}
+
+func (x *PrimaryReport) GetResyncTotal() uint64 {
+	if x != nil {
+		return x.ResyncTotal
+	}
+	return 0
+}
+
+func (x *PrimaryReport) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // SubmitBatches carries batches of the stream's volume in volume-seq order.
 // Several batches in one message are the client's half of group commit.
 type SubmitBatches struct {
@@ -404,7 +502,7 @@ type SubmitBatches struct {
 
 func (x *SubmitBatches) Reset() {
 	*x = SubmitBatches{}
-	mi := &file_wire_proto_msgTypes[4]
+	mi := &file_wire_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -416,7 +514,7 @@ func (x *SubmitBatches) String() string {
 func (*SubmitBatches) ProtoMessage() {}
 
 func (x *SubmitBatches) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[4]
+	mi := &file_wire_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -429,7 +527,7 @@ func (x *SubmitBatches) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitBatches.ProtoReflect.Descriptor instead.
 func (*SubmitBatches) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{4}
+	return file_wire_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SubmitBatches) GetBatches() []*Batch {
@@ -453,7 +551,7 @@ type SubmitResponse struct {
 
 func (x *SubmitResponse) Reset() {
 	*x = SubmitResponse{}
-	mi := &file_wire_proto_msgTypes[5]
+	mi := &file_wire_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -465,7 +563,7 @@ func (x *SubmitResponse) String() string {
 func (*SubmitResponse) ProtoMessage() {}
 
 func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[5]
+	mi := &file_wire_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -478,7 +576,7 @@ func (x *SubmitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitResponse.ProtoReflect.Descriptor instead.
 func (*SubmitResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{5}
+	return file_wire_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SubmitResponse) GetMsg() isSubmitResponse_Msg {
@@ -536,7 +634,7 @@ type SubmitOpened struct {
 
 func (x *SubmitOpened) Reset() {
 	*x = SubmitOpened{}
-	mi := &file_wire_proto_msgTypes[6]
+	mi := &file_wire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +646,7 @@ func (x *SubmitOpened) String() string {
 func (*SubmitOpened) ProtoMessage() {}
 
 func (x *SubmitOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[6]
+	mi := &file_wire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +659,7 @@ func (x *SubmitOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitOpened.ProtoReflect.Descriptor instead.
 func (*SubmitOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{6}
+	return file_wire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SubmitOpened) GetEpoch() uint64 {
@@ -602,7 +700,7 @@ type SubmitAcks struct {
 
 func (x *SubmitAcks) Reset() {
 	*x = SubmitAcks{}
-	mi := &file_wire_proto_msgTypes[7]
+	mi := &file_wire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -614,7 +712,7 @@ func (x *SubmitAcks) String() string {
 func (*SubmitAcks) ProtoMessage() {}
 
 func (x *SubmitAcks) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[7]
+	mi := &file_wire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -627,7 +725,7 @@ func (x *SubmitAcks) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitAcks.ProtoReflect.Descriptor instead.
 func (*SubmitAcks) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{7}
+	return file_wire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SubmitAcks) GetAcks() []*SubmitAck {
@@ -651,7 +749,7 @@ type SubmitAck struct {
 
 func (x *SubmitAck) Reset() {
 	*x = SubmitAck{}
-	mi := &file_wire_proto_msgTypes[8]
+	mi := &file_wire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +761,7 @@ func (x *SubmitAck) String() string {
 func (*SubmitAck) ProtoMessage() {}
 
 func (x *SubmitAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[8]
+	mi := &file_wire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +774,7 @@ func (x *SubmitAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitAck.ProtoReflect.Descriptor instead.
 func (*SubmitAck) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{8}
+	return file_wire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SubmitAck) GetVolumeSeq() uint64 {
@@ -714,7 +812,7 @@ type FetchRequest struct {
 
 func (x *FetchRequest) Reset() {
 	*x = FetchRequest{}
-	mi := &file_wire_proto_msgTypes[9]
+	mi := &file_wire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -726,7 +824,7 @@ func (x *FetchRequest) String() string {
 func (*FetchRequest) ProtoMessage() {}
 
 func (x *FetchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[9]
+	mi := &file_wire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -739,7 +837,7 @@ func (x *FetchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchRequest.ProtoReflect.Descriptor instead.
 func (*FetchRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{9}
+	return file_wire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FetchRequest) GetGroup() string {
@@ -784,7 +882,7 @@ type FetchResponse struct {
 
 func (x *FetchResponse) Reset() {
 	*x = FetchResponse{}
-	mi := &file_wire_proto_msgTypes[10]
+	mi := &file_wire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -796,7 +894,7 @@ func (x *FetchResponse) String() string {
 func (*FetchResponse) ProtoMessage() {}
 
 func (x *FetchResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[10]
+	mi := &file_wire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -809,7 +907,7 @@ func (x *FetchResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FetchResponse.ProtoReflect.Descriptor instead.
 func (*FetchResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{10}
+	return file_wire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FetchResponse) GetBatches() []*CommittedBatch {
@@ -844,7 +942,7 @@ type CommittedBatch struct {
 
 func (x *CommittedBatch) Reset() {
 	*x = CommittedBatch{}
-	mi := &file_wire_proto_msgTypes[11]
+	mi := &file_wire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -856,7 +954,7 @@ func (x *CommittedBatch) String() string {
 func (*CommittedBatch) ProtoMessage() {}
 
 func (x *CommittedBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[11]
+	mi := &file_wire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -869,7 +967,7 @@ func (x *CommittedBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommittedBatch.ProtoReflect.Descriptor instead.
 func (*CommittedBatch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{11}
+	return file_wire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *CommittedBatch) GetSeq() uint64 {
@@ -895,7 +993,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_wire_proto_msgTypes[12]
+	mi := &file_wire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +1005,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[12]
+	mi := &file_wire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1018,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{12}
+	return file_wire_proto_rawDescGZIP(), []int{13}
 }
 
 // StatusResponse is one node's view of the group.
@@ -945,7 +1043,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -957,7 +1055,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[13]
+	mi := &file_wire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -970,7 +1068,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{13}
+	return file_wire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *StatusResponse) GetGroup() string {
@@ -1066,19 +1164,28 @@ func (x *StatusResponse) GetAppliedIndex() uint64 {
 
 // VolumeStatus is the intermediate's record of one volume.
 type VolumeStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	CommittedSeq  uint64                 `protobuf:"varint,3,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"` // seq of the volume's last committed batch
-	VolumeSeq     uint64                 `protobuf:"varint,4,opt,name=volume_seq,json=volumeSeq,proto3" json:"volume_seq,omitempty"`          // the volume's last committed volume seq
-	BlockCount    uint64                 `protobuf:"varint,5,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Name         string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch        uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	CommittedSeq uint64                 `protobuf:"varint,3,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"` // seq of the volume's last committed batch
+	VolumeSeq    uint64                 `protobuf:"varint,4,opt,name=volume_seq,json=volumeSeq,proto3" json:"volume_seq,omitempty"`          // the volume's last committed volume seq
+	BlockCount   uint64                 `protobuf:"varint,5,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	// The latest PrimaryReport of the volume's primary, as the leader knows
+	// it; state is empty when no primary reported since the leader took
+	// over. connected says whether the primary's Submit stream is open now.
+	State         string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	Connected     bool   `protobuf:"varint,7,opt,name=connected,proto3" json:"connected,omitempty"`
+	DirtyRegions  uint64 `protobuf:"varint,8,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"`
+	ResyncDone    uint64 `protobuf:"varint,9,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`
+	ResyncTotal   uint64 `protobuf:"varint,10,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1197,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[14]
+	mi := &file_wire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1210,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{14}
+	return file_wire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *VolumeStatus) GetName() string {
@@ -1141,6 +1248,48 @@ func (x *VolumeStatus) GetBlockCount() uint64 {
 	return 0
 }
 
+func (x *VolumeStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *VolumeStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *VolumeStatus) GetDirtyRegions() uint64 {
+	if x != nil {
+		return x.DirtyRegions
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetResyncDone() uint64 {
+	if x != nil {
+		return x.ResyncDone
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetResyncTotal() uint64 {
+	if x != nil {
+		return x.ResyncTotal
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 // ServerStatus is one member of the Raft configuration.
 type ServerStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1154,7 +1303,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1315,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1328,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{15}
+	return file_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ServerStatus) GetId() string {
@@ -1221,7 +1370,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1382,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1395,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{16}
+	return file_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1272,7 +1421,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1433,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1446,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{17}
+	return file_wire_proto_rawDescGZIP(), []int{18}
 }
 
 // RemoveRequest asks the leader to take a node out of the cluster.
@@ -1310,7 +1459,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1322,7 +1471,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1335,7 +1484,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{18}
+	return file_wire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -1354,7 +1503,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1366,7 +1515,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1379,7 +1528,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{19}
+	return file_wire_proto_rawDescGZIP(), []int{20}
 }
 
 // ErrorDetail is attached to every refusal status.
@@ -1396,7 +1545,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1557,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1570,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{20}
+	return file_wire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -1476,7 +1625,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1637,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1650,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{21}
+	return file_wire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -1578,15 +1727,21 @@ func (*Entry_NodeAddr) isEntry_Op() {}
 // SubmitEntry holds the batches the leader grouped into one Raft entry (the
 // server's half of group commit), possibly of several volumes.
 type SubmitEntry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Batches       []*Batch               `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Batches []*Batch               `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	// sessions[i] is the session of the Submit stream batches[i] came on:
+	// the Raft index of the RegisterVolume entry its open recorded. The state
+	// machine refuses a batch whose session is not the volume's latest, so
+	// that nothing sent on a stream commits after a newer stream of the
+	// volume learned its position.
+	Sessions      []uint64 `protobuf:"varint,2,rep,packed,name=sessions,proto3" json:"sessions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1598,7 +1753,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1611,7 +1766,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{22}
+	return file_wire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -1621,7 +1776,16 @@ func (x *SubmitEntry) GetBatches() []*Batch {
 	return nil
 }
 
-// RegisterVolume creates a volume's record and intermediate volume.
+func (x *SubmitEntry) GetSessions() []uint64 {
+	if x != nil {
+		return x.Sessions
+	}
+	return nil
+}
+
+// RegisterVolume creates a volume's record and intermediate volume on first
+// contact; every Submit open records one, which starts a new session of the
+// volume (see SubmitEntry.sessions).
 type RegisterVolume struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -1633,7 +1797,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1645,7 +1809,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1658,7 +1822,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -1693,7 +1857,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1705,7 +1869,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1718,7 +1882,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -1747,7 +1911,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1759,7 +1923,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1772,7 +1936,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -1804,10 +1968,11 @@ const file_wire_proto_rawDesc = "" +
 	"\n" +
 	"volume_seq\x18\x03 \x01(\x04R\tvolumeSeq\x12.\n" +
 	"\x06blocks\x18\x04 \x03(\v2\x16.tricopy.wire.v1.BlockR\x06blocks\x12\x10\n" +
-	"\x03crc\x18\x05 \x01(\rR\x03crc\"\x85\x01\n" +
+	"\x03crc\x18\x05 \x01(\rR\x03crc\"\xbf\x01\n" +
 	"\rSubmitRequest\x121\n" +
 	"\x04open\x18\x01 \x01(\v2\x1b.tricopy.wire.v1.SubmitOpenH\x00R\x04open\x12:\n" +
-	"\abatches\x18\x02 \x01(\v2\x1e.tricopy.wire.v1.SubmitBatchesH\x00R\abatchesB\x05\n" +
+	"\abatches\x18\x02 \x01(\v2\x1e.tricopy.wire.v1.SubmitBatchesH\x00R\abatches\x128\n" +
+	"\x06report\x18\x03 \x01(\v2\x1e.tricopy.wire.v1.PrimaryReportH\x00R\x06reportB\x05\n" +
 	"\x03msg\"q\n" +
 	"\n" +
 	"SubmitOpen\x12\x14\n" +
@@ -1815,7 +1980,14 @@ const file_wire_proto_rawDesc = "" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1f\n" +
 	"\vblock_count\x18\x04 \x01(\x04R\n" +
-	"blockCount\"A\n" +
+	"blockCount\"\xa6\x01\n" +
+	"\rPrimaryReport\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12#\n" +
+	"\rdirty_regions\x18\x02 \x01(\x04R\fdirtyRegions\x12\x1f\n" +
+	"\vresync_done\x18\x03 \x01(\x04R\n" +
+	"resyncDone\x12!\n" +
+	"\fresync_total\x18\x04 \x01(\x04R\vresyncTotal\x12\x16\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\"A\n" +
 	"\rSubmitBatches\x120\n" +
 	"\abatches\x18\x01 \x03(\v2\x16.tricopy.wire.v1.BatchR\abatches\"\x83\x01\n" +
 	"\x0eSubmitResponse\x127\n" +
@@ -1866,7 +2038,7 @@ const file_wire_proto_rawDesc = "" +
 	" \x01(\x04R\rjournalBudget\x127\n" +
 	"\avolumes\x18\v \x03(\v2\x1d.tricopy.wire.v1.VolumeStatusR\avolumes\x127\n" +
 	"\aservers\x18\f \x03(\v2\x1d.tricopy.wire.v1.ServerStatusR\aservers\x12#\n" +
-	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\"\x9d\x01\n" +
+	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\"\xd2\x02\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -1874,7 +2046,15 @@ const file_wire_proto_rawDesc = "" +
 	"\n" +
 	"volume_seq\x18\x04 \x01(\x04R\tvolumeSeq\x12\x1f\n" +
 	"\vblock_count\x18\x05 \x01(\x04R\n" +
-	"blockCount\"x\n" +
+	"blockCount\x12\x14\n" +
+	"\x05state\x18\x06 \x01(\tR\x05state\x12\x1c\n" +
+	"\tconnected\x18\a \x01(\bR\tconnected\x12#\n" +
+	"\rdirty_regions\x18\b \x01(\x04R\fdirtyRegions\x12\x1f\n" +
+	"\vresync_done\x18\t \x01(\x04R\n" +
+	"resyncDone\x12!\n" +
+	"\fresync_total\x18\n" +
+	" \x01(\x04R\vresyncTotal\x12\x16\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\"x\n" +
 	"\fServerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1f\n" +
@@ -1900,9 +2080,10 @@ const file_wire_proto_rawDesc = "" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
 	"\tset_epoch\x18\x03 \x01(\v2\x19.tricopy.wire.v1.SetEpochH\x00R\bsetEpoch\x128\n" +
 	"\tnode_addr\x18\x04 \x01(\v2\x19.tricopy.wire.v1.NodeAddrH\x00R\bnodeAddrB\x04\n" +
-	"\x02op\"?\n" +
+	"\x02op\"[\n" +
 	"\vSubmitEntry\x120\n" +
-	"\abatches\x18\x01 \x03(\v2\x16.tricopy.wire.v1.BatchR\abatches\"_\n" +
+	"\abatches\x18\x01 \x03(\v2\x16.tricopy.wire.v1.BatchR\abatches\x12\x1a\n" +
+	"\bsessions\x18\x02 \x03(\x04R\bsessions\"_\n" +
 	"\x0eRegisterVolume\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x1f\n" +
 	"\vblock_count\x18\x02 \x01(\x04R\n" +
@@ -1914,7 +2095,7 @@ const file_wire_proto_rawDesc = "" +
 	"\bNodeAddr\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +
-	"clientAddr*\xcf\x02\n" +
+	"clientAddr*\xed\x02\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x12\n" +
@@ -1928,7 +2109,8 @@ const file_wire_proto_rawDesc = "" +
 	"\x16ERROR_CODE_BAD_REQUEST\x10\t\x12\x1d\n" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
-	"\x11ERROR_CODE_FAILED\x10\v2\x82\x03\n" +
+	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x82\x03\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -1949,69 +2131,71 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),         // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),          // 1: tricopy.wire.v1.Block
 	(*Batch)(nil),          // 2: tricopy.wire.v1.Batch
 	(*SubmitRequest)(nil),  // 3: tricopy.wire.v1.SubmitRequest
 	(*SubmitOpen)(nil),     // 4: tricopy.wire.v1.SubmitOpen
-	(*SubmitBatches)(nil),  // 5: tricopy.wire.v1.SubmitBatches
-	(*SubmitResponse)(nil), // 6: tricopy.wire.v1.SubmitResponse
-	(*SubmitOpened)(nil),   // 7: tricopy.wire.v1.SubmitOpened
-	(*SubmitAcks)(nil),     // 8: tricopy.wire.v1.SubmitAcks
-	(*SubmitAck)(nil),      // 9: tricopy.wire.v1.SubmitAck
-	(*FetchRequest)(nil),   // 10: tricopy.wire.v1.FetchRequest
-	(*FetchResponse)(nil),  // 11: tricopy.wire.v1.FetchResponse
-	(*CommittedBatch)(nil), // 12: tricopy.wire.v1.CommittedBatch
-	(*StatusRequest)(nil),  // 13: tricopy.wire.v1.StatusRequest
-	(*StatusResponse)(nil), // 14: tricopy.wire.v1.StatusResponse
-	(*VolumeStatus)(nil),   // 15: tricopy.wire.v1.VolumeStatus
-	(*ServerStatus)(nil),   // 16: tricopy.wire.v1.ServerStatus
-	(*JoinRequest)(nil),    // 17: tricopy.wire.v1.JoinRequest
-	(*JoinResponse)(nil),   // 18: tricopy.wire.v1.JoinResponse
-	(*RemoveRequest)(nil),  // 19: tricopy.wire.v1.RemoveRequest
-	(*RemoveResponse)(nil), // 20: tricopy.wire.v1.RemoveResponse
-	(*ErrorDetail)(nil),    // 21: tricopy.wire.v1.ErrorDetail
-	(*Entry)(nil),          // 22: tricopy.wire.v1.Entry
-	(*SubmitEntry)(nil),    // 23: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil), // 24: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),       // 25: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),       // 26: tricopy.wire.v1.NodeAddr
+	(*PrimaryReport)(nil),  // 5: tricopy.wire.v1.PrimaryReport
+	(*SubmitBatches)(nil),  // 6: tricopy.wire.v1.SubmitBatches
+	(*SubmitResponse)(nil), // 7: tricopy.wire.v1.SubmitResponse
+	(*SubmitOpened)(nil),   // 8: tricopy.wire.v1.SubmitOpened
+	(*SubmitAcks)(nil),     // 9: tricopy.wire.v1.SubmitAcks
+	(*SubmitAck)(nil),      // 10: tricopy.wire.v1.SubmitAck
+	(*FetchRequest)(nil),   // 11: tricopy.wire.v1.FetchRequest
+	(*FetchResponse)(nil),  // 12: tricopy.wire.v1.FetchResponse
+	(*CommittedBatch)(nil), // 13: tricopy.wire.v1.CommittedBatch
+	(*StatusRequest)(nil),  // 14: tricopy.wire.v1.StatusRequest
+	(*StatusResponse)(nil), // 15: tricopy.wire.v1.StatusResponse
+	(*VolumeStatus)(nil),   // 16: tricopy.wire.v1.VolumeStatus
+	(*ServerStatus)(nil),   // 17: tricopy.wire.v1.ServerStatus
+	(*JoinRequest)(nil),    // 18: tricopy.wire.v1.JoinRequest
+	(*JoinResponse)(nil),   // 19: tricopy.wire.v1.JoinResponse
+	(*RemoveRequest)(nil),  // 20: tricopy.wire.v1.RemoveRequest
+	(*RemoveResponse)(nil), // 21: tricopy.wire.v1.RemoveResponse
+	(*ErrorDetail)(nil),    // 22: tricopy.wire.v1.ErrorDetail
+	(*Entry)(nil),          // 23: tricopy.wire.v1.Entry
+	(*SubmitEntry)(nil),    // 24: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil), // 25: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),       // 26: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),       // 27: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
 	4,  // 1: tricopy.wire.v1.SubmitRequest.open:type_name -> tricopy.wire.v1.SubmitOpen
-	5,  // 2: tricopy.wire.v1.SubmitRequest.batches:type_name -> tricopy.wire.v1.SubmitBatches
-	2,  // 3: tricopy.wire.v1.SubmitBatches.batches:type_name -> tricopy.wire.v1.Batch
-	7,  // 4: tricopy.wire.v1.SubmitResponse.opened:type_name -> tricopy.wire.v1.SubmitOpened
-	8,  // 5: tricopy.wire.v1.SubmitResponse.acks:type_name -> tricopy.wire.v1.SubmitAcks
-	9,  // 6: tricopy.wire.v1.SubmitAcks.acks:type_name -> tricopy.wire.v1.SubmitAck
-	12, // 7: tricopy.wire.v1.FetchResponse.batches:type_name -> tricopy.wire.v1.CommittedBatch
-	2,  // 8: tricopy.wire.v1.CommittedBatch.batch:type_name -> tricopy.wire.v1.Batch
-	15, // 9: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
-	16, // 10: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
-	0,  // 11: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	23, // 12: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	24, // 13: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	25, // 14: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	26, // 15: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	2,  // 16: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 17: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	10, // 18: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	13, // 19: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	17, // 20: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	19, // 21: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	6,  // 22: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	11, // 23: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	14, // 24: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	18, // 25: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	20, // 26: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	22, // [22:27] is the sub-list for method output_type
-	17, // [17:22] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 2: tricopy.wire.v1.SubmitRequest.batches:type_name -> tricopy.wire.v1.SubmitBatches
+	5,  // 3: tricopy.wire.v1.SubmitRequest.report:type_name -> tricopy.wire.v1.PrimaryReport
+	2,  // 4: tricopy.wire.v1.SubmitBatches.batches:type_name -> tricopy.wire.v1.Batch
+	8,  // 5: tricopy.wire.v1.SubmitResponse.opened:type_name -> tricopy.wire.v1.SubmitOpened
+	9,  // 6: tricopy.wire.v1.SubmitResponse.acks:type_name -> tricopy.wire.v1.SubmitAcks
+	10, // 7: tricopy.wire.v1.SubmitAcks.acks:type_name -> tricopy.wire.v1.SubmitAck
+	13, // 8: tricopy.wire.v1.FetchResponse.batches:type_name -> tricopy.wire.v1.CommittedBatch
+	2,  // 9: tricopy.wire.v1.CommittedBatch.batch:type_name -> tricopy.wire.v1.Batch
+	16, // 10: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
+	17, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
+	0,  // 12: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
+	24, // 13: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	25, // 14: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	26, // 15: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	27, // 16: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	2,  // 17: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 18: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 19: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 20: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	18, // 21: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	20, // 22: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	7,  // 23: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 24: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 25: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	19, // 26: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	21, // 27: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	23, // [23:28] is the sub-list for method output_type
+	18, // [18:23] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -2022,12 +2206,13 @@ func file_wire_proto_init() {
 	file_wire_proto_msgTypes[2].OneofWrappers = []any{
 		(*SubmitRequest_Open)(nil),
 		(*SubmitRequest_Batches)(nil),
+		(*SubmitRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[5].OneofWrappers = []any{
+	file_wire_proto_msgTypes[6].OneofWrappers = []any{
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[21].OneofWrappers = []any{
+	file_wire_proto_msgTypes[22].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -2039,7 +2224,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   26,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,84 @@
+package intermediate
+
+import (
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// primaryReports holds, on the leader, the latest PrimaryReport of each
+// volume's primary and whether its Submit stream is open. It lives in memory
+// only: a new leader learns the state from the primaries' next reports
+// (a primary reports again when its stream reconnects).
+type primaryReports struct {
+	mu   sync.Mutex
+	vols map[string]*primaryReport
+}
+
+type primaryReport struct {
+	session   uint64 // the stream the report and the connection belong to
+	connected bool
+	report    *wire.PrimaryReport
+	at        time.Time
+}
+
+func newPrimaryReports() *primaryReports {
+	return &primaryReports{vols: map[string]*primaryReport{}}
+}
+
+func (r *primaryReports) get(volume string) *primaryReport {
+	pr := r.vols[volume]
+	if pr == nil {
+		pr = &primaryReport{}
+		r.vols[volume] = pr
+	}
+	return pr
+}
+
+// connect records that the stream of session is open for volume.
+func (r *primaryReports) connect(volume string, session uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.get(volume)
+	pr.session, pr.connected = session, true
+}
+
+// disconnect records that the stream of session ended, unless a newer
+// stream of the volume took over already.
+func (r *primaryReports) disconnect(volume string, session uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pr := r.vols[volume]; pr != nil && pr.session == session {
+		pr.connected = false
+	}
+}
+
+// report records rep from the stream of session, unless a newer stream of
+// the volume took over.
+func (r *primaryReports) report(volume string, session uint64, rep *wire.PrimaryReport) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.get(volume)
+	if pr.session > session {
+		return
+	}
+	pr.session, pr.report, pr.at = session, proto.CloneOf(rep), time.Now()
+}
+
+// fill copies what is known of volume's primary into vs.
+func (r *primaryReports) fill(vs *wire.VolumeStatus) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.vols[vs.GetName()]
+	if pr == nil {
+		return
+	}
+	vs.Connected = pr.connected
+	if rep := pr.report; rep != nil {
+		vs.State, vs.DirtyRegions, vs.ResyncDone, vs.ResyncTotal, vs.Reason =
+			rep.GetState(), rep.GetDirtyRegions(), rep.GetResyncDone(), rep.GetResyncTotal(), rep.GetReason()
+	}
+}
