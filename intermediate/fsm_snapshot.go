@@ -138,7 +138,7 @@ type snapshotMeta struct {
 }
 
 type volumeMeta struct {
-	name                                                  string
+	name                                                           string
 	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq, session uint64
 }
 

@@ -113,8 +113,8 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 // goroutine reads batches and hands them to the proposer; the handler
 // goroutine sends acks in order as results come back.
 type submitStream struct {
-	s      *service
-	stream wire.Intermediate_SubmitServer
+	s       *service
+	stream  wire.Intermediate_SubmitServer
 	volume  string
 	blocks  uint64
 	session uint64
