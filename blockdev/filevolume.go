@@ -739,3 +739,18 @@ func (v *FileVolume) closeFiles() error {
 	}
 	return errors.Join(errs...)
 }
+
+// WriteFileAtomic replaces name on fsys with a file holding b, durably: it
+// writes and fsyncs a temporary file, renames it over name and fsyncs the
+// directory. After a crash, name holds the old content or the new, whole.
+// label names the operations for fault injection.
+func WriteFileAtomic(fsys FS, label, name string, b []byte) error {
+	return writeFileAtomic(fsys, label, name, b)
+}
+
+// ReadFileLimit reads the whole of name on fsys, refusing a file of more
+// than limit bytes with an error wrapping ErrCorrupt. A missing file gives
+// an error wrapping fs.ErrNotExist.
+func ReadFileLimit(fsys FS, label, name string, limit int64) ([]byte, error) {
+	return readSmallFile(fsys, label, name, limit)
+}

@@ -2,6 +2,7 @@ package fusefs
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 
 	"github.com/tricopy/tricopy/blockdev"
@@ -18,8 +19,10 @@ import (
 //
 // Commit takes ownership of the batch's data slices. A Commit error stops
 // the filesystem (fail-stop: every later change returns EIO, reads go on),
-// because memory and device may then disagree; an Ack error fails only that
-// operation with EIO, the batch staying applied. The contexts given to
+// because memory and device may then disagree, unless it wraps
+// ErrDeviceUnavailable or ErrDeviceReadOnly, which say the device refused
+// the batch whole. An Ack error fails only that operation with EIO, the batch
+// staying applied. The contexts given to
 // Commit, Ack and Sync are never cancelled by an interrupted system call: a
 // device that may wait (the synchronous mirror) bounds its waits itself.
 type Device interface {
@@ -29,6 +32,19 @@ type Device interface {
 	// Sync makes every committed batch durable (fsync).
 	Sync(ctx context.Context) error
 }
+
+// Refusals a Device's Commit may return (wrapped) to say it applied nothing
+// of the batch, so the filesystem need not stop.
+var (
+	// ErrDeviceUnavailable: the device cannot take batches for now (a
+	// mirror that cannot reach its intermediate). The operation fails with
+	// EIO; later operations are tried again.
+	ErrDeviceUnavailable = errors.New("device unavailable")
+	// ErrDeviceReadOnly: the device takes no more batches (a primary whose
+	// volume was promoted elsewhere). The filesystem becomes read-only:
+	// this and every later change fails with EROFS; reads go on.
+	ErrDeviceReadOnly = errors.New("device read-only")
+)
 
 // Ack waits until a committed batch is acknowledged by the device.
 type Ack func(ctx context.Context) error

@@ -35,6 +35,7 @@ type filesystem struct {
 	opens     map[uint32]int // open file handles per inode
 	failed    error          // set when a commit failed: every later change is refused
 	readOnly  bool
+	deviceRO  bool // the device refused a batch with ErrDeviceReadOnly; guarded by mu
 	log       *slog.Logger
 	clock     func() int64
 	gen       uint32 // last inode generation handed out
@@ -456,7 +457,7 @@ func readFileBlock(r metaReader, dataRead func(blk, sum uint32, p []byte) error,
 // update runs fn as one transaction and waits for the device's Ack.
 func (fs *filesystem) update(ctx context.Context, fn func(t *tx) error) error {
 	fs.mu.Lock()
-	if fs.readOnly {
+	if fs.readOnly || fs.deviceRO {
 		fs.mu.Unlock()
 		return syscall.EROFS
 	}

@@ -3,10 +3,12 @@ package fusefs
 import (
 	"container/list"
 	"context"
+	"errors"
 	"fmt"
 	"math/bits"
 	"slices"
 	"sync"
+	"syscall"
 
 	"github.com/tricopy/tricopy/blockdev"
 )
@@ -374,7 +376,17 @@ func (t *tx) commit(ctx context.Context) (Ack, error) {
 	}
 	slices.SortFunc(b.Writes, func(a, b blockdev.Write) int { return int(int64(a.Index) - int64(b.Index)) })
 	ack, err := fs.dev.Commit(ctx, b)
-	if err != nil {
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrDeviceUnavailable):
+		return nil, err
+	case errors.Is(err, ErrDeviceReadOnly):
+		if !fs.deviceRO {
+			fs.deviceRO = true
+			fs.log.Error("the device refuses changes; filesystem is read-only from now on", "err", err)
+		}
+		return nil, fmt.Errorf("%w: %w", syscall.EROFS, err)
+	default:
 		fs.failed = fmt.Errorf("filesystem stopped after a failed commit: %w", err)
 		fs.log.Error("commit failed; filesystem refuses further changes", "err", err)
 		return nil, fs.failed

@@ -108,16 +108,17 @@ type Volume struct {
 	done       chan struct{} // closed when the sender goroutine has exited
 	wake       chan struct{} // kicks the sender: a batch was queued or in-flight bytes freed
 
-	mu       sync.Mutex
-	next     uint64     // volume seq of the next Submit
-	queue    []*Pending // unacknowledged batches in volume-seq order
-	sent     int        // queue[:sent] went out on the current stream
-	inflight int        // bytes of queue[:sent]
-	lastSeq  uint64     // seq of the last ack
-	broken   error      // wraps ErrBroken and the cause
-	closed   bool
-	report   *wire.PrimaryReport // the latest Report, sent again on every stream
-	reported bool                // report went out on the current stream
+	mu                         sync.Mutex
+	next                       uint64     // volume seq of the next Submit
+	queue                      []*Pending // unacknowledged batches in volume-seq order
+	sent                       int        // queue[:sent] went out on the current stream
+	inflight                   int        // bytes of queue[:sent]
+	lastSeq                    uint64     // seq of the last ack
+	broken                     error      // wraps ErrBroken and the cause
+	closed                     bool
+	openedVolumeSeq, openedSeq uint64              // the volume's position when OpenVolume opened it
+	report                     *wire.PrimaryReport // the latest Report, sent again on every stream
+	reported                   bool                // report went out on the current stream
 }
 
 // session is one Submit stream of a Volume.
@@ -177,6 +178,7 @@ func (c *Client) OpenVolume(ctx context.Context, opts VolumeOptions) (*Volume, e
 		return nil, fmt.Errorf("open volume %q: %w", opts.Name, err)
 	}
 	v.next = s.opened.GetLastVolumeSeq() + 1
+	v.openedVolumeSeq, v.openedSeq = s.opened.GetLastVolumeSeq(), s.opened.GetLastSeq()
 
 	c.mu.Lock()
 	if c.closed {
@@ -204,6 +206,13 @@ func (c *Client) forget(v *Volume) {
 
 // Name returns the volume's name.
 func (v *Volume) Name() string { return v.name }
+
+// OpenedAt returns the volume seq and the seq of the volume's last committed
+// batch when OpenVolume opened it: the intermediate held nothing of the
+// volume after them then.
+func (v *Volume) OpenedAt() (volumeSeq, seq uint64) {
+	return v.openedVolumeSeq, v.openedSeq
+}
 
 // NextVolumeSeq returns the volume seq the next Submit will get.
 func (v *Volume) NextVolumeSeq() uint64 {
