@@ -18,6 +18,15 @@ const (
 	// DefaultFence is the default fence level: fail writes that cannot be
 	// mirrored.
 	DefaultFence = "data"
+	// DefaultFenceTimeout is how long a write waits for its commit at the
+	// intermediate before the fence level applies.
+	DefaultFenceTimeout = 10 * time.Second
+	// MinFenceTimeout is the shortest accepted fence-timeout.
+	MinFenceTimeout = 100 * time.Millisecond
+	// DefaultRegionSize is the primary bitmap's default region size.
+	DefaultRegionSize = 64 * KiB
+	// MaxRegionSize is the largest bitmap region size.
+	MaxRegionSize = 1 << 30
 	// MinVolumeSize is the smallest volume format and mount create.
 	MinVolumeSize = 1 * MiB
 	// MaxNameLen is the longest volume or group name.
@@ -121,18 +130,23 @@ type Mount struct {
 	DebugFUSE bool `key:"debug-fuse" help:"log every FUSE request and reply (very verbose)"`
 	// Intermediate lists intermediate client addresses; empty means a
 	// local-only mount.
-	Intermediate []string `key:"intermediate" meta:"ADDRS" help:"comma-separated host:port addresses of intermediate nodes to mirror every write to (not available yet; leave empty for a local-only mount)"`
+	Intermediate []string `key:"intermediate" meta:"ADDRS" help:"comma-separated host:port addresses of intermediate nodes (any members) to mirror every write to synchronously; empty: a local-only mount"`
 	// Group is the consistency group of the volume.
 	Group string `key:"group" meta:"G" help:"consistency group of the volume (used with --intermediate)"`
 	// Fence is the fence level: data or never.
-	Fence string `key:"fence" oneof:"data,never" help:"when the intermediate is unreachable: data fails the write (EIO), never continues locally and marks the bitmap (used with --intermediate)"`
+	Fence string `key:"fence" oneof:"data,never" help:"when a write cannot be committed at the intermediate within --fence-timeout: data fails it (EIO) and refuses writes until the intermediate is back; never suspends mirroring, goes on locally and marks the primary bitmap (used with --intermediate)"`
+	// FenceTimeout bounds the wait for a batch's commit at the intermediate.
+	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"how long a write may wait for its commit at the intermediate before the fence level applies (used with --intermediate)"`
+	// RegionSize is the region size of a new primary bitmap.
+	RegionSize Size `key:"region-size" help:"region size of the primary bitmap created with a new mirror (a power of two multiple of 4KiB); resync copies whole regions (used with --intermediate)"`
 	// Common holds the keys every command has.
 	Common
 }
 
 // DefaultMount returns the defaults of `tricopy mount`.
 func DefaultMount() Mount {
-	return Mount{Common: DefaultCommon(), Group: DefaultGroup, Fence: DefaultFence}
+	return Mount{Common: DefaultCommon(), Group: DefaultGroup, Fence: DefaultFence,
+		FenceTimeout: DefaultFenceTimeout, RegionSize: DefaultRegionSize}
 }
 
 // Validate implements Config.
@@ -164,6 +178,12 @@ func (c *Mount) Validate() error {
 		if err := validateAddr("intermediate", a); err != nil {
 			return err
 		}
+	}
+	if c.FenceTimeout < MinFenceTimeout {
+		return Invalid("fence-timeout", "%v is below the minimum of %v", c.FenceTimeout, MinFenceTimeout)
+	}
+	if r := c.RegionSize.Bytes(); r < 4096 || r > MaxRegionSize || r&(r-1) != 0 {
+		return Invalid("region-size", "%s is not a power of two between 4KiB and %s", c.RegionSize, Size(MaxRegionSize))
 	}
 	return nil
 }

@@ -110,8 +110,10 @@ func TestUsageErrors(t *testing.T) {
 		{"bad volume name", []string{"mount", "--volume", "a b", "--data", "/x", "--mountpoint", "/m"}, []string{`config key "volume"`}},
 		{"bad intermediate", []string{"mount", "--volume", "a", "--data", "/x", "--mountpoint", "/m", "--intermediate", "nohost"},
 			[]string{`config key "intermediate"`, "host:port"}},
-		{"mirroring not available", []string{"mount", "--volume", "a", "--data", "/x", "--mountpoint", "/m", "--intermediate", "h1:7000,h2:7000"},
-			[]string{`config key "intermediate"`, "mirroring not available yet"}},
+		{"fence timeout too short", []string{"mount", "--volume", "a", "--data", "/x", "--mountpoint", "/m", "--fence-timeout", "1ms"},
+			[]string{`config key "fence-timeout"`, "minimum of 100ms"}},
+		{"bad region size", []string{"mount", "--volume", "a", "--data", "/x", "--mountpoint", "/m", "--region-size", "48KiB"},
+			[]string{`config key "region-size"`, "power of two"}},
 		{"missing config file", []string{"fsck", "--config", "/nonexistent/tricopy.yaml"}, []string{`config key "config"`, "/nonexistent/tricopy.yaml"}},
 	}
 	for _, tt := range tests {
@@ -142,7 +144,7 @@ func TestHelp(t *testing.T) {
 	}{
 		{"format", new(configs.Format), []string{"Create a volume", "Examples:", "tricopy format --data"}},
 		{"fsck", new(configs.Fsck), []string{"Check the filesystem", "Examples:", "--json"}},
-		{"mount", new(configs.Mount), []string{"Mount a volume", "Examples:", "SIGINT", "mirroring is not available"}},
+		{"mount", new(configs.Mount), []string{"Mount a volume", "Examples:", "SIGINT", "--fence never suspends", "FENCED"}},
 	} {
 		t.Run(tt.cmd, func(t *testing.T) {
 			r := runCmd(t, nil, tt.cmd, "--help")

@@ -7,23 +7,22 @@ import (
 	"log/slog"
 	"os"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/blockdev/mirror"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
+	"github.com/tricopy/tricopy/intermediate/client"
 )
-
-// errMirroringUnavailable is the error of a mount given --intermediate
-// before mirroring exists.
-var errMirroringUnavailable = errors.New("mirroring not available yet: leave --intermediate empty for a local-only mount")
 
 func newMountCmd(a *app) *cobra.Command {
 	cfg := configs.DefaultMount()
 	return newCommand(a, commandSpec{
 		use:   "mount",
-		short: "Mount a volume's filesystem with FUSE (primary, local only for now)",
+		short: "Mount a volume's filesystem with FUSE (a primary, mirrored to the intermediate or local only)",
 		long: `Mount serves the filesystem of the volume in --data at --mountpoint with FUSE,
 in the foreground, until it is unmounted.
 
@@ -43,32 +42,80 @@ cleanly.
 Every filesystem operation is one atomic batch of block writes on the volume,
 so a crash at any instant leaves a volume that mounts and passes fsck.
 
---intermediate, --group and --fence configure synchronous mirroring to an
-intermediate cluster; they are checked, but mirroring is not available in this
-version: a non-empty --intermediate is refused (exit 2).`,
+With --intermediate the volume is mirrored: every operation (and every fsync)
+returns only once its batch is committed at the intermediate cluster, and
+concurrent operations share round trips (group commit). Before serving, mount
+reconciles with the intermediate, waiting for it: after a crash it replays the
+batches the intermediate committed and the local volume lacks. A new volume
+is first copied whole to the intermediate (state COPY, while the mount is
+usable), then mirrored (PAIR). When a write cannot be committed within
+--fence-timeout, --fence data fails it with EIO and refuses writes until the
+intermediate has committed everything pending (reads go on; it recovers by
+itself); --fence never suspends mirroring (SUSP), goes on locally, marks the
+changed regions in the primary bitmap, and once the intermediate is back
+copies only those regions (RESYNC) before returning to PAIR. If the volume was
+promoted elsewhere (a newer epoch), the mount turns read-only for good
+(FENCED). tricopy status --intermediate ADDRS shows each volume's state.`,
 		example: `  tricopy mount --volume a --data /var/lib/tricopy/a --mountpoint /mnt/a
   tricopy mount --volume a --data /tmp/a --mountpoint /tmp/mnt/a --size 1GiB
   tricopy mount --config configs/mount.example.yaml --read-only
-  TRICOPY_LOG_LEVEL=debug tricopy mount --config configs/local.yaml`,
+  tricopy mount --volume a --data /var/lib/tricopy/a --mountpoint /mnt/a --intermediate 10.0.0.1:7100,10.0.0.2:7100 --fence never
+  TRICOPY_LOG_LEVEL=debug tricopy mount --config configs/mount.example.yaml`,
 	}, &cfg, runMount)
 }
 
 // runMount is `tricopy mount`.
 func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
-	if len(cfg.Intermediate) > 0 {
-		return &configs.Error{Key: "intermediate", Err: errMirroringUnavailable}
-	}
 	vol, err := openOrCreate(ctx, log, cfg)
 	if err != nil {
 		return err
 	}
-	srv, err := mountVolume(ctx, log, vol, cfg)
+	var dev fusefs.Device = fusefs.LocalDevice(vol)
+	var m *mirror.Mirror
+	var cl *client.Client
+	if len(cfg.Intermediate) > 0 {
+		if cfg.ReadOnly {
+			log.Warn("read-only mount: mirroring is not started", "volume", cfg.Volume)
+		} else {
+			m, cl, err = openMirror(ctx, log, vol, cfg)
+			if err != nil {
+				if cerr := closeVolume(log, vol); cerr != nil {
+					log.Warn("close volume", "err", cerr)
+				}
+				return err
+			}
+			dev = mirrorDevice{m}
+			if st := m.Status(); st.State == mirror.StateFenced {
+				log.Error("volume is fenced (promoted elsewhere): mounting read-only", "volume", cfg.Volume, "reason", st.Reason)
+				cfg.ReadOnly = true
+			}
+		}
+	}
+	// closeAll closes the mirror, the client and the volume, in that order.
+	closeAll := func() error {
+		var errs []error
+		if m != nil {
+			errs = append(errs, m.Close())
+			cl.Close()
+		}
+		errs = append(errs, closeVolume(log, vol))
+		return errors.Join(errs...)
+	}
+	srv, err := mountVolume(ctx, log, dev, cfg)
 	if err != nil {
-		if cerr := closeVolume(log, vol); cerr != nil {
+		if cerr := closeAll(); cerr != nil {
 			log.Warn("close volume", "err", cerr)
 		}
 		return err
 	}
+	wctx, stopWatch := context.WithCancel(ctx)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		if m != nil {
+			watchMirror(wctx, log, m, 5*time.Second)
+		}
+	}()
 	fmt.Fprintf(a.stdout, "mounted volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
 	log.Debug("serving", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "data", cfg.Data, "read_only", cfg.ReadOnly)
 
@@ -85,7 +132,9 @@ func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount)
 		unmount(log, srv, cfg.Mountpoint, unmounted)
 		log.Info("unmounted", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint)
 	}
-	return closeVolume(log, vol)
+	stopWatch()
+	<-watched
+	return closeAll()
 }
 
 // openOrCreate opens the volume of cfg, creating and formatting it first if
@@ -123,8 +172,9 @@ func openOrCreate(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*b
 	return vol, nil
 }
 
-// mountVolume creates the mountpoint if needed and mounts vol on it.
-func mountVolume(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume, cfg *configs.Mount) (*fusefs.Server, error) {
+// mountVolume creates the mountpoint if needed and mounts the filesystem of
+// dev on it.
+func mountVolume(ctx context.Context, log *slog.Logger, dev fusefs.Device, cfg *configs.Mount) (*fusefs.Server, error) {
 	if err := os.MkdirAll(cfg.Mountpoint, 0o755); err != nil {
 		if errors.Is(err, syscall.ENOTCONN) {
 			return nil, fmt.Errorf("create mountpoint %s: %w (an earlier mount died there: unmount it with fusermount3 -u %s or umount %s)",
@@ -132,7 +182,7 @@ func mountVolume(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume
 		}
 		return nil, fmt.Errorf("create mountpoint %s: %w", cfg.Mountpoint, err)
 	}
-	srv, err := fusefs.Mount(ctx, fusefs.LocalDevice(vol), fusefs.MountOptions{
+	srv, err := fusefs.Mount(ctx, dev, fusefs.MountOptions{
 		Mountpoint: cfg.Mountpoint,
 		Name:       cfg.Volume,
 		ReadOnly:   cfg.ReadOnly,

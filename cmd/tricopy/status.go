@@ -44,6 +44,16 @@ type volumeJSON struct {
 	CommittedSeq uint64 `json:"committed_seq"`
 	VolumeSeq    uint64 `json:"volume_seq"`
 	BlockCount   uint64 `json:"block_count"`
+	// State is the pair state the volume's primary reported (COPY, PAIR,
+	// SUSP, RESYNC, FENCED), DISCONNECTED when its primary reported before
+	// but its Submit stream is closed now, or "" when no primary reported
+	// to the current leader.
+	State            string `json:"state"`
+	PrimaryConnected bool   `json:"primary_connected"`
+	DirtyRegions     uint64 `json:"dirty_regions"`
+	ResyncDone       uint64 `json:"resync_done_regions"`
+	ResyncTotal      uint64 `json:"resync_total_regions"`
+	Reason           string `json:"reason,omitempty"`
 }
 
 // nodeJSON is one intermediate node in statusJSON.
@@ -66,13 +76,15 @@ func newStatusCmd(a *app) *cobra.Command {
 		long: `Status asks every address in --intermediate, and the leader they name, for the
 state of the group: the leader, the committed seq (the last global sequence
 number given to a batch), the valid counter, the journal's use of its budget,
-each volume's epoch and last committed seq, and each intermediate node's Raft
-state and progress.
+each volume's pair state as its primary reports it (COPY, PAIR, SUSP, RESYNC,
+FENCED, or DISCONNECTED when its primary is gone), epoch, last committed seq,
+dirty regions and copy progress, and each intermediate node's Raft state and
+progress.
 
 With --json it prints one JSON object whose fields are a stable contract for
 scripts (docs/STATUS.md). It exits 0 when the group is healthy (a leader is
-known and answers, every listed node answers), 1 otherwise, so it serves as a
-health check.`,
+known and answers, every listed node answers, every volume whose primary
+reported is in PAIR), 1 otherwise, so it serves as a health check.`,
 		example: `  tricopy status --intermediate 127.0.0.1:7100
   tricopy status --intermediate 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100 --json | jq .committed_seq`,
 	}, &cfg, runStatus)
@@ -130,9 +142,22 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 		doc.JournalBytes = leader.GetJournalBytes()
 		doc.JournalBudget = leader.GetJournalBudget()
 		for _, v := range leader.GetVolumes() {
-			doc.Volumes = append(doc.Volumes, volumeJSON{
+			vj := volumeJSON{
 				Name: v.GetName(), Epoch: v.GetEpoch(), CommittedSeq: v.GetCommittedSeq(), VolumeSeq: v.GetVolumeSeq(), BlockCount: v.GetBlockCount(),
-			})
+				State: v.GetState(), PrimaryConnected: v.GetConnected(), DirtyRegions: v.GetDirtyRegions(),
+				ResyncDone: v.GetResyncDone(), ResyncTotal: v.GetResyncTotal(), Reason: v.GetReason(),
+			}
+			if vj.State != "" && !vj.PrimaryConnected {
+				vj.State = "DISCONNECTED"
+			}
+			switch {
+			case vj.State == "" || vj.State == "PAIR":
+			case vj.Reason != "":
+				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is %s: %s", vj.Name, vj.State, vj.Reason))
+			default:
+				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is %s", vj.Name, vj.State))
+			}
+			doc.Volumes = append(doc.Volumes, vj)
 		}
 		if leader.GetLeaderAddr() != "" {
 			if _, seen := byAddr[leader.GetLeaderAddr()]; !seen {
@@ -177,9 +202,17 @@ func printStatus(a *app, doc *statusJSON) {
 		doc.Group, leader, doc.CommittedSeq, doc.ValidSeq, doc.JournalBatches,
 		configs.Size(doc.JournalBytes), configs.Size(doc.JournalBudget))
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VOLUME\tEPOCH\tCOMMITTED SEQ\tVOLUME SEQ\tSIZE")
+	fmt.Fprintln(tw, "VOLUME\tSTATE\tEPOCH\tCOMMITTED SEQ\tVOLUME SEQ\tSIZE\tDIRTY REGIONS\tRESYNC")
 	for _, v := range doc.Volumes {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\n", v.Name, v.Epoch, v.CommittedSeq, v.VolumeSeq, configs.Size(v.BlockCount*wire.BlockSize))
+		state, resync := v.State, "-"
+		if state == "" {
+			state = "-"
+		}
+		if v.ResyncTotal > 0 {
+			resync = fmt.Sprintf("%d/%d (%.0f%%)", v.ResyncDone, v.ResyncTotal, 100*float64(v.ResyncDone)/float64(v.ResyncTotal))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", v.Name, state, v.Epoch, v.CommittedSeq, v.VolumeSeq,
+			configs.Size(v.BlockCount*wire.BlockSize), v.DirtyRegions, resync)
 	}
 	tw.Flush()
 	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
