@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"regexp"
@@ -136,22 +137,49 @@ func TestStatusJSONSchema(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for i := 0; i < 3; i++ {
+	submit := func(i int) {
+		t.Helper()
 		if _, err := v.Submit(ctx, []*wire.Block{{Index: uint64(i), Data: make([]byte, wire.BlockSize)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	v.Close()
-
-	r := runCmd(t, nil, "status", "--intermediate", addr, "--json")
-	r.expect(t, 0)
-	var doc map[string]any
-	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
-		t.Fatalf("status --json is not one JSON object: %v\n%s", err, r.stdout)
+	// statusJSON runs status --json and checks its exit code (unless code
+	// is negative).
+	statusJSON := func(code int) map[string]any {
+		t.Helper()
+		r := runCmd(t, nil, "status", "--intermediate", addr, "--json")
+		if code >= 0 {
+			r.expect(t, code)
+		}
+		var doc map[string]any
+		if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+			t.Fatalf("status --json is not one JSON object: %v\n%s", err, r.stdout)
+		}
+		return doc
 	}
+	volume := func(doc map[string]any) map[string]any {
+		vol, _ := lookup(doc, "volumes[]")
+		m, _ := vol.(map[string]any)
+		return m
+	}
+	// A primary reporting a resync: the group is not healthy.
+	v.Report(&wire.PrimaryReport{State: "RESYNC", DirtyRegions: 5, ResyncDone: 1, ResyncTotal: 6, Reason: "catching up"})
+	submit(0) // reports go out ahead of the next batch
+	doc := statusJSON(1)
+	if vol := volume(doc); vol["state"] != "RESYNC" || vol["primary_connected"] != true || vol["dirty_regions"].(float64) != 5 ||
+		vol["resync_done_regions"].(float64) != 1 || vol["resync_total_regions"].(float64) != 6 || vol["reason"] != "catching up" {
+		t.Errorf("volume of a resyncing primary: %v", vol)
+	}
+	if fmt.Sprint(doc["problems"]) != "[volume a is RESYNC: catching up]" {
+		t.Errorf("problems: %v", doc["problems"])
+	}
+	v.Report(&wire.PrimaryReport{State: "PAIR"})
+	submit(1)
+	submit(2)
+	doc = statusJSON(0)
 	for _, f := range documentedFields(t) {
-		if f == "nodes[].error" {
-			continue // documented as omitted when the node answered
+		if f == "nodes[].error" || f == "volumes[].reason" {
+			continue // documented as omitted when empty
 		}
 		if _, ok := lookup(doc, f); !ok {
 			t.Errorf("documented field %q missing from status --json", f)
@@ -160,13 +188,28 @@ func TestStatusJSONSchema(t *testing.T) {
 	if doc["committed_seq"].(float64) != 3 || doc["leader"] != "i1" || doc["healthy"] != true {
 		t.Errorf("status: committed_seq %v leader %v healthy %v; want 3, i1, true", doc["committed_seq"], doc["leader"], doc["healthy"])
 	}
-	if vol, _ := lookup(doc, "volumes[]"); vol.(map[string]any)["volume_seq"].(float64) != 3 {
-		t.Errorf("volume a: %v, want volume_seq 3", vol)
+	if vol := volume(doc); vol["volume_seq"].(float64) != 3 || vol["state"] != "PAIR" {
+		t.Errorf("volume a: %v, want volume_seq 3 in PAIR", vol)
 	}
+	v.Close()
+	for deadline := time.Now().Add(10 * time.Second); volume(statusJSON(-1))["state"] != "DISCONNECTED"; {
+		if time.Now().After(deadline) {
+			t.Fatal("status does not show the closed stream of volume a as DISCONNECTED")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	statusJSON(1) // a disconnected primary makes the group unhealthy
 
-	r = runCmd(t, nil, "status", "--intermediate", addr)
+	v, err = cl.OpenVolume(ctx, client.VolumeOptions{Name: "a", Epoch: 1, BlockCount: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.Report(&wire.PrimaryReport{State: "PAIR"})
+	submit(3)
+	defer v.Close()
+	r := runCmd(t, nil, "status", "--intermediate", addr)
 	r.expect(t, 0)
-	if !strings.Contains(r.stdout, "leader i1, committed seq 3") {
+	if !strings.Contains(r.stdout, "leader i1, committed seq 4") || !strings.Contains(r.stdout, "PAIR") {
 		t.Errorf("status text:\n%s", r.stdout)
 	}
 }
