@@ -24,7 +24,8 @@ func newBenchCmd(a *app) *cobra.Command {
 same invocation on the same disk and prints a markdown table of absolute
 figures, ratios and the targets they are held to.`,
 		Example: `  tricopy bench fs --dir /var/tmp/tricopy-bench
-  tricopy bench submit --dir /var/tmp/tricopy-bench`,
+  tricopy bench submit --dir /var/tmp/tricopy-bench
+  tricopy bench mirror --dir /var/tmp/tricopy-bench`,
 		Args: func(_ *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return usageErrorf("unexpected argument %q: pick a benchmark, e.g. fs", args[0])
@@ -35,6 +36,7 @@ figures, ratios and the targets they are held to.`,
 	}
 	c.AddCommand(newBenchFSCmd(a))
 	c.AddCommand(newBenchSubmitCmd(a))
+	c.AddCommand(newBenchMirrorCmd(a))
 	return c
 }
 

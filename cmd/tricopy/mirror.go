@@ -2,44 +2,19 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/blockdev/mirror"
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
-	"github.com/tricopy/tricopy/fusefs"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
 
-// mirrorDevice adapts a mirror.Mirror to the filesystem's Device, mapping
-// the mirror's refusals to the filesystem's.
-type mirrorDevice struct{ m *mirror.Mirror }
-
-var _ fusefs.Device = mirrorDevice{}
-
-func (d mirrorDevice) BlockCount() uint64                      { return d.m.BlockCount() }
-func (d mirrorDevice) ReadBlock(i uint64, p []byte) error      { return d.m.ReadBlock(i, p) }
-func (d mirrorDevice) ReadBlocks(first uint64, p []byte) error { return d.m.ReadBlocks(first, p) }
-func (d mirrorDevice) Sync(ctx context.Context) error          { return d.m.Sync(ctx) }
-
-func (d mirrorDevice) Commit(ctx context.Context, b *blockdev.Batch) (fusefs.Ack, error) {
-	ack, err := d.m.Commit(ctx, b)
-	switch {
-	case err == nil:
-		if ack == nil {
-			return nil, nil
-		}
-		return fusefs.Ack(ack), nil
-	case errors.Is(err, mirror.ErrUnavailable):
-		return nil, fmt.Errorf("%w: %w", fusefs.ErrDeviceUnavailable, err)
-	case errors.Is(err, mirror.ErrFenced):
-		return nil, fmt.Errorf("%w: %w", fusefs.ErrDeviceReadOnly, err)
-	}
-	return nil, err
-}
+// mirrorDevice is the filesystem's Device of a mirrored volume.
+type mirrorDevice = mirrordev.Device
 
 // openMirror connects to the intermediate and opens the mirror of vol,
 // reconciling with the intermediate first (which waits for it until ctx

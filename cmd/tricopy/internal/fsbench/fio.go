@@ -24,6 +24,7 @@ type fioJob struct {
 	size     int64  // file size in bytes
 	endFsync bool   // fsync the file at the end, inside the runtime
 	fsync    bool   // fsync after every write
+	numJobs  int    // parallel jobs, each on its own file (file.N); 0 or 1 for one
 }
 
 // args returns the fio command line of j in dir, bounded by runtime,
@@ -35,17 +36,22 @@ func (j fioJob) args(dir string, runtime time.Duration, out string) []string {
 		}
 		return "0"
 	}
-	return []string{
+	file := "--filename=" + j.file
+	jobs := []string{"--numjobs=1"}
+	if j.numJobs > 1 {
+		file = "--filename_format=" + j.file + ".$jobnum"
+		jobs = []string{"--numjobs=" + strconv.Itoa(j.numJobs), "--group_reporting=1"}
+	}
+	args := []string{
 		"--name=" + j.name,
 		"--directory=" + dir,
-		"--filename=" + j.file,
+		file,
 		"--rw=" + j.rw,
 		"--bs=" + strconv.FormatInt(j.bs, 10),
 		"--size=" + strconv.FormatInt(j.size, 10),
 		"--ioengine=psync",
 		"--direct=0",
 		"--iodepth=1",
-		"--numjobs=1",
 		"--fallocate=none",
 		"--invalidate=1",
 		"--end_fsync=" + flag(j.endFsync),
@@ -54,32 +60,71 @@ func (j fioJob) args(dir string, runtime time.Duration, out string) []string {
 		"--output-format=json",
 		"--output=" + out,
 	}
+	return append(args, jobs...)
 }
 
 // runFio runs job on t and returns what it measured. Cancelling ctx kills
 // fio.
 func (b *bench) runFio(ctx context.Context, t *target, job fioJob) (*FioResult, error) {
-	out := filepath.Join(b.runDir, "fio-"+t.name+"-"+job.name+".json")
-	cmd := exec.CommandContext(ctx, b.fio, job.args(t.dir, b.opts.Runtime, out)...)
+	r, err := runFioIn(ctx, b.fio, t.dir, b.runDir, b.opts.Runtime, job)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", t.name, err)
+	}
+	return r, nil
+}
+
+// Job is a fio job for other benchmarks: RW (write, read, randwrite,
+// randread) in blocks of BS bytes over a file of Size bytes named File in
+// the target directory; EndFsync fsyncs the file at the end (inside the
+// runtime), Fsync after every write; NumJobs > 1 runs that many jobs in
+// parallel, each on its own file, reported together.
+type Job struct {
+	Name, File, RW  string
+	BS, Size        int64
+	EndFsync, Fsync bool
+	NumJobs         int
+}
+
+// RunJob runs job with the fio binary at fio in dir, bounded by runtime,
+// keeping its report in outDir while it runs.
+func RunJob(ctx context.Context, fio, dir, outDir string, runtime time.Duration, job Job) (*FioResult, error) {
+	return runFioIn(ctx, fio, dir, outDir, runtime, fioJob{name: job.Name, file: job.File, rw: job.RW, bs: job.BS,
+		size: job.Size, endFsync: job.EndFsync, fsync: job.Fsync, numJobs: job.NumJobs})
+}
+
+// LookFio finds fio and returns its path and version, or ErrNoFio.
+func LookFio(ctx context.Context) (path, version string, err error) {
+	path, err = exec.LookPath("fio")
+	if err != nil {
+		return "", "", fmt.Errorf("%w (%w)", ErrNoFio, err)
+	}
+	version, err = fioVersion(ctx, path)
+	return path, version, err
+}
+
+// runFioIn runs job in dir and returns what it measured.
+func runFioIn(ctx context.Context, fio, dir, outDir string, runtime time.Duration, job fioJob) (*FioResult, error) {
+	out := filepath.Join(outDir, "fio-"+filepath.Base(dir)+"-"+job.name+".json")
+	cmd := exec.CommandContext(ctx, fio, job.args(dir, runtime, out)...)
 	var stderr bytes.Buffer
 	cmd.Stdout = &stderr
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: fio %s: %w", t.name, job.name, context.Cause(ctx))
+			return nil, fmt.Errorf("fio %s: %w", job.name, context.Cause(ctx))
 		}
-		return nil, fmt.Errorf("%s: fio %s: %w: %s", t.name, job.name, err, lastLines(stderr.String(), 5))
+		return nil, fmt.Errorf("fio %s: %w: %s", job.name, err, lastLines(stderr.String(), 5))
 	}
 	data, err := os.ReadFile(out)
 	if err != nil {
-		return nil, fmt.Errorf("%s: fio %s: read report: %w", t.name, job.name, err)
+		return nil, fmt.Errorf("fio %s: read report: %w", job.name, err)
 	}
 	if err := os.Remove(out); err != nil {
-		return nil, fmt.Errorf("%s: fio %s: remove report: %w", t.name, job.name, err)
+		return nil, fmt.Errorf("fio %s: remove report: %w", job.name, err)
 	}
 	r, err := parseFio(data, job.rw)
 	if err != nil {
-		return nil, fmt.Errorf("%s: fio %s: %w", t.name, job.name, err)
+		return nil, fmt.Errorf("fio %s: %w", job.name, err)
 	}
 	return r, nil
 }

@@ -33,7 +33,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -139,11 +138,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	if err != nil {
 		return nil, err
 	}
-	fio, err := exec.LookPath("fio")
-	if err != nil {
-		return nil, fmt.Errorf("%w (%w)", ErrNoFio, err)
-	}
-	version, err := fioVersion(ctx, fio)
+	fio, version, err := LookFio(ctx)
 	if err != nil {
 		return nil, err
 	}

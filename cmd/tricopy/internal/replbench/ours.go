@@ -25,38 +25,33 @@ const (
 	journalBudget = 1 << 40
 )
 
-// submitCluster is our side: intermediate nodes in this process, each with
-// its own directory, talking Raft and gRPC over TCP on 127.0.0.1, and one
-// client with a Volume per volume; writers share the volumes, writer w
-// writing volume w mod the volume count.
-type submitCluster struct {
-	nodes   []*intermediate.Node
-	leader  *intermediate.Node
-	client  *client.Client
-	vols    []*client.Volume
-	names   []string
-	blocks  int // blocks per write
-	writers int
-	payload []byte
+// Intermediate is a cluster of intermediate nodes in this process, each
+// with its own directory, talking Raft and gRPC over TCP on 127.0.0.1. Other
+// benchmarks (the mirrored mount's) use it too.
+type Intermediate struct {
+	nodes  []*intermediate.Node
+	leader *intermediate.Node
+	addrs  []string // client addresses, the leader's first
 }
 
-// startSubmit starts a submitCluster of nodes members under dir, waits for
-// its leader, and opens the volumes for sc's writers.
-func startSubmit(ctx context.Context, dir string, sc Scenario, opts Options) (_ *submitCluster, err error) {
-	c := &submitCluster{blocks: sc.Blocks, writers: sc.Writers, payload: payload(blockSize)}
+// StartIntermediate starts a cluster of nodes members under dir with the
+// benchmark's journal budget, and waits for its leader. Options' Logger and
+// ElectionTimeout apply.
+func StartIntermediate(ctx context.Context, dir string, nodes int, opts Options) (_ *Intermediate, err error) {
+	c := &Intermediate{}
 	defer func() {
 		if err != nil {
-			err = errors.Join(err, c.close())
+			err = errors.Join(err, c.Close())
 		}
 	}()
 	log := quiet(opts.Logger)
-	ids := make([]string, sc.Nodes)
-	raftLis := make([]net.Listener, sc.Nodes)
-	clientLis := make([]net.Listener, sc.Nodes)
+	ids := make([]string, nodes)
+	raftLis := make([]net.Listener, nodes)
+	clientLis := make([]net.Listener, nodes)
 	// closeListeners closes the listeners of nodes from on, which no
 	// node owns yet.
 	closeListeners := func(from int) {
-		for i := from; i < sc.Nodes; i++ {
+		for i := from; i < nodes; i++ {
 			for _, l := range []net.Listener{raftLis[i], clientLis[i]} {
 				if l != nil {
 					l.Close()
@@ -65,7 +60,7 @@ func startSubmit(ctx context.Context, dir string, sc Scenario, opts Options) (_ 
 		}
 	}
 	var peers []intermediate.Peer
-	for i := range sc.Nodes {
+	for i := range nodes {
 		ids[i] = fmt.Sprintf("n%d", i+1)
 		if raftLis[i], err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			closeListeners(0)
@@ -77,8 +72,7 @@ func startSubmit(ctx context.Context, dir string, sc Scenario, opts Options) (_ 
 		}
 		peers = append(peers, intermediate.Peer{ID: ids[i], RaftAddr: raftLis[i].Addr().String()})
 	}
-	var addrs []string
-	for i := range sc.Nodes {
+	for i := range nodes {
 		cfg := intermediate.Config{
 			ID:             ids[i],
 			Dir:            filepath.Join(dir, ids[i]),
@@ -97,16 +91,60 @@ func startSubmit(ctx context.Context, dir string, sc Scenario, opts Options) (_ 
 			return nil, fmt.Errorf("open node %s: %w", ids[i], err)
 		}
 		c.nodes = append(c.nodes, n)
-		addrs = append(addrs, n.ClientAddr())
+		c.addrs = append(c.addrs, n.ClientAddr())
 	}
 	i, err := waitLeader(ctx, len(c.nodes), func(i int) bool { return c.nodes[i].IsLeader() })
 	if err != nil {
 		return nil, err
 	}
 	c.leader = c.nodes[i]
-	// The leader first: the client tries the addresses in order.
-	addrs[0], addrs[i] = addrs[i], addrs[0]
-	c.client, err = client.New(client.Config{Addrs: addrs, Logger: log})
+	// The leader first: clients try the addresses in order.
+	c.addrs[0], c.addrs[i] = c.addrs[i], c.addrs[0]
+	return c, nil
+}
+
+// Addrs returns the nodes' client addresses, the leader's first.
+func (c *Intermediate) Addrs() []string { return c.addrs }
+
+// Close closes the nodes, the leader first so that it does not replicate to
+// closed followers.
+func (c *Intermediate) Close() error {
+	var errs []error
+	for _, n := range leaderFirst(c.nodes, c.leader) {
+		if err := n.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("close node %s: %w", n.ID(), err))
+		}
+	}
+	c.nodes = nil
+	return errors.Join(errs...)
+}
+
+// submitCluster is our side: an Intermediate and one client with a Volume
+// per volume; writers share the volumes, writer w writing volume w mod the
+// volume count.
+type submitCluster struct {
+	inter   *Intermediate
+	client  *client.Client
+	vols    []*client.Volume
+	names   []string
+	blocks  int // blocks per write
+	writers int
+	payload []byte
+}
+
+// startSubmit starts a submitCluster of sc.Nodes members under dir, waits
+// for its leader, and opens the volumes for sc's writers.
+func startSubmit(ctx context.Context, dir string, sc Scenario, opts Options) (_ *submitCluster, err error) {
+	c := &submitCluster{blocks: sc.Blocks, writers: sc.Writers, payload: payload(blockSize)}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, c.close())
+		}
+	}()
+	if c.inter, err = StartIntermediate(ctx, dir, sc.Nodes, opts); err != nil {
+		return nil, err
+	}
+	c.client, err = client.New(client.Config{Addrs: c.inter.Addrs(), Logger: quiet(opts.Logger)})
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
@@ -142,13 +180,12 @@ func (c *submitCluster) write(ctx context.Context, w int, seq uint64) error {
 
 // counters implements system.
 func (c *submitCluster) counters() counters {
-	s := c.leader.Stats()
+	s := c.inter.leader.Stats()
 	return counters{logWrites: s.LogWrites, logEntries: s.LogEntries, submitEntries: s.SubmitEntries, submitBatches: s.SubmitBatches}
 }
 
 // close implements system: it closes the volumes, the client and the
-// nodes, the leader first so that it does not replicate to closed
-// followers.
+// nodes.
 func (c *submitCluster) close() error {
 	var errs []error
 	for i, v := range c.vols {
@@ -161,10 +198,8 @@ func (c *submitCluster) close() error {
 			errs = append(errs, fmt.Errorf("close client: %w", err))
 		}
 	}
-	for _, n := range leaderFirst(c.nodes, c.leader) {
-		if err := n.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("close node %s: %w", n.ID(), err))
-		}
+	if c.inter != nil {
+		errs = append(errs, c.inter.Close())
 	}
 	return errors.Join(errs...)
 }

@@ -254,3 +254,25 @@ func runOne(ctx context.Context, side string, sc Scenario, dir string, opts Opti
 	r.Side = side
 	return r, nil
 }
+
+// RawApply measures raw hashicorp/raft Apply (raft-boltdb log store, the
+// intermediate's Raft settings) on a fresh cluster of nodes members under
+// dir: writers concurrent writers, each applying entries of writeBytes
+// bytes and waiting for each, for opts.Warmup then opts.Duration. Other
+// benchmarks use it as their yardstick.
+func RawApply(ctx context.Context, dir string, nodes, writers, writeBytes int, opts Options) (RunResult, error) {
+	opts.Dir = dir
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return RunResult{}, err
+	}
+	if writeBytes <= 0 || writeBytes%blockSize != 0 {
+		return RunResult{}, fmt.Errorf("raw apply: write size %d is not a positive multiple of %d", writeBytes, blockSize)
+	}
+	sc := Scenario{Nodes: nodes, Blocks: writeBytes / blockSize, Writers: writers}
+	r, err := runOne(ctx, SideRaft, sc, dir, opts)
+	if err != nil {
+		return RunResult{}, fmt.Errorf("raw apply, %s: %w", sc, err)
+	}
+	return r, nil
+}
