@@ -125,6 +125,7 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 // primary is a mirrored volume on a MemFS, so that it can crash.
 type primary struct {
 	t      testing.TB
+	name   string
 	in     *inter
 	fsys   *blockdev.MemFS
 	blocks uint64
@@ -137,7 +138,12 @@ type primary struct {
 const volDir = "/vol"
 
 func newPrimary(t testing.TB, in *inter, blocks uint64, cfg func(*mirror.Config)) *primary {
-	p := &primary{t: t, in: in, fsys: blockdev.NewMemFS(), blocks: blocks, cfg: cfg}
+	return newPrimaryNamed(t, in, "a", blocks, cfg)
+}
+
+// newPrimaryNamed makes a primary of the volume called name.
+func newPrimaryNamed(t testing.TB, in *inter, name string, blocks uint64, cfg func(*mirror.Config)) *primary {
+	p := &primary{t: t, name: name, in: in, fsys: blockdev.NewMemFS(), blocks: blocks, cfg: cfg}
 	v, err := blockdev.Create(volDir, blocks, blockdev.Options{FS: p.fsys, Logger: in.log})
 	if err != nil {
 		t.Fatal(err)
@@ -165,7 +171,7 @@ func (p *primary) open(ctx context.Context) error {
 		p.t.Fatal(err)
 	}
 	cfg := mirror.Config{
-		Name: "a", Group: client.DefaultGroup, Local: p.vol, FS: p.fsys, Dir: volDir, Client: cl,
+		Name: p.name, Group: client.DefaultGroup, Local: p.vol, FS: p.fsys, Dir: volDir, Client: cl,
 		Timeout: time.Second, RetryInterval: 50 * time.Millisecond, CheckpointInterval: 50 * time.Millisecond,
 		Logger: p.in.log.With("component", "mirror"),
 	}
@@ -210,8 +216,13 @@ func (p *primary) close() {
 
 // crash loses everything the primary did not sync and abandons the mirror
 // as a killed process would.
-func (p *primary) crash() {
-	p.fsys.Crash()
+func (p *primary) crash() { p.crashWith(p.fsys.Crash) }
+
+// crashRandom is crash where each unsynced change survives or not at random.
+func (p *primary) crashRandom(rng *rand.Rand) { p.crashWith(func() { p.fsys.CrashRandom(rng) }) }
+
+func (p *primary) crashWith(crash func()) {
+	crash()
 	if p.cl != nil {
 		p.cl.Close() // the process is gone: its streams end
 	}
