@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
@@ -52,12 +53,33 @@ func (m *Mirror) runApplier() {
 		ack, err := hp.Wait(m.ctx)
 		m.mu.Lock()
 		if len(m.pends) == 0 || m.pends[0] != head || head.p != hp {
-			m.mu.Unlock() // the pipeline changed meanwhile (suspended, resubmitted)
+			m.mu.Unlock() // the pipeline changed meanwhile (failed, resubmitted)
 			continue
 		}
 		if err != nil {
 			m.streamFailedLocked(err)
-		} else if err := m.applyLocked(head, ack.Seq); err == nil {
+			m.mu.Unlock()
+			continue
+		}
+		m.mu.Unlock()
+		// The local write happens outside the lock, so that commits and
+		// reads go on during it (and during a checkpoint of the local
+		// volume inside it). Only this goroutine writes the local volume
+		// while the mirror is not suspended, and the batch stays in the
+		// overlay until it is written, so readers see it throughout.
+		var aerr error
+		if head.batch != nil {
+			aerr = m.vol.Apply(m.ctx, head.batch, blockdev.ApplyOptions{})
+		}
+		m.mu.Lock()
+		switch {
+		case aerr != nil:
+			m.failLocked(fmt.Errorf("apply batch %d to the local volume: %w", head.vs, aerr))
+		case m.failed != nil || len(m.pends) == 0 || m.pends[0] != head:
+			// Failed meanwhile: the batch is committed and applied; nothing
+			// is left to account for.
+		default:
+			m.appliedLocked(head, ack.Seq)
 			m.pends = m.pends[1:]
 			if len(m.pends) == 0 && m.unavailable != nil {
 				m.log.Info("intermediate committed every pending batch; writes are accepted again")

@@ -261,6 +261,7 @@ type Mirror struct {
 	copyDone    uint64
 	copyTotal   uint64
 	copiedBytes uint64
+	copyInflight int // copy batches in pends
 	reported    *wire.PrimaryReport
 	closing     bool
 
@@ -559,6 +560,9 @@ func (m *Mirror) completeLocked(p *pend, err error) {
 		}
 		m.ovMu.Unlock()
 	}
+	if p.regions != nil {
+		m.copyInflight--
+	}
 	p.err = err
 	close(p.done)
 }
@@ -741,6 +745,13 @@ func (m *Mirror) applyLocked(p *pend, seq uint64) error {
 			return m.failLocked(fmt.Errorf("apply batch %d to the local volume: %w", p.vs, err))
 		}
 	}
+	m.appliedLocked(p, seq)
+	return nil
+}
+
+// appliedLocked accounts for a committed pend applied to the local volume
+// (a copy batch needs no local write) and completes it.
+func (m *Mirror) appliedLocked(p *pend, seq uint64) {
 	if p.regions != nil {
 		m.copiedBytes += uint64(len(p.blocks)) * blockdev.BlockSize
 	}
@@ -755,7 +766,6 @@ func (m *Mirror) applyLocked(p *pend, seq uint64) error {
 	m.st.AppliedVolumeSeq, m.st.AppliedSeq = p.vs, seq
 	m.pendBytes -= p.bytes
 	m.completeLocked(p, nil)
-	return nil
 }
 
 // Status returns the mirror's state.

@@ -66,13 +66,7 @@ func (m *Mirror) copyReadyLocked() bool {
 		m.unavailable != nil || m.suspend != nil {
 		return false
 	}
-	inflight := 0
-	for _, p := range m.pends {
-		if p.regions != nil {
-			inflight++
-		}
-	}
-	return inflight < m.cfg.ResyncInFlight && m.bitmap.Count() > uint64(len(m.copySent))
+	return m.copyInflight < m.cfg.ResyncInFlight && m.bitmap.Count() > uint64(len(m.copySent))
 }
 
 // copyNextLocked submits the next copy batch: up to ResyncBatchRegions
@@ -132,6 +126,7 @@ func (m *Mirror) copyNextLocked() {
 		m.copySent[r] = true
 	}
 	m.pends = append(m.pends, p)
+	m.copyInflight++
 	m.kickApplier()
 }
 

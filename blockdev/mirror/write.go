@@ -81,15 +81,15 @@ func (m *Mirror) Commit(ctx context.Context, b *blockdev.Batch) (func(context.Co
 			return nil, ErrClosed
 		case m.st.State == StateFenced:
 			return nil, fmt.Errorf("%w (%s)", ErrFenced, m.st.Reason)
-		case m.st.State == StateSusp || m.suspend != nil:
-			if m.suspend != nil {
-				// A suspension was asked for: do it now rather than send
-				// this batch down a pipeline that is being abandoned.
-				if err := m.suspendLocked(m.suspend); err != nil {
-					return nil, err
-				}
-			}
+		case m.st.State == StateSusp:
 			return nil, m.commitLocalLocked(ctx, b)
+		case m.suspend != nil:
+			// A suspension was asked for: wait for the applier to carry it
+			// out rather than send this batch down a pipeline being
+			// abandoned.
+			m.kickApplier()
+			m.cond.Wait()
+			continue
 		case m.unavailable != nil:
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, m.unavailable)
 		case m.stream == nil:
@@ -230,34 +230,26 @@ func (m *Mirror) wait(ctx context.Context, p *pend) error {
 	}
 }
 
-// Sync returns once every batch committed before the call is durable: at
-// the intermediate in PAIR (the local volume catches up by itself), and in
-// the local volume too in every other state, where the local volume holds
-// changes the intermediate lacks.
+// Sync makes every operation that returned before the call durable. While
+// the intermediate mirrors (PAIR, COPY, RESYNC) there is nothing to wait
+// for: an operation returns only once its batch is committed there, so Sync
+// only reports a mirror that refuses writes (fence level data, with batches
+// overdue) or stopped. While suspended or fenced the local volume is the
+// copy that matters and Sync syncs it.
 func (m *Mirror) Sync(ctx context.Context) error {
 	m.mu.Lock()
-	var last *pend
-	if n := len(m.pends); n > 0 {
-		last = m.pends[n-1]
-	}
-	failed := m.failed
+	failed, unavailable, state := m.failed, m.unavailable, m.st.State
 	m.mu.Unlock()
-	if failed != nil {
+	switch {
+	case failed != nil:
 		return failed
-	}
-	if last != nil {
-		if err := m.wait(ctx, last); err != nil {
-			return err
+	case state == StateSusp || state == StateFenced:
+		if err := m.vol.Sync(ctx); err != nil {
+			return fmt.Errorf("sync local volume of %q: %w", m.cfg.Name, err)
 		}
-	}
-	m.mu.Lock()
-	state := m.st.State
-	m.mu.Unlock()
-	if state == StatePair {
 		return nil
-	}
-	if err := m.vol.Sync(ctx); err != nil {
-		return fmt.Errorf("sync local volume of %q: %w", m.cfg.Name, err)
+	case unavailable != nil:
+		return fmt.Errorf("%w: %w", ErrUnavailable, unavailable)
 	}
 	return nil
 }
