@@ -85,9 +85,6 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 		return rr.Err
 	}
 	info := rr.Volume
-	if rr.Created {
-		n.log.Info("registered volume", logKeyVolume, info.Name, "blocks", info.BlockCount, "epoch", info.Epoch)
-	}
 	if info.BlockCount != open.GetBlockCount() {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "volume %q has %d blocks at the intermediate, the primary says %d",
 			info.Name, info.BlockCount, open.GetBlockCount())

@@ -20,7 +20,7 @@ type mirrorDevice = mirrordev.Device
 // reconciling with the intermediate first (which waits for it until ctx
 // ends). The caller closes the mirror, then the client.
 func openMirror(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume, cfg *configs.Mount) (*mirror.Mirror, *client.Client, error) {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log.With("component", "client")})
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
 	if err != nil {
 		return nil, nil, &configs.Error{Key: "intermediate", Err: err}
 	}

@@ -151,7 +151,10 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				vj.State = "DISCONNECTED"
 			}
 			switch {
-			case vj.State == "" || vj.State == "PAIR":
+			case vj.State == "":
+			case vj.State == "PAIR" && vj.Reason != "":
+				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is PAIR but its writes fail: %s", vj.Name, vj.Reason))
+			case vj.State == "PAIR":
 			case vj.Reason != "":
 				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is %s: %s", vj.Name, vj.State, vj.Reason))
 			default:
