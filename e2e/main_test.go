@@ -1,6 +1,7 @@
 // Package e2e runs ordinary programs (sqlite3, git, tar) on real tricopy
 // mounts served by the tricopy binary, and checks the volumes with
-// `tricopy fsck` afterwards.
+// `tricopy fsck` afterwards; it runs intermediate clusters and mirrored
+// mounts as real processes and kills them with SIGKILL.
 //
 // TestMain builds the binary once. Every test needs root and /dev/fuse and
 // skips without them, or with -short; with TRICOPY_REQUIRE_FUSE set (as in
@@ -9,6 +10,9 @@
 //	go test -count=1 -p 1 ./e2e/
 //
 // TRICOPY_E2E_SEED picks the seed of the generated file tree (default 1).
+// TRICOPY_MIRROR_SEED replays the kill schedule of
+// TestMirrorKillPrimaryUnderLoad (a failing run prints it); TRICOPY_LONG=1
+// makes that test kill the primary 20 times instead of 4.
 package e2e
 
 import (
