@@ -33,9 +33,9 @@ help:
 	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
 	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint        gofmt, go vet, staticcheck"
-	@echo "make bench       deps, build, then bin/tricopy bench fs and bench submit under BENCHDIR ($(BENCHDIR))"
+	@echo "make bench       deps, build, then bin/tricopy bench fs, bench submit and bench mirror under BENCHDIR ($(BENCHDIR))"
 	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"
-	@echo "make run         deps, build, then mount volume a under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
+	@echo "make run         deps, build, then tricopy up: one intermediate node and volumes a, b mounted under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
 	@echo "make clean       remove bin/"
 
 build:
@@ -103,9 +103,10 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 bench: deps build
-	mkdir -p $(BENCHDIR)/fs $(BENCHDIR)/submit
+	mkdir -p $(BENCHDIR)/fs $(BENCHDIR)/submit $(BENCHDIR)/mirror
 	$(BIN) bench fs --dir $(BENCHDIR)/fs
 	$(BIN) bench submit --dir $(BENCHDIR)/submit
+	$(BIN) bench mirror --dir $(BENCHDIR)/mirror
 
 # proto regenerates the committed Go code of the wire protocol. protoc comes
 # from Debian (protobuf-compiler); the Go plugins at pinned versions.
@@ -118,11 +119,12 @@ proto:
 	cd intermediate/wire && PATH=$(CURDIR)/bin:$$PATH protoc --go_out=. --go_opt=paths=source_relative \
 		--go-grpc_out=. --go-grpc_opt=paths=source_relative wire.proto
 
-# run mounts volume "a" (formatted on first use) with configs/local.yaml; the
-# flags put its data and mountpoint under RUNDIR.
+# run starts the local deployment of configs/local.yaml with tricopy up: one
+# intermediate node and the primaries of volumes a and b (formatted on first
+# use), mirrored to it; the flags put everything under RUNDIR.
 run: deps build
-	@echo "volume a: data in $(RUNDIR)/data/a, mounted at $(RUNDIR)/mnt/a; Ctrl-C unmounts"
-	$(BIN) mount --config configs/local.yaml --data $(RUNDIR)/data/a --mountpoint $(RUNDIR)/mnt/a --size $(RUNSIZE)
+	@echo "tricopy up in $(RUNDIR): volumes a, b mounted at $(RUNDIR)/primary/NAME (data in $(RUNDIR)/data/NAME), intermediate node state in $(RUNDIR)/intermediate/i1; Ctrl-C unmounts"
+	$(BIN) up --config configs/local.yaml --dir $(RUNDIR) --size $(RUNSIZE)
 
 clean:
 	rm -rf bin

@@ -19,6 +19,10 @@ var exampleConfigs = map[string]func() Config{
 		c := DefaultIntermediate()
 		return &c
 	},
+	"up": func() Config {
+		c := DefaultUp()
+		return &c
+	},
 }
 
 // usedBy finds the command of an example file in its header line
@@ -63,19 +67,27 @@ func TestExamples(t *testing.T) {
 	}
 }
 
-// TestExamplesSetEveryKey checks that mount.example.yaml documents every key
-// of `tricopy mount`.
+// TestExamplesSetEveryKey checks that the files meant to document every key
+// of their command do: mount.example.yaml for `tricopy mount`, local.yaml
+// for `tricopy up`.
 func TestExamplesSetEveryKey(t *testing.T) {
-	text, err := os.ReadFile("mount.example.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, key := range Keys(mountCfg()) {
-		if key == ConfigKey {
-			continue
-		}
-		if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `:`).Match(text) {
-			t.Errorf("mount.example.yaml does not set key %q", key)
-		}
+	for file, newCfg := range map[string]func() Config{
+		"mount.example.yaml": mountCfg,
+		"local.yaml":         exampleConfigs["up"],
+	} {
+		t.Run(file, func(t *testing.T) {
+			text, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, key := range Keys(newCfg()) {
+				if key == ConfigKey {
+					continue
+				}
+				if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(key) + `:`).Match(text) {
+					t.Errorf("%s does not set key %q", file, key)
+				}
+			}
+		})
 	}
 }

@@ -242,28 +242,28 @@ type Mirror struct {
 	wg     sync.WaitGroup
 	kick   chan struct{} // wakes the applier
 
-	mu          sync.Mutex
-	cond        *sync.Cond // broadcast when pends complete and on state changes
-	st          persisted  // the state; st.State is the pair state
-	saved       persisted  // what the state file holds
-	durableVS   uint64     // the local volume holds durably every batch up to this volume seq
-	durableSeq  uint64     // and its seq; the state file records these, not st's
-	stream      *client.Volume
-	pends       []*pend
-	pendBytes   int
-	bitmap      *blockdev.Bitmap
-	bitmapDirty bool   // bitmap differs from the file
-	unavailable error  // fence data: why Commit refuses until pends drain
-	suspend     error  // fence never: a suspension was asked for, and why
-	failed      error  // the local volume failed: fail-stop
-	copyCursor  uint64 // next region the resyncer looks at
-	copySent    map[uint64]bool
-	copyDone    uint64
-	copyTotal   uint64
-	copiedBytes uint64
+	mu           sync.Mutex
+	cond         *sync.Cond // broadcast when pends complete and on state changes
+	st           persisted  // the state; st.State is the pair state
+	saved        persisted  // what the state file holds
+	durableVS    uint64     // the local volume holds durably every batch up to this volume seq
+	durableSeq   uint64     // and its seq; the state file records these, not st's
+	stream       *client.Volume
+	pends        []*pend
+	pendBytes    int
+	bitmap       *blockdev.Bitmap
+	bitmapDirty  bool   // bitmap differs from the file
+	unavailable  error  // fence data: why Commit refuses until pends drain
+	suspend      error  // fence never: a suspension was asked for, and why
+	failed       error  // the local volume failed: fail-stop
+	copyCursor   uint64 // next region the resyncer looks at
+	copySent     map[uint64]bool
+	copyDone     uint64
+	copyTotal    uint64
+	copiedBytes  uint64
 	copyInflight int // copy batches in pends
-	reported    *wire.PrimaryReport
-	closing     bool
+	reported     *wire.PrimaryReport
+	closing      bool
 
 	// ovMu guards overlay; writers hold mu too.
 	ovMu    sync.RWMutex

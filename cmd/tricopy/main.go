@@ -1,6 +1,7 @@
 // Command tricopy is the one binary of tricopy: it formats, checks and
-// mounts volumes, and (in later versions) runs the intermediate and the
-// secondaries. See `tricopy --help` and the README.
+// mounts volumes, runs the intermediate cluster and the local deployment
+// (up), and (in later versions) the secondaries. See `tricopy --help` and
+// the README.
 package main
 
 import (
@@ -92,11 +93,13 @@ func newRootCmd(a *app) *cobra.Command {
 		Use:   "tricopy",
 		Short: "Replicated FUSE filesystem for disaster recovery across three sites",
 		Long: `tricopy keeps a filesystem on a block volume of its own format, mounted with
-FUSE, and (in later versions) mirrors every write synchronously to an
-intermediate Raft cluster that feeds read-only replicas at a far site.
+FUSE, and mirrors every write synchronously to an intermediate Raft cluster
+that (in later versions) feeds read-only replicas at a far site.
 
-This version formats, checks and mounts local volumes.` + configHelp,
-		Example: `  tricopy format --data /var/lib/tricopy/a --size 1GiB
+This version formats, checks and mounts volumes, mirrored or local only, runs
+the intermediate cluster and shows its status; up runs all of it locally.` + configHelp,
+		Example: `  tricopy up --config configs/local.yaml --dir /tmp/tricopy-run
+  tricopy format --data /var/lib/tricopy/a --size 1GiB
   tricopy mount --volume a --data /var/lib/tricopy/a --mountpoint /mnt/a
   tricopy fsck --data /var/lib/tricopy/a`,
 		SilenceErrors: true,
@@ -131,6 +134,7 @@ This version formats, checks and mounts local volumes.` + configHelp,
 		newFormatCmd(a),
 		newFsckCmd(a),
 		newMountCmd(a),
+		newUpCmd(a),
 		newIntermediateCmd(a),
 		newStatusCmd(a),
 		newBenchCmd(a),

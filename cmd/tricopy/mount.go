@@ -66,75 +66,128 @@ promoted elsewhere (a newer epoch), the mount turns read-only for good
 
 // runMount is `tricopy mount`.
 func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
-	vol, err := openOrCreate(ctx, log, cfg)
+	p, err := openPrimary(ctx, log, cfg)
 	if err != nil {
 		return err
 	}
+	fmt.Fprintf(a.stdout, "mounted volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
+	log.Debug("serving", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "data", cfg.Data, "read_only", cfg.ReadOnly)
+	return p.serve(ctx)
+}
+
+// unmountSlowAfter is how long an unmount runs before serve warns that the
+// mountpoint may be busy.
+const unmountSlowAfter = 5 * time.Second
+
+// primary is one mounted primary volume: the local volume, its mirror and
+// the mirror's client when it is mirrored, the FUSE server, and two
+// goroutines: one logs the mirror's state changes (until close), one waits
+// for the filesystem to be unmounted and closes unmounted. openPrimary
+// starts it; serve runs it until it is unmounted and closes it. `mount`
+// serves one, `up` several.
+type primary struct {
+	cfg *configs.Mount
+	log *slog.Logger
+	vol *blockdev.FileVolume
+	m   *mirror.Mirror // nil: a local-only or read-only mount
+	cl  *client.Client // the mirror's; nil without m
+	srv *fusefs.Server
+
+	unmounted chan struct{}      // closed once the filesystem is unmounted, from inside or outside
+	stopWatch context.CancelFunc // stops the mirror watcher
+	watched   chan struct{}      // closed once the mirror watcher returned
+}
+
+// openPrimary opens the volume of cfg (creating and formatting it if cfg
+// says so), opens its mirror when cfg names an intermediate, and mounts its
+// filesystem. If anything fails it closes what it opened. A fenced volume
+// is mounted read-only (cfg.ReadOnly is set).
+func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*primary, error) {
+	vol, err := openOrCreate(ctx, log, cfg)
+	if err != nil {
+		return nil, err
+	}
+	p := &primary{cfg: cfg, log: log, vol: vol}
 	var dev fusefs.Device = fusefs.LocalDevice(vol)
-	var m *mirror.Mirror
-	var cl *client.Client
 	if len(cfg.Intermediate) > 0 {
 		if cfg.ReadOnly {
 			log.Warn("read-only mount: mirroring is not started", "volume", cfg.Volume)
 		} else {
-			m, cl, err = openMirror(ctx, log, vol, cfg)
+			p.m, p.cl, err = openMirror(ctx, log, vol, cfg)
 			if err != nil {
 				if cerr := closeVolume(log, vol); cerr != nil {
 					log.Warn("close volume", "err", cerr)
 				}
-				return err
+				return nil, err
 			}
-			dev = mirrorDevice{m}
-			if st := m.Status(); st.State == mirror.StateFenced {
+			dev = mirrorDevice{M: p.m}
+			if st := p.m.Status(); st.State == mirror.StateFenced {
 				log.Error("volume is fenced (promoted elsewhere): mounting read-only", "volume", cfg.Volume, "reason", st.Reason)
 				cfg.ReadOnly = true
 			}
 		}
 	}
-	// closeAll closes the mirror, the client and the volume, in that order.
-	closeAll := func() error {
-		var errs []error
-		if m != nil {
-			errs = append(errs, m.Close())
-			cl.Close()
-		}
-		errs = append(errs, closeVolume(log, vol))
-		return errors.Join(errs...)
-	}
-	srv, err := mountVolume(ctx, log, dev, cfg)
+	p.srv, err = mountVolume(ctx, log, dev, cfg)
 	if err != nil {
-		if cerr := closeAll(); cerr != nil {
+		if cerr := p.closeDevices(); cerr != nil {
 			log.Warn("close volume", "err", cerr)
 		}
-		return err
+		return nil, err
 	}
 	wctx, stopWatch := context.WithCancel(ctx)
-	watched := make(chan struct{})
+	p.stopWatch, p.watched = stopWatch, make(chan struct{})
 	go func() {
-		defer close(watched)
-		if m != nil {
-			watchMirror(wctx, log, m, 5*time.Second)
+		defer close(p.watched)
+		if p.m != nil {
+			watchMirror(wctx, log.With("volume", cfg.Volume), p.m, 5*time.Second)
 		}
 	}()
-	fmt.Fprintf(a.stdout, "mounted volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
-	log.Debug("serving", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "data", cfg.Data, "read_only", cfg.ReadOnly)
-
-	unmounted := make(chan struct{})
+	p.unmounted = make(chan struct{})
 	go func() {
-		srv.Wait()
-		close(unmounted)
+		p.srv.Wait()
+		close(p.unmounted)
 	}()
+	return p, nil
+}
+
+// serve returns once the filesystem is unmounted from outside or, when ctx
+// ends, once it unmounted it; then it closes the primary.
+func (p *primary) serve(ctx context.Context) error {
 	select {
-	case <-unmounted:
-		log.Info("unmounted from outside", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint)
+	case <-p.unmounted:
+		p.log.Info("unmounted from outside", "volume", p.cfg.Volume, "mountpoint", p.cfg.Mountpoint)
 	case <-ctx.Done():
-		log.Info("unmounting", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint, "cause", context.Cause(ctx))
-		unmount(log, srv, cfg.Mountpoint, unmounted)
-		log.Info("unmounted", "volume", cfg.Volume, "mountpoint", cfg.Mountpoint)
+		p.log.Info("unmounting", "volume", p.cfg.Volume, "mountpoint", p.cfg.Mountpoint, "cause", context.Cause(ctx))
+		// fusefs retries a busy mountpoint for long before it gives up:
+		// say early what may hold it.
+		slow := time.AfterFunc(unmountSlowAfter, func() {
+			p.log.Warn("still unmounting: is the mountpoint busy? Close the files and leave the directories under it",
+				"volume", p.cfg.Volume, "mountpoint", p.cfg.Mountpoint, "waited", unmountSlowAfter.String())
+		})
+		unmount(p.log, p.srv, p.cfg.Mountpoint, p.unmounted)
+		slow.Stop()
+		p.log.Info("unmounted", "volume", p.cfg.Volume, "mountpoint", p.cfg.Mountpoint)
 	}
-	stopWatch()
-	<-watched
-	return closeAll()
+	return p.close()
+}
+
+// close stops the mirror watcher and closes the mirror, its client and the
+// volume, in that order. The filesystem must be unmounted.
+func (p *primary) close() error {
+	p.stopWatch()
+	<-p.watched
+	return p.closeDevices()
+}
+
+// closeDevices closes the mirror, its client and the volume, in that order.
+func (p *primary) closeDevices() error {
+	var errs []error
+	if p.m != nil {
+		errs = append(errs, p.m.Close())
+		p.cl.Close()
+	}
+	errs = append(errs, closeVolume(p.log, p.vol))
+	return errors.Join(errs...)
 }
 
 // openOrCreate opens the volume of cfg, creating and formatting it first if
