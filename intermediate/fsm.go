@@ -262,6 +262,9 @@ type FSMStats struct {
 	// and their payload bytes.
 	JournalBatches uint64
 	JournalBytes   uint64
+	// JournalStart is the first seq the journal may hold: every batch with
+	// a lower seq was trimmed.
+	JournalStart uint64
 }
 
 // NewFSM opens the intermediate volumes already in cfg.Dir (creating the
@@ -303,8 +306,8 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 }
 
 // Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
-// *EpochResult or nil (NodeAddr and non-command entries); after a fatal
-// error, an error wrapping wire.ErrFailed.
+// *EpochResult or nil (NodeAddr, TrimJournal and non-command entries); after
+// a fatal error, an error wrapping wire.ErrFailed.
 func (f *FSM) Apply(l *raft.Log) any {
 	if err := f.refusal(); err != nil {
 		return err
@@ -326,6 +329,12 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return f.applyRegister(l.Index, op.RegisterVolume)
 	case *wire.Entry_SetEpoch:
 		return f.applySetEpoch(l.Index, op.SetEpoch)
+	case *wire.Entry_TrimJournal:
+		f.trimJournal(op.TrimJournal.GetUpToSeq())
+		f.mu.Lock()
+		f.st.appliedIndex = l.Index
+		f.mu.Unlock()
+		return nil
 	case *wire.Entry_NodeAddr:
 		f.mu.Lock()
 		f.st.nodeAddrs[op.NodeAddr.GetId()] = op.NodeAddr.GetClientAddr()
@@ -559,9 +568,9 @@ func (f *FSM) applySetEpoch(index uint64, se *wire.SetEpoch) any {
 }
 
 // trimJournal drops the journal's batches with seq <= upTo (at most the
-// committed seq). A secondary that asks for a dropped batch of its volume
-// is told the journal is compacted. Like every state change it must run on
-// the apply goroutine (a later issue drives it from a log entry).
+// committed seq). A reader that asks for a dropped batch of its volume is
+// told the journal is compacted. Like every state change it runs on the
+// apply goroutine, driven by TrimJournal entries.
 func (f *FSM) trimJournal(upTo uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -644,6 +653,7 @@ func (f *FSM) Stats() FSMStats {
 		AppliedIndex:   f.st.appliedIndex,
 		JournalBatches: uint64(len(f.st.journal)),
 		JournalBytes:   f.st.journalBytes,
+		JournalStart:   f.st.journalStart,
 	}
 }
 

@@ -30,6 +30,7 @@ const (
 	DefaultSnapshotInterval  = 2 * time.Minute
 	DefaultApplyTimeout      = 10 * time.Second
 	DefaultPipelineDepth     = 4
+	DefaultTrimInterval      = 5 * time.Second
 )
 
 // Sentinel errors of package intermediate.
@@ -94,6 +95,9 @@ type Config struct {
 	// PipelineDepth is how many Submit entries may be in the Raft pipeline
 	// at once; batches arriving meanwhile are grouped into the next entry.
 	PipelineDepth int
+	// TrimInterval is how often the leader trims the journal of the batches
+	// no reader needs any more; default DefaultTrimInterval.
+	TrimInterval time.Duration
 	// Logger receives the node's logs and Raft's.
 	Logger *slog.Logger
 	// GRPCOptions are extra server options (TLS later).
@@ -123,6 +127,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.SnapshotInterval == 0 {
 		c.SnapshotInterval = DefaultSnapshotInterval
+	}
+	if c.TrimInterval <= 0 {
+		c.TrimInterval = DefaultTrimInterval
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = DefaultTrailingLogs
@@ -310,9 +317,10 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.grpc = grpc.NewServer(opts...)
 	wire.RegisterIntermediateServer(n.grpc, &service{n: n})
 
-	n.wg.Add(2)
+	n.wg.Add(3)
 	go n.serve()
 	go n.watchLeader()
+	go n.trimmer()
 	n.prop.start()
 
 	if !existing && len(cfg.Join) > 0 {
@@ -354,6 +362,38 @@ func (n *Node) watchLeader() {
 				n.log.Warn("record leader address", logKeyErr, err)
 			}
 		}
+	}
+}
+
+// trimmer is the journal trimmer goroutine: every TrimInterval, on the
+// leader, it records a TrimJournal entry up to the highest seq no reader
+// needs. For now the readers are the primaries, which replay after a
+// restart the batches of their volume past their reported durable seq
+// (secondaries add their own bound in a later issue).
+func (n *Node) trimmer() {
+	defer n.wg.Done()
+	t := time.NewTicker(n.cfg.TrimInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !n.IsLeader() || n.FatalErr() != nil {
+			continue
+		}
+		st := n.fsm.Stats()
+		upTo := n.reports.trimPoint(n.fsm.Volumes(), st.CommittedSeq, st.JournalStart)
+		if upTo < st.JournalStart {
+			continue
+		}
+		entry := &wire.Entry{Op: &wire.Entry_TrimJournal{TrimJournal: &wire.TrimJournal{UpToSeq: upTo}}}
+		if _, err := n.apply(n.ctx, entry); err != nil {
+			n.log.Warn("trim journal", "up_to_seq", upTo, logKeyErr, err)
+			continue
+		}
+		n.log.Debug("trimmed journal", "up_to_seq", upTo, "batches_left", n.fsm.Stats().JournalBatches)
 	}
 }
 

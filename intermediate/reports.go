@@ -82,3 +82,29 @@ func (r *primaryReports) fill(vs *wire.VolumeStatus) {
 			rep.GetState(), rep.GetDirtyRegions(), rep.GetResyncDone(), rep.GetResyncTotal(), rep.GetReason()
 	}
 }
+
+// trimPoint returns the highest seq the journal may be trimmed to as far as
+// the primaries are concerned: for each volume with batches in the journal
+// (vols, from the state machine; journalStart its first seq), its primary
+// must have reported a durable seq, and the journal keeps the volume's
+// batches after it. A volume whose primary holds all of its batches
+// durably sets no bound; one whose primary never reported to this leader
+// holds the journal where it is.
+func (r *primaryReports) trimPoint(vols []VolumeInfo, committed, journalStart uint64) uint64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	point := committed
+	for _, v := range vols {
+		if v.LastSeq < journalStart {
+			continue // nothing of it in the journal
+		}
+		pr := r.vols[v.Name]
+		if pr == nil || pr.report == nil {
+			return journalStart - 1
+		}
+		if d := pr.report.GetDurableSeq(); d < v.LastSeq {
+			point = min(point, d)
+		}
+	}
+	return point
+}

@@ -540,6 +540,9 @@ func (m *Mirror) failLocked(err error) error {
 	if m.failed == nil {
 		m.failed = fmt.Errorf("mirror of volume %q stopped: %w", m.cfg.Name, err)
 		m.log.Error("mirror stopped after a local error", "err", err)
+		// Nothing more goes to the intermediate, not even a report: the
+		// state in memory may be ahead of what the disk recorded.
+		m.dropStreamLocked()
 	}
 	for _, p := range m.pends {
 		m.completeLocked(p, m.failed)
@@ -794,12 +797,14 @@ func (m *Mirror) reportLocked() {
 	rep := &wire.PrimaryReport{
 		State: string(m.st.State), DirtyRegions: m.bitmap.Count(),
 		ResyncDone: m.copyDone, ResyncTotal: m.copyTotal, Reason: m.st.Reason,
+		DurableSeq: m.saved.AppliedSeq, // recorded: a restart replays from there
 	}
 	if m.unavailable != nil {
 		rep.Reason = m.unavailable.Error()
 	}
 	if r := m.reported; r != nil && r.GetState() == rep.GetState() && r.GetDirtyRegions() == rep.GetDirtyRegions() &&
-		r.GetResyncDone() == rep.GetResyncDone() && r.GetResyncTotal() == rep.GetResyncTotal() && r.GetReason() == rep.GetReason() {
+		r.GetResyncDone() == rep.GetResyncDone() && r.GetResyncTotal() == rep.GetResyncTotal() && r.GetReason() == rep.GetReason() &&
+		r.GetDurableSeq() == rep.GetDurableSeq() {
 		return
 	}
 	m.reported = rep

@@ -79,6 +79,7 @@ func (in *inter) start() {
 			Cluster:          []intermediate.Peer{{ID: "i1", RaftAddr: in.raftAddr}},
 			HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
 			LeaderLeaseTimeout: 250 * time.Millisecond, Logger: in.log.With("component", "intermediate"),
+			TrimInterval: 100 * time.Millisecond,
 		})
 		if err == nil {
 			in.node = n
@@ -586,5 +587,39 @@ func TestRefusals(t *testing.T) {
 	f.Close()
 	if err := p.open(ctx); err == nil || !strings.Contains(err.Error(), "mirror state") {
 		t.Fatalf("a corrupt state file: %v", err)
+	}
+}
+
+// TestJournalTrimmed checks that the primary's reports let the
+// intermediate trim its journal once the local volume holds the batches
+// durably, and that a primary restarted after a crash then needs none of
+// them.
+func TestJournalTrimmed(t *testing.T) {
+	in := newInter(t)
+	const blocks = 256
+	p := newPrimary(t, in, blocks, nil)
+	p.mustOpen()
+	p.waitState(mirror.StatePair)
+	md := make(model, blocks*blockdev.BlockSize)
+	for tag := 1; tag <= 40; tag++ {
+		idx := uint64(tag * 5 % blocks)
+		if err := p.commit(tag, idx); err != nil {
+			t.Fatal(err)
+		}
+		md.apply(tag, idx)
+	}
+	waitFor(t, 10*time.Second, "the journal to be trimmed", func() bool {
+		st := in.node.FSM().Stats()
+		return st.JournalBatches == 0 && st.JournalStart > 40
+	})
+	p.crash()
+	p.mustOpen()
+	if st := p.m.Status(); st.State != mirror.StatePair {
+		t.Fatalf("after a restart: %+v", st)
+	}
+	sameImage(t, "local after the restart", p.local(), md)
+	sameImage(t, "intermediate", in.volume("a", blocks), md)
+	if err := p.commit(99, 1); err != nil {
+		t.Fatal(err)
 	}
 }

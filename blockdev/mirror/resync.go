@@ -184,5 +184,7 @@ func (m *Mirror) checkpoint() {
 	}
 	if err := m.persistLocked(); err != nil {
 		m.failLocked(err)
+		return
 	}
+	m.reportLocked() // the durable seq lets the intermediate trim its journal
 }

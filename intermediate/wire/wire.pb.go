@@ -416,12 +416,16 @@ func (x *SubmitOpen) GetBlockCount() uint64 {
 // stream whenever it changes; the leader keeps the latest one per volume (in
 // memory, not in the log) and shows it in Status.
 type PrimaryReport struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`                                    // pair state: COPY, PAIR, SUSP, RESYNC, FENCED
-	DirtyRegions  uint64                 `protobuf:"varint,2,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"` // regions marked in the primary bitmap
-	ResyncDone    uint64                 `protobuf:"varint,3,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`       // regions copied by the running copy or resync
-	ResyncTotal   uint64                 `protobuf:"varint,4,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`    // regions the running copy or resync copies
-	Reason        string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                  // why the state is not PAIR, empty otherwise
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	State        string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`                                    // pair state: COPY, PAIR, SUSP, RESYNC, FENCED
+	DirtyRegions uint64                 `protobuf:"varint,2,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"` // regions marked in the primary bitmap
+	ResyncDone   uint64                 `protobuf:"varint,3,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`       // regions copied by the running copy or resync
+	ResyncTotal  uint64                 `protobuf:"varint,4,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`    // regions the running copy or resync copies
+	Reason       string                 `protobuf:"bytes,5,opt,name=reason,proto3" json:"reason,omitempty"`                                  // why the state is not PAIR, empty otherwise
+	// durable_seq: the primary's local volume holds durably every batch of
+	// the volume with seq <= durable_seq; a restarted primary replays only
+	// the batches after it, so the journal may drop those up to it.
+	DurableSeq    uint64 `protobuf:"varint,6,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -489,6 +493,13 @@ func (x *PrimaryReport) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *PrimaryReport) GetDurableSeq() uint64 {
+	if x != nil {
+		return x.DurableSeq
+	}
+	return 0
 }
 
 // SubmitBatches carries batches of the stream's volume in volume-seq order.
@@ -1618,6 +1629,7 @@ type Entry struct {
 	//	*Entry_RegisterVolume
 	//	*Entry_SetEpoch
 	//	*Entry_NodeAddr
+	//	*Entry_TrimJournal
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1696,6 +1708,15 @@ func (x *Entry) GetNodeAddr() *NodeAddr {
 	return nil
 }
 
+func (x *Entry) GetTrimJournal() *TrimJournal {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_TrimJournal); ok {
+			return x.TrimJournal
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -1716,6 +1737,10 @@ type Entry_NodeAddr struct {
 	NodeAddr *NodeAddr `protobuf:"bytes,4,opt,name=node_addr,json=nodeAddr,proto3,oneof"`
 }
 
+type Entry_TrimJournal struct {
+	TrimJournal *TrimJournal `protobuf:"bytes,5,opt,name=trim_journal,json=trimJournal,proto3,oneof"`
+}
+
 func (*Entry_Submit) isEntry_Op() {}
 
 func (*Entry_RegisterVolume) isEntry_Op() {}
@@ -1723,6 +1748,54 @@ func (*Entry_RegisterVolume) isEntry_Op() {}
 func (*Entry_SetEpoch) isEntry_Op() {}
 
 func (*Entry_NodeAddr) isEntry_Op() {}
+
+func (*Entry_TrimJournal) isEntry_Op() {}
+
+// TrimJournal drops the journal's batches with seq <= up_to_seq, which no
+// reader needs any more (the leader decides; see Node's trimmer).
+type TrimJournal struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	UpToSeq       uint64                 `protobuf:"varint,1,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TrimJournal) Reset() {
+	*x = TrimJournal{}
+	mi := &file_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TrimJournal) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TrimJournal) ProtoMessage() {}
+
+func (x *TrimJournal) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
+func (*TrimJournal) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *TrimJournal) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
 
 // SubmitEntry holds the batches the leader grouped into one Raft entry (the
 // server's half of group commit), possibly of several volumes.
@@ -1741,7 +1814,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1753,7 +1826,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1766,7 +1839,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -1797,7 +1870,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1882,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1895,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -1857,7 +1930,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +1942,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1882,7 +1955,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -1911,7 +1984,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +1996,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2009,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -1980,14 +2053,16 @@ const file_wire_proto_rawDesc = "" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\x12\x1f\n" +
 	"\vblock_count\x18\x04 \x01(\x04R\n" +
-	"blockCount\"\xa6\x01\n" +
+	"blockCount\"\xc7\x01\n" +
 	"\rPrimaryReport\x12\x14\n" +
 	"\x05state\x18\x01 \x01(\tR\x05state\x12#\n" +
 	"\rdirty_regions\x18\x02 \x01(\x04R\fdirtyRegions\x12\x1f\n" +
 	"\vresync_done\x18\x03 \x01(\x04R\n" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\x04 \x01(\x04R\vresyncTotal\x12\x16\n" +
-	"\x06reason\x18\x05 \x01(\tR\x06reason\"A\n" +
+	"\x06reason\x18\x05 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
+	"durableSeq\"A\n" +
 	"\rSubmitBatches\x120\n" +
 	"\abatches\x18\x01 \x03(\v2\x16.tricopy.wire.v1.BatchR\abatches\"\x83\x01\n" +
 	"\x0eSubmitResponse\x127\n" +
@@ -2074,13 +2149,16 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\x85\x02\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\xc8\x02\n" +
 	"\x05Entry\x126\n" +
 	"\x06submit\x18\x01 \x01(\v2\x1c.tricopy.wire.v1.SubmitEntryH\x00R\x06submit\x12J\n" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
 	"\tset_epoch\x18\x03 \x01(\v2\x19.tricopy.wire.v1.SetEpochH\x00R\bsetEpoch\x128\n" +
-	"\tnode_addr\x18\x04 \x01(\v2\x19.tricopy.wire.v1.NodeAddrH\x00R\bnodeAddrB\x04\n" +
-	"\x02op\"[\n" +
+	"\tnode_addr\x18\x04 \x01(\v2\x19.tricopy.wire.v1.NodeAddrH\x00R\bnodeAddr\x12A\n" +
+	"\ftrim_journal\x18\x05 \x01(\v2\x1c.tricopy.wire.v1.TrimJournalH\x00R\vtrimJournalB\x04\n" +
+	"\x02op\")\n" +
+	"\vTrimJournal\x12\x1a\n" +
+	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"[\n" +
 	"\vSubmitEntry\x120\n" +
 	"\abatches\x18\x01 \x03(\v2\x16.tricopy.wire.v1.BatchR\abatches\x12\x1a\n" +
 	"\bsessions\x18\x02 \x03(\x04R\bsessions\"_\n" +
@@ -2131,7 +2209,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),         // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),          // 1: tricopy.wire.v1.Block
@@ -2157,10 +2235,11 @@ var file_wire_proto_goTypes = []any{
 	(*RemoveResponse)(nil), // 21: tricopy.wire.v1.RemoveResponse
 	(*ErrorDetail)(nil),    // 22: tricopy.wire.v1.ErrorDetail
 	(*Entry)(nil),          // 23: tricopy.wire.v1.Entry
-	(*SubmitEntry)(nil),    // 24: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil), // 25: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),       // 26: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),       // 27: tricopy.wire.v1.NodeAddr
+	(*TrimJournal)(nil),    // 24: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),    // 25: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil), // 26: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),       // 27: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),       // 28: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -2176,26 +2255,27 @@ var file_wire_proto_depIdxs = []int32{
 	16, // 10: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
 	17, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
 	0,  // 12: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	24, // 13: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	25, // 14: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	26, // 15: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	27, // 16: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	2,  // 17: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 18: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 19: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 20: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	18, // 21: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	20, // 22: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	7,  // 23: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 24: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 25: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	19, // 26: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	21, // 27: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	23, // [23:28] is the sub-list for method output_type
-	18, // [18:23] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	25, // 13: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	26, // 14: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	27, // 15: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	28, // 16: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	24, // 17: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	2,  // 18: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 19: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 20: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 21: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	18, // 22: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	20, // 23: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	7,  // 24: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 25: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 26: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	19, // 27: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	21, // 28: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	24, // [24:29] is the sub-list for method output_type
+	19, // [19:24] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -2217,6 +2297,7 @@ func file_wire_proto_init() {
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
 		(*Entry_NodeAddr)(nil),
+		(*Entry_TrimJournal)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2224,7 +2305,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

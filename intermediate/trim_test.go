@@ -1,0 +1,80 @@
+package intermediate
+
+import (
+	"testing"
+
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// TestFSMTrimJournalEntry applies TrimJournal entries: the journal and the
+// volumes' indexes drop the batches up to the seq (never past the committed
+// seq), Fetch of a dropped batch says compacted, and a snapshot keeps the
+// trimmed journal.
+func TestFSMTrimJournalEntry(t *testing.T) {
+	h := ftNew(t, nil, "/vols")
+	h.register("a", 8, 1)
+	h.register("b", 8, 1)
+	for vs := uint64(1); vs <= 3; vs++ {
+		h.submit(ftBatch("a", 1, vs, 0), ftBatch("b", 1, vs, 1))
+	}
+	trim := func(up uint64) {
+		t.Helper()
+		if res := h.apply(&wire.Entry{Op: &wire.Entry_TrimJournal{TrimJournal: &wire.TrimJournal{UpToSeq: up}}}); res != nil {
+			t.Fatalf("trim to %d: %v", up, res)
+		}
+	}
+	trim(4)
+	st := h.f.Stats()
+	if st.JournalBatches != 2 || st.JournalStart != 5 || st.CommittedSeq != 6 {
+		t.Fatalf("after trimming to 4: %+v", st)
+	}
+	if _, compacted, err := h.f.Fetch("a", 2, 10); err != nil || !compacted {
+		t.Fatalf("fetch of a trimmed batch: compacted %v, err %v", compacted, err)
+	}
+	if got, compacted, err := h.f.Fetch("b", 4, 10); err != nil || compacted || len(got) != 1 || got[0].GetSeq() != 6 {
+		t.Fatalf("fetch after the trim point: %v %v %v", got, compacted, err)
+	}
+	trim(2)    // behind: no change
+	trim(1000) // bounded by the committed seq
+	if st := h.f.Stats(); st.JournalBatches != 0 || st.JournalStart != 7 || st.JournalBytes != 0 {
+		t.Fatalf("after trimming everything: %+v", st)
+	}
+	// Later batches are journaled as usual, and a snapshot carries the
+	// trimmed journal.
+	h.submit(ftBatch("a", 1, 4, 2))
+	dst := ftNew(t, nil, "/dst")
+	if err := ftRestore(dst.f, ftSnapshot(t, h.f)); err != nil {
+		t.Fatal(err)
+	}
+	if st := dst.f.Stats(); st.JournalBatches != 1 || st.JournalStart != 7 || st.CommittedSeq != 7 {
+		t.Fatalf("restored: %+v", st)
+	}
+}
+
+// TestTrimPoint checks the trim bound the primaries' reports give.
+func TestTrimPoint(t *testing.T) {
+	r := newPrimaryReports()
+	vols := []VolumeInfo{{Name: "a", LastSeq: 90}, {Name: "b", LastSeq: 100}, {Name: "c", LastSeq: 5}}
+	// b never reported: the journal stays (c's batches are all trimmed).
+	if got := r.trimPoint(vols, 100, 10); got != 9 {
+		t.Fatalf("with an unreported volume: %d, want 9 (no progress)", got)
+	}
+	r.connect("b", 3)
+	r.report("b", 3, &wire.PrimaryReport{State: "PAIR", DurableSeq: 70})
+	if got := r.trimPoint(vols, 100, 10); got != 9 {
+		t.Fatalf("a unreported: %d, want 9", got)
+	}
+	r.report("a", 2, &wire.PrimaryReport{State: "PAIR", DurableSeq: 90})
+	if got := r.trimPoint(vols, 100, 10); got != 70 {
+		t.Fatalf("a holds all its batches, b up to 70: %d, want 70", got)
+	}
+	r.report("b", 3, &wire.PrimaryReport{State: "SUSP", DurableSeq: 100})
+	if got := r.trimPoint(vols, 100, 10); got != 100 {
+		t.Fatalf("every primary holds its batches: %d, want 100", got)
+	}
+	// A report of an older stream is ignored.
+	r.report("b", 1, &wire.PrimaryReport{DurableSeq: 0})
+	if got := r.trimPoint(vols, 100, 10); got != 100 {
+		t.Fatalf("after a stale report: %d, want 100", got)
+	}
+}
