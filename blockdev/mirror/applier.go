@@ -50,37 +50,65 @@ func (m *Mirror) runApplier() {
 		case <-m.ctx.Done():
 			return
 		}
-		ack, err := hp.Wait(m.ctx)
 		m.mu.Lock()
 		if len(m.pends) == 0 || m.pends[0] != head || head.p != hp {
 			m.mu.Unlock() // the pipeline changed meanwhile (failed, resubmitted)
 			continue
 		}
-		if err != nil {
-			m.streamFailedLocked(err)
+		// Take the run of batches committed so far, in order. Their
+		// operations return now: the commit is what they wait for.
+		var run []*pend
+		var seqs []uint64
+		var failure error
+		for _, p := range m.pends {
+			if !isDone(p.p) {
+				break
+			}
+			ack, err := p.p.Wait(m.ctx)
+			if err != nil {
+				failure = err
+				break
+			}
+			m.signalLocked(p, nil)
+			run = append(run, p)
+			seqs = append(seqs, ack.Seq)
+		}
+		if len(run) == 0 {
+			if failure != nil {
+				m.streamFailedLocked(failure)
+			}
 			m.mu.Unlock()
 			continue
 		}
 		m.mu.Unlock()
-		// The local write happens outside the lock, so that commits and
-		// reads go on during it (and during a checkpoint of the local
-		// volume inside it). Only this goroutine writes the local volume
-		// while the mirror is not suspended, and the batch stays in the
-		// overlay until it is written, so readers see it throughout.
+		// The local write happens outside the lock, as one batch for the
+		// whole run, so that commits and reads go on during it (and during
+		// a checkpoint of the local volume inside it). Only this goroutine
+		// writes the local volume while the mirror is not suspended, and
+		// the batches stay in the overlay until they are written, so
+		// readers see them throughout.
+		merged := &blockdev.Batch{}
+		for _, p := range run {
+			if p.batch != nil {
+				merged.Writes = append(merged.Writes, p.batch.Writes...)
+			}
+		}
 		var aerr error
-		if head.batch != nil {
-			aerr = m.vol.Apply(m.ctx, head.batch, blockdev.ApplyOptions{})
+		if len(merged.Writes) > 0 {
+			aerr = m.vol.Apply(m.ctx, merged, blockdev.ApplyOptions{})
 		}
 		m.mu.Lock()
 		switch {
 		case aerr != nil:
-			m.failLocked(fmt.Errorf("apply batch %d to the local volume: %w", head.vs, aerr))
-		case m.failed != nil || len(m.pends) == 0 || m.pends[0] != head:
-			// Failed meanwhile: the batch is committed and applied; nothing
-			// is left to account for.
+			m.failLocked(fmt.Errorf("apply batches %d-%d to the local volume: %w", run[0].vs, run[len(run)-1].vs, aerr))
+		case m.failed != nil || len(m.pends) < len(run) || m.pends[0] != head:
+			// Failed meanwhile: the batches are committed and applied;
+			// nothing is left to account for.
 		default:
-			m.appliedLocked(head, ack.Seq)
-			m.pends = m.pends[1:]
+			for i, p := range run {
+				m.appliedLocked(p, seqs[i])
+			}
+			m.pends = m.pends[len(run):]
 			if len(m.pends) == 0 && m.unavailable != nil {
 				m.log.Info("intermediate committed every pending batch; writes are accepted again")
 				m.unavailable = nil
@@ -90,6 +118,16 @@ func (m *Mirror) runApplier() {
 			m.cond.Broadcast()
 		}
 		m.mu.Unlock()
+	}
+}
+
+// isDone reports whether p's outcome is known.
+func isDone(p *client.Pending) bool {
+	select {
+	case <-p.Done():
+		return true
+	default:
+		return false
 	}
 }
 

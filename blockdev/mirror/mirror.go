@@ -226,8 +226,11 @@ type pend struct {
 	regions  []uint64        // the regions a copy batch copies
 	bytes    int
 	deadline time.Time
-	done     chan struct{}
+	done     chan struct{} // closed once the outcome is known (signalled)
 	err      error
+	// signalled is set once done is closed: when the intermediate
+	// committed the batch (before the local write) or it failed.
+	signalled bool
 }
 
 // Mirror is a mirrored volume; see the package documentation. Its methods
@@ -552,8 +555,26 @@ func (m *Mirror) failLocked(err error) error {
 	return m.failed
 }
 
-// completeLocked completes p with err and drops its overlay blocks.
+// completeLocked completes p with err (unless its operation was already
+// told it committed) and retires it.
 func (m *Mirror) completeLocked(p *pend, err error) {
+	m.signalLocked(p, err)
+	m.retireLocked(p)
+}
+
+// signalLocked tells p's waiters the outcome, once.
+func (m *Mirror) signalLocked(p *pend, err error) {
+	if p.signalled {
+		return
+	}
+	p.signalled = true
+	p.err = err
+	close(p.done)
+}
+
+// retireLocked drops p's overlay blocks (it is in the local volume, or
+// will never be) as p leaves the pipeline.
+func (m *Mirror) retireLocked(p *pend) {
 	if p.batch != nil {
 		m.ovMu.Lock()
 		for _, w := range p.batch.Writes {
@@ -566,8 +587,6 @@ func (m *Mirror) completeLocked(p *pend, err error) {
 	if p.regions != nil {
 		m.copyInflight--
 	}
-	p.err = err
-	close(p.done)
 }
 
 // markLocked marks the regions b writes and reports whether a region was

@@ -127,7 +127,7 @@ func (m *Mirror) Commit(ctx context.Context, b *blockdev.Batch) (func(context.Co
 	m.pends = append(m.pends, p)
 	m.pendBytes += p.bytes
 	m.kickApplier()
-	return func(ctx context.Context) error { return m.wait(ctx, p) }, nil
+	return func(ctx context.Context) error { return m.waitCommit(ctx, p, np) }, nil
 }
 
 // waitRoomLocked waits until the pending bytes leave room for n more, up to
@@ -191,22 +191,42 @@ func (m *Mirror) timedOutLocked(cause error) {
 // returns an error wrapping ErrUnavailable (p stays in the pipeline); with
 // fence level never it suspends mirroring and returns nil once p is applied
 // locally.
-func (m *Mirror) wait(ctx context.Context, p *pend) error {
+func (m *Mirror) wait(ctx context.Context, p *pend) error { return m.waitCommit(ctx, p, nil) }
+
+// waitCommit is wait that also watches np, the batch's first submission:
+// its ack ends the wait at once, without the hop through the applier (which
+// signals p.done only after taking the ack itself). If np fails (the
+// stream broke), the wait goes on for p.done: the applier resubmits or
+// suspends.
+func (m *Mirror) waitCommit(ctx context.Context, p *pend, np *client.Pending) error {
 	select {
 	case <-p.done:
 		return p.err
 	default:
 	}
+	var acked <-chan struct{}
+	if np != nil {
+		acked = np.Done()
+	}
 	t := time.NewTimer(time.Until(p.deadline))
 	defer t.Stop()
-	select {
-	case <-p.done:
-		return p.err
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-m.ctx.Done():
-		return ErrClosed
-	case <-t.C:
+wait:
+	for {
+		select {
+		case <-p.done:
+			return p.err
+		case <-acked:
+			if _, err := np.Wait(ctx); err == nil {
+				return nil
+			}
+			acked = nil
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-m.ctx.Done():
+			return ErrClosed
+		case <-t.C:
+			break wait
+		}
 	}
 	err := fmt.Errorf("batch %d not committed at the intermediate within %s", p.vs, m.cfg.Timeout)
 	m.mu.Lock()

@@ -103,6 +103,9 @@ func StartIntermediate(ctx context.Context, dir string, nodes int, opts Options)
 	return c, nil
 }
 
+// LeaderStats returns the leader's write-path counters.
+func (c *Intermediate) LeaderStats() intermediate.NodeStats { return c.leader.Stats() }
+
 // Addrs returns the nodes' client addresses, the leader's first.
 func (c *Intermediate) Addrs() []string { return c.addrs }
 
