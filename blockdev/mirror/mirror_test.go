@@ -623,3 +623,50 @@ func TestJournalTrimmed(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStartWithoutIntermediate restarts primaries while the intermediate is
+// down: with fence level never after a clean shutdown the mirror starts
+// suspended and resynchronises later; with fence level data (or after a
+// crash) Open waits for the intermediate and gives up only when its context
+// ends, because the local volume may lack committed batches.
+func TestStartWithoutIntermediate(t *testing.T) {
+	in := newInter(t)
+	const blocks = 256
+	never := newPrimary(t, in, blocks, func(c *mirror.Config) { c.Fence = mirror.FenceNever })
+	never.mustOpen()
+	never.waitState(mirror.StatePair)
+	if err := never.commit(1, 1); err != nil {
+		t.Fatal(err)
+	}
+	never.close()
+	data := newPrimaryNamed(t, in, "b", blocks, nil)
+	data.mustOpen()
+	data.waitState(mirror.StatePair)
+	if err := data.commit(1, 1); err != nil {
+		t.Fatal(err)
+	}
+	data.close()
+
+	in.stop()
+	never.mustOpen()
+	if st := never.m.Status(); st.State != mirror.StateSusp {
+		t.Fatalf("fence never, clean shutdown, intermediate down: %+v, want SUSP", st)
+	}
+	if err := never.commit(2, 100); err != nil {
+		t.Fatalf("commit while suspended: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := data.open(ctx); err == nil {
+		t.Fatal("fence data opened without the intermediate")
+	}
+
+	in.start()
+	never.waitState(mirror.StatePair)
+	waitFor(t, 10*time.Second, "nothing pending", func() bool { return never.m.Status().PendingBatches == 0 })
+	sameImage(t, "intermediate after the resync", in.volume("a", blocks), never.local())
+	data.mustOpen()
+	if st := data.m.Status(); st.State != mirror.StatePair {
+		t.Fatalf("fence data once the intermediate is back: %+v", st)
+	}
+}
