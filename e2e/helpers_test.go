@@ -218,10 +218,21 @@ type mount struct {
 func startMount(t testing.TB, volume, data, mnt string) *mount {
 	t.Helper()
 	mnt = realPath(t, mnt)
+	return launchMount(t, mnt, data, mountTimeout, "mount", "--volume", volume, "--data", data, "--mountpoint", mnt, "--log-format", "text")
+}
+
+// launchMount starts `tricopy args...` (a mount command on mnt) in the
+// background and returns once it printed "mounted volume" and the mount is
+// in the mount table. At cleanup it stops the process if it still runs,
+// unmounts a mount left behind, and, if t failed, logs the process's
+// output.
+func launchMount(t testing.TB, mnt, data string, timeout time.Duration, args ...string) *mount {
+	t.Helper()
 	m := &mount{mnt: mnt, data: data, exited: make(chan struct{})}
-	m.cmd = exec.Command(tricopyBin, "mount", "--volume", volume, "--data", data, "--mountpoint", mnt, "--log-format", "text")
+	m.cmd = exec.Command(tricopyBin, args...)
 	m.cmd.Env = childEnv()
 	m.cmd.Stdout, m.cmd.Stderr = &m.stdout, &m.stderr
+	started := time.Now()
 	if err := m.cmd.Start(); err != nil {
 		t.Fatalf("start tricopy mount: %v", err)
 	}
@@ -232,19 +243,19 @@ func startMount(t testing.TB, volume, data, mnt string) *mount {
 	t.Cleanup(func() {
 		m.cleanUp(t)
 		if t.Failed() {
-			t.Logf("tricopy mount --volume %s --data %s --mountpoint %s\nstdout:\n%s\nstderr:\n%s",
-				volume, data, mnt, clip(m.stdout.String()), clip(m.stderr.String()))
+			t.Logf("tricopy %s (started %s)\nstdout:\n%s\nstderr:\n%s",
+				strings.Join(args, " "), started.Format("15:04:05.000"), clip(m.stdout.String()), clip(m.stderr.String()))
 		}
 	})
-	deadline := time.Now().Add(mountTimeout)
-	for !isMounted(t, mnt) {
+	deadline := time.Now().Add(timeout)
+	for !strings.Contains(m.stdout.String(), "mounted volume") || !isMounted(t, mnt) {
 		select {
 		case <-m.exited:
-			t.Fatalf("tricopy mount exited before mounting: %v\nstderr:\n%s", m.waitErr, clip(m.stderr.String()))
+			t.Fatalf("tricopy %s exited before mounting: %v\nstderr:\n%s", strings.Join(args, " "), m.waitErr, clip(m.stderr.String()))
 		case <-time.After(pollInterval):
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("%s not mounted after %v", mnt, mountTimeout)
+			t.Fatalf("%s not mounted after %v\nstderr:\n%s", mnt, timeout, clip(m.stderr.String()))
 		}
 	}
 	return m

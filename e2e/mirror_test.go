@@ -143,46 +143,6 @@ func startMirrored(t *testing.T, spec mirrorSpec) *mount {
 	return launchMount(t, spec.mnt, spec.data, mirrorMountTimeout, append(args, spec.extra...)...)
 }
 
-// launchMount starts `tricopy args...` (a mount command on mnt) in the
-// background and returns once it printed "mounted volume" and the mount is
-// in the mount table. At cleanup it stops the process if it still runs,
-// unmounts a mount left behind, and, if t failed, logs the process's
-// output.
-func launchMount(t *testing.T, mnt, data string, timeout time.Duration, args ...string) *mount {
-	t.Helper()
-	m := &mount{mnt: mnt, data: data, exited: make(chan struct{})}
-	m.cmd = exec.Command(tricopyBin, args...)
-	m.cmd.Env = childEnv()
-	m.cmd.Stdout, m.cmd.Stderr = &m.stdout, &m.stderr
-	started := time.Now()
-	if err := m.cmd.Start(); err != nil {
-		t.Fatalf("start tricopy mount: %v", err)
-	}
-	go func() {
-		m.waitErr = m.cmd.Wait()
-		close(m.exited)
-	}()
-	t.Cleanup(func() {
-		m.cleanUp(t)
-		if t.Failed() {
-			t.Logf("tricopy %s (started %s)\nstdout:\n%s\nstderr:\n%s",
-				strings.Join(args, " "), started.Format("15:04:05.000"), clip(m.stdout.String()), clip(m.stderr.String()))
-		}
-	})
-	deadline := time.Now().Add(timeout)
-	for !strings.Contains(m.stdout.String(), "mounted volume") || !isMounted(t, mnt) {
-		select {
-		case <-m.exited:
-			t.Fatalf("tricopy %s exited before mounting: %v\nstderr:\n%s", strings.Join(args, " "), m.waitErr, clip(m.stderr.String()))
-		case <-time.After(pollInterval):
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not mounted after %v\nstderr:\n%s", mnt, timeout, clip(m.stderr.String()))
-		}
-	}
-	return m
-}
-
 // mirrorStatusDoc is the part of `tricopy status --json` the mirroring
 // tests read.
 type mirrorStatusDoc struct {

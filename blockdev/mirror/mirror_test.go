@@ -157,6 +157,16 @@ func newPrimaryNamed(t testing.TB, in *inter, name string, blocks uint64, cfg fu
 	return p
 }
 
+// newPaired starts an intermediate and a primary of volume "a" in PAIR.
+func newPaired(t testing.TB, blocks uint64, cfg func(*mirror.Config)) (*inter, *primary) {
+	t.Helper()
+	in := newInter(t)
+	p := newPrimary(t, in, blocks, cfg)
+	p.mustOpen()
+	p.waitState(mirror.StatePair)
+	return in, p
+}
+
 // open opens the mirror (the volume must be open).
 func (p *primary) open(ctx context.Context) error {
 	p.t.Helper()
@@ -347,11 +357,8 @@ func TestCopyThenPair(t *testing.T) {
 // TestConcurrentCommitsRead checks reads of batches not yet applied locally
 // and many concurrent committers.
 func TestConcurrentCommitsRead(t *testing.T) {
-	in := newInter(t)
 	const blocks = 256
-	p := newPrimary(t, in, blocks, nil)
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, nil)
 	var wg sync.WaitGroup
 	errs := make(chan error, 16)
 	for w := 0; w < 16; w++ {
@@ -392,11 +399,8 @@ func TestConcurrentCommitsRead(t *testing.T) {
 // committed, so every acknowledged write is in the local volume and it
 // equals the intermediate volume.
 func TestCrashReplay(t *testing.T) {
-	in := newInter(t)
 	const blocks = 256
-	p := newPrimary(t, in, blocks, func(c *mirror.Config) { c.CheckpointInterval = time.Hour })
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, func(c *mirror.Config) { c.CheckpointInterval = time.Hour })
 	md := make(model, blocks*blockdev.BlockSize)
 	for tag := 1; tag <= 30; tag++ {
 		idx := []uint64{uint64(tag % blocks), uint64((tag * 31) % blocks)}
@@ -426,11 +430,8 @@ func TestCrashReplay(t *testing.T) {
 // accepted again, and no batch was applied locally that the intermediate
 // does not have.
 func TestFenceData(t *testing.T) {
-	in := newInter(t)
 	const blocks = 256
-	p := newPrimary(t, in, blocks, nil)
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, nil)
 	if err := p.commit(1, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -470,11 +471,8 @@ func TestFenceData(t *testing.T) {
 // the primary while suspended, and the intermediate's return, the resync
 // copies only the marked regions and ends in PAIR with equal volumes.
 func TestFenceNeverResync(t *testing.T) {
-	in := newInter(t)
 	const blocks = 4096 // 256 regions
-	p := newPrimary(t, in, blocks, func(c *mirror.Config) { c.Fence = mirror.FenceNever })
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, func(c *mirror.Config) { c.Fence = mirror.FenceNever })
 	md := make(model, blocks*blockdev.BlockSize)
 	if err := p.commit(1, 1); err != nil {
 		t.Fatal(err)
@@ -524,11 +522,8 @@ func TestFenceNeverResync(t *testing.T) {
 // does): the next batch is refused, the mirror is fenced for good (also
 // after a restart), and what it had pending is kept locally and marked.
 func TestFenced(t *testing.T) {
-	in := newInter(t)
 	const blocks = 256
-	p := newPrimary(t, in, blocks, nil)
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, nil)
 	if err := p.commit(1, 1); err != nil {
 		t.Fatal(err)
 	}
@@ -595,11 +590,8 @@ func TestRefusals(t *testing.T) {
 // durably, and that a primary restarted after a crash then needs none of
 // them.
 func TestJournalTrimmed(t *testing.T) {
-	in := newInter(t)
 	const blocks = 256
-	p := newPrimary(t, in, blocks, nil)
-	p.mustOpen()
-	p.waitState(mirror.StatePair)
+	in, p := newPaired(t, blocks, nil)
 	md := make(model, blocks*blockdev.BlockSize)
 	for tag := 1; tag <= 40; tag++ {
 		idx := uint64(tag * 5 % blocks)
