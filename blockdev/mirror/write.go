@@ -186,18 +186,16 @@ func (m *Mirror) timedOutLocked(cause error) {
 	}
 }
 
-// wait is the ack of pend p: it returns once the intermediate committed p.
+// waitCommit is the ack of pend p: it returns once the intermediate committed p.
 // When p is not committed within the timeout, with fence level data it
 // returns an error wrapping ErrUnavailable (p stays in the pipeline); with
 // fence level never it suspends mirroring and returns nil once p is applied
 // locally.
-func (m *Mirror) wait(ctx context.Context, p *pend) error { return m.waitCommit(ctx, p, nil) }
-
-// waitCommit is wait that also watches np, the batch's first submission:
-// its ack ends the wait at once, without the hop through the applier (which
-// signals p.done only after taking the ack itself). If np fails (the
-// stream broke), the wait goes on for p.done: the applier resubmits or
-// suspends.
+//
+// It also watches np, the batch's first submission: its ack ends the wait at
+// once, without the hop through the applier (which signals p.done only
+// after taking the ack itself). If np fails (the stream broke), the wait
+// goes on for p.done: the applier resubmits or suspends.
 func (m *Mirror) waitCommit(ctx context.Context, p *pend, np *client.Pending) error {
 	select {
 	case <-p.done:
