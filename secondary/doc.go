@@ -1,6 +1,95 @@
-// Package secondary will hold the secondary site: the follower loop that
-// fetches committed batches, the durable staging store, the applier that
-// moves a volume to a validated sequence number atomically for its readers,
-// and promote. It is built by the secondaries issue; nothing in it is used
-// yet.
+// Package secondary is the secondary site: the follower loop that fetches
+// the committed batches of its volumes from the intermediate, the durable
+// staging store that holds them until VALIDATE, the applier that moves a
+// volume to a validated seq atomically for its readers, and promote. It is
+// built by the secondaries issue; so far it holds the staging store.
+//
+// # Staging store
+//
+// A Stage holds the committed batches of one volume, fetched ahead of
+// VALIDATE, durably: a secondary answers PREPARED(N) only for N <=
+// Stage.Durable(), and at VALIDATE(N) applies Stage.Batches up to N. The
+// fetcher goroutine appends; the applier reads concurrently; once the volume
+// holds the batches the fetcher trims them. Seqs of one volume increase with
+// gaps (the other volumes of the group take the rest); the fetched watermark
+// (MarkFetched) says how far the volume's batches are complete, gaps
+// included.
+//
+// # On-disk format
+//
+// A stage directory holds a lock file, stage.lock, and segment files named
+// by their number, 20 decimal digits and ".seg" (00000000000000000001.seg,
+// ...). Numbers follow each other without a gap; trimming removes the
+// oldest. Other names are ignored. Every integer is little-endian; every
+// checksum is a CRC-32C (Castagnoli).
+//
+// A segment starts with a 128-byte header:
+//
+//	0   magic       "TRICSTG\x00"
+//	8   version     uint32, 1
+//	12  name length uint32, 1 to 64
+//	16  number      uint64, the number of its file name
+//	24  base        uint64, the seq of the last batch appended before the
+//	                segment was started (Last()); its batches are above it
+//	32  watermark   uint64, Fetched() when it was started, >= base
+//	40  volume      [64]byte, the volume name, zero-padded
+//	104 reserved    [20]byte, zero
+//	124 crc32c      uint32 over bytes [0, 124)
+//
+// The header of a segment is durable (file and directory fsynced) before a
+// record is written to it, and the segment before it was fsynced whole. The
+// base of a segment equals the last seq of the segments before it, and its
+// watermark is at least theirs (it records the watermark when a Sync finds
+// the segment before it full); in the first segment they are what the
+// dropped segments held, so that Last() and Fetched() survive every trim.
+//
+// Records follow the header back to back, each a 32-byte header, a payload
+// and a checksum:
+//
+//	0  magic   uint32 0x31525354 ("TSR1")
+//	4  kind    uint8: 1 batch, 2 watermark
+//	5  zero    [3]byte
+//	8  seq     uint64: the batch's seq, or the watermark
+//	16 synced  uint64: this many first bytes of the segment were durable
+//	           (fsynced) when the record was written; <= the record's offset
+//	24 length  uint32: payload bytes, at most wire.DefaultMaxMessage
+//	28 hdrcrc  uint32 over bytes [0, 28)
+//	32 payload batch: a wire.CommittedBatch in deterministic protobuf,
+//	           whose seq is the header's and whose batch CRC must match;
+//	           watermark: empty
+//	.. crc32c  uint32 over the record header and the payload
+//
+// Batch seqs increase across all segments and lie above the watermark
+// before them; a watermark record is above every seq and watermark before
+// it. Append writes batch records with one write per call and segment;
+// MarkFetched only raises the watermark in memory, and Sync writes a
+// watermark record if the watermark passed what is recorded, then fsyncs.
+//
+// # Recovery
+//
+// OpenStage reads every segment in order and checks every header, record
+// checksum, batch and ordering rule above. A last segment of no more than a
+// header's bytes without an intact header is a segment a crash interrupted
+// while it was started: it is removed. Where the records of the last segment
+// stop being valid (a short or torn record, a checksum mismatch, zeros),
+// recovery looks past that offset for an intact record header claiming
+// (synced) that the offset was durable: if there is one, the damage hit
+// synced data and OpenStage fails; if not, the rest is the torn tail of
+// unsynced appends and is cut off, durably, with a log line. Anything else
+// (a damaged record in any other segment, an intact record that breaks a
+// rule, a header of another volume, a missing segment in the middle, a bad
+// magic or version) is an error wrapping blockdev.ErrCorrupt naming the file
+// and the offset: nothing is skipped silently. Lengths read from disk are
+// bounded by the file size and wire.DefaultMaxMessage before anything is
+// allocated. What remains is fsynced, with the directory, so that records
+// written next may claim it: Durable() after OpenStage is the recovered
+// watermark (the last watermark record or header, or the last seq if
+// higher).
+//
+// Only a later record can prove that a record was synced: damage to the
+// records that no intact record written after a covering fsync vouches for
+// (in practice those synced by the last Sync before the stage was closed) is
+// taken for a torn tail and cut off, as a crash before that Sync would have
+// left them. Recovery then reports a lower Durable() than before; everything
+// a later record vouches for is either intact or refused.
 package secondary
