@@ -87,15 +87,19 @@ type FileVolume struct {
 	checkpointBytes int64
 	lock            io.Closer
 
-	// mu serialises Apply, Sync, Checkpoint and Close, and guards the
-	// fields below.
+	// syncMu serialises Sync calls: one fsyncs the log outside mu while the
+	// others wait here, and usually find their records synced when they get
+	// in (group sync).
+	syncMu sync.Mutex
+
+	// mu serialises Apply, Checkpoint and Close (and Sync's bookkeeping),
+	// and guards the fields below.
 	mu       sync.Mutex
 	logf     File
 	logSize  int64  // offset of the next record
 	gen      uint64 // generation of the log file
 	nextSeq  uint64 // seq of the next record
 	synced   uint64 // every record with seq <= synced is durable
-	logDirty bool   // records were written since the last fsync of the log
 	failed   error  // the error that failed the volume
 	buf      []byte // record encoding buffer
 	scratch  []byte // checkpoint write buffer
@@ -565,7 +569,6 @@ func (v *FileVolume) appendLocked(b *Batch) error {
 	}
 	v.logSize += int64(n)
 	v.nextSeq++
-	v.logDirty = true
 	v.rw.Lock()
 	for _, w := range b.Writes {
 		v.overlay[w.Index] = w.Data
@@ -575,30 +578,55 @@ func (v *FileVolume) appendLocked(b *Batch) error {
 }
 
 // Sync implements Volume: it fsyncs the intent log if a record was written
-// since its last fsync.
+// since its last fsync. The fsync runs without holding the volume's lock,
+// so Apply and ReadBlock go on meanwhile, and concurrent Syncs share one
+// fsync (the ones that wait find their records synced).
 func (v *FileVolume) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("sync volume %q: %w", v.dir, err)
 	}
+	v.syncMu.Lock()
+	defer v.syncMu.Unlock()
 	v.mu.Lock()
-	defer v.mu.Unlock()
 	if err := v.usable(); err != nil {
+		v.mu.Unlock()
 		return fmt.Errorf("sync volume %q: %w", v.dir, err)
 	}
-	if err := v.syncLocked(); err != nil {
-		return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(err))
+	f, gen, target := v.logf, v.gen, v.nextSeq-1
+	done := v.synced >= target // a Sync that held syncMu before, or an Apply with Sync, covered it
+	v.mu.Unlock()
+	if done {
+		return nil
+	}
+
+	err := f.Sync()
+
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch {
+	case v.gen != gen:
+		// A checkpoint replaced the log meanwhile: it fsynced the old log
+		// and wrote its records to the data file, which covers target, so
+		// an error of the old file (closed under us) does not matter.
+	case err != nil:
+		return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(fmt.Errorf("sync intent log %q: %w", v.path(logName), err)))
+	default:
+		v.synced = max(v.synced, target)
+	}
+	if err := v.usable(); err != nil {
+		return fmt.Errorf("sync volume %q: %w", v.dir, err)
 	}
 	return nil
 }
 
+// syncLocked fsyncs the log unless every record is known durable.
 func (v *FileVolume) syncLocked() error {
-	if !v.logDirty {
+	if v.synced+1 >= v.nextSeq {
 		return nil
 	}
 	if err := v.logf.Sync(); err != nil {
 		return fmt.Errorf("sync intent log %q: %w", v.path(logName), err)
 	}
-	v.logDirty = false
 	v.synced = v.nextSeq - 1
 	return nil
 }
