@@ -2,7 +2,8 @@
 // the committed batches of its volumes from the intermediate, the durable
 // staging store that holds them until VALIDATE, the applier that moves a
 // volume to a validated seq atomically for its readers, and promote. It is
-// built by the secondaries issue; so far it holds the staging store.
+// built by the secondaries issue; so far it holds the staging store and the
+// replica volume.
 //
 // # Staging store
 //
@@ -92,4 +93,44 @@
 // taken for a torn tail and cut off, as a crash before that Sync would have
 // left them. Recovery then reports a lower Durable() than before; everything
 // a later record vouches for is either intact or refused.
+//
+// # Replica volume
+//
+// A Replica is the volume a secondary exposes, read-only: a
+// blockdev.FileVolume (atomic batches by an intent log; docs/ARCHITECTURE.md)
+// of one block more than the volume, in a directory of its own. Its last
+// block is the header:
+//
+//	0    magic       "TRIREPH\x00"
+//	8    version     uint32, 1
+//	12   flags       uint32, 0 (none defined)
+//	16   blocks      uint64, the volume's block count: the FileVolume's - 1
+//	24   applied     uint64, the seq N the replica is at: every batch of the
+//	                 volume with seq <= N is in the blocks, none after
+//	32   name length uint16, 1 to 64
+//	34   volume      the volume name, then zeros up to the crc
+//	4092 crc32c      uint32 over bytes [0, 4092)
+//
+// The magic, the version and the crc keep their places in every version,
+// so that an intact header of an unknown version (blockdev.ErrVersion) is
+// told from a damaged one (blockdev.ErrCorrupt).
+//
+// At VALIDATE(N) the applier calls ApplyRound(N, Stage.Batches(Applied(),
+// N)): the blocks of every staged batch above the replica's N and up to the
+// new one, and the header recording the new N, go to the FileVolume as one
+// batch, applied with Sync. The intent log makes that batch atomic, so after
+// a crash at any instant the replica is at the old N or the new one, whole
+// (invariants 4 and 6), and the header never disagrees with the blocks.
+// Batches at or below the replica's N are skipped, so a VALIDATE re-sent
+// after a restart is harmless; N never goes back. A round is checked whole
+// (volume, CRC, block indexes, seq order, size) before anything is written.
+//
+// CreateReplica builds a replica in a directory beside its own, named
+// ".new-" and the replica directory's base name, makes it durable, and
+// renames it into place: the replica directory exists only holding a whole
+// replica at N = 0 or later.
+//
+// A single ReadBlock or ReadBlocks call sees each round entirely or not at
+// all. The read-only filesystem, which reads many blocks of one N, must be
+// serialised with ApplyRound by its caller.
 package secondary

@@ -1,0 +1,570 @@
+package secondary
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"iter"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// DefaultMaxRoundBytes is the largest round, in block bytes, that
+// ApplyRound accepts when ReplicaOptions.MaxRoundBytes is zero.
+const DefaultMaxRoundBytes = 256 << 20
+
+// LabelReplicaDir labels the operations of CreateReplica on the replica
+// directory's parent (the replica's own files carry blockdev's labels).
+const LabelReplicaDir = "replica dir"
+
+// newReplicaPrefix starts the name of the directory, beside the replica's,
+// in which CreateReplica builds a replica before renaming it into place.
+const newReplicaPrefix = ".new-"
+
+// Errors of a Replica, besides blockdev.ErrCorrupt and blockdev.ErrVersion
+// (a damaged or unknown header), blockdev.ErrClosed, blockdev.ErrFailed
+// (fail-stop after an I/O error), blockdev.ErrExists (CreateReplica over an
+// existing directory), blockdev.ErrOutOfRange (reads), and the wire errors
+// that refused batches wrap (wire.ErrBadRequest, wire.ErrBadCRC).
+var (
+	// ErrRoundTooLarge means the batches of a round hold more block bytes
+	// than ReplicaOptions.MaxRoundBytes; nothing of the round was applied.
+	ErrRoundTooLarge = errors.New("round too large")
+	// ErrStaleRound means a round to a seq below the replica's applied seq:
+	// the seq a replica is at never goes back.
+	ErrStaleRound = errors.New("round below the applied seq")
+)
+
+// ReplicaOptions configure CreateReplica and OpenReplica.
+type ReplicaOptions struct {
+	// FS is the file system the replica lives on; nil means blockdev.OSFS.
+	FS blockdev.FS
+	// Logger receives the replica's logs; nil means slog.Default().
+	Logger *slog.Logger
+	// CheckpointBytes is passed to the replica's blockdev.FileVolume: the
+	// intent log size that triggers a checkpoint; 0 means
+	// blockdev.DefaultCheckpointBytes.
+	CheckpointBytes int64
+	// MaxRoundBytes bounds the block bytes of the batches ApplyRound
+	// applies in one round, which it holds in memory; 0 means
+	// DefaultMaxRoundBytes.
+	MaxRoundBytes int64
+}
+
+func (o ReplicaOptions) withDefaults() (ReplicaOptions, error) {
+	if o.FS == nil {
+		o.FS = blockdev.OSFS{}
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	switch {
+	case o.MaxRoundBytes == 0:
+		o.MaxRoundBytes = DefaultMaxRoundBytes
+	case o.MaxRoundBytes < 0:
+		return o, fmt.Errorf("max round bytes %d is negative", o.MaxRoundBytes)
+	}
+	if o.CheckpointBytes < 0 {
+		return o, fmt.Errorf("checkpoint bytes %d is negative", o.CheckpointBytes)
+	}
+	return o, nil
+}
+
+func (o ReplicaOptions) volumeOptions() blockdev.Options {
+	return blockdev.Options{FS: o.FS, Logger: o.Logger, CheckpointBytes: o.CheckpointBytes}
+}
+
+// Replica is the volume a secondary exposes, read-only: a
+// blockdev.FileVolume with one block more than the volume, whose last block
+// is a header recording the volume's name and size and the seq N the
+// replica is at (applied(N)): every batch of the volume with seq <= N is in
+// the blocks, none after. The format is in the package documentation.
+//
+// ApplyRound moves the replica from one validated N to the next in one
+// atomic, durable blockdev Apply that writes the round's batches together
+// with the header recording the new N: after a crash the replica is at the
+// old N or the new one, never between, and a reader sees each round whole
+// per call.
+//
+// Concurrency: ApplyRound and Close are serialised. ReadBlock, ReadBlocks,
+// Applied, Volume and BlockCount may run concurrently with them from any
+// goroutine; a ReadBlock or ReadBlocks call sees each round entirely or not
+// at all (the FileVolume's guarantee), but a reader that needs several
+// calls to read from one N (the read-only filesystem) must not let a round
+// run between them: the caller serialises such readers with ApplyRound.
+//
+// After an I/O error in ApplyRound the replica is failed: every later
+// ApplyRound returns an error wrapping blockdev.ErrFailed, while reads go on
+// until Close. Reopening recovers it.
+type Replica struct {
+	dir      string
+	volume   string
+	blocks   uint64 // blocks of the volume; the header is block blocks
+	vol      *blockdev.FileVolume
+	logger   *slog.Logger
+	maxRound int64
+
+	// applied is the seq N the replica is at, durably. Only ApplyRound,
+	// holding mu, writes it.
+	applied atomic.Uint64
+
+	// mu serialises ApplyRound and Close, and guards the fields below.
+	mu     sync.Mutex
+	failed error // the error that failed the replica
+	closed bool
+}
+
+var (
+	_ blockdev.Reader      = (*Replica)(nil)
+	_ blockdev.RangeReader = (*Replica)(nil)
+)
+
+// CreateReplica makes a replica of blocks zero blocks of the volume named
+// volume in dir, at N = 0, durably, and returns it open. dir must not exist
+// (else the error wraps blockdev.ErrExists); its parent is created if
+// needed. The replica is built in a directory beside dir (".new-" and dir's
+// base name) and renamed into place once durable, so dir only ever holds a
+// whole replica: a CreateReplica interrupted by a crash leaves no dir and
+// may be repeated (it removes the leftover).
+func CreateReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Replica, error) {
+	r, err := createReplica(dir, volume, blocks, opts)
+	if err != nil {
+		return nil, fmt.Errorf("create replica %q: %w", dir, err)
+	}
+	return r, nil
+}
+
+func createReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Replica, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := wire.CheckVolumeName(volume); err != nil {
+		return nil, err
+	}
+	if blocks == 0 || blocks >= blockdev.MaxBlocks {
+		return nil, fmt.Errorf("block count %d not in [1, %d]", blocks, uint64(blockdev.MaxBlocks-1))
+	}
+	dir = filepath.Clean(dir)
+	parent := filepath.Dir(dir)
+	if parent == dir {
+		return nil, errors.New("the root directory cannot hold a replica")
+	}
+	fsys := opts.FS
+	switch _, err := fsys.Stat(LabelReplicaDir, dir); {
+	case err == nil:
+		return nil, blockdev.ErrExists
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	if err := blockdev.MkdirAllDurable(fsys, LabelReplicaDir, parent); err != nil {
+		return nil, err
+	}
+	tmp := filepath.Join(parent, newReplicaPrefix+filepath.Base(dir))
+	if err := removeAll(fsys, tmp); err != nil {
+		return nil, fmt.Errorf("remove leftover %q: %w", tmp, err)
+	}
+	vol, err := blockdev.Create(tmp, blocks+1, opts.volumeOptions())
+	if err != nil {
+		return nil, err
+	}
+	h := replicaHeader{volume: volume, blocks: blocks}
+	b := &blockdev.Batch{Writes: []blockdev.Write{{Index: blocks, Data: h.encode()}}}
+	if err := vol.Apply(context.Background(), b, blockdev.ApplyOptions{Sync: true}); err != nil {
+		vol.Close()
+		return nil, fmt.Errorf("write header: %w", err)
+	}
+	if err := vol.Close(); err != nil {
+		return nil, err
+	}
+	if err := fsys.Rename(LabelReplicaDir, tmp, dir); err != nil {
+		return nil, err
+	}
+	if err := fsys.SyncDir(LabelReplicaDir, parent); err != nil {
+		return nil, fmt.Errorf("sync directory %q: %w", parent, err)
+	}
+	r, err := openReplica(dir, opts)
+	if err != nil {
+		return nil, err
+	}
+	r.logger.Info("created replica", "blocks", blocks)
+	return r, nil
+}
+
+// removeAll removes name and, if it is a directory, everything in it. A
+// missing name is not an error.
+func removeAll(fsys blockdev.FS, name string) error {
+	fi, err := fsys.Stat(LabelReplicaDir, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		names, err := fsys.ReadDir(LabelReplicaDir, name)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if err := removeAll(fsys, filepath.Join(name, n)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := fsys.Remove(LabelReplicaDir, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// OpenReplica opens the replica in dir: it opens (and so recovers) its
+// FileVolume and checks the header: magic, CRC, version, a valid volume
+// name and a block count one less than the FileVolume's. A damaged header
+// gives an error wrapping blockdev.ErrCorrupt, an intact header of an
+// unknown version one wrapping blockdev.ErrVersion; a directory without a
+// volume gives one wrapping fs.ErrNotExist. Errors name dir.
+func OpenReplica(dir string, opts ReplicaOptions) (*Replica, error) {
+	r, err := openReplica(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("open replica %q: %w", dir, err)
+	}
+	return r, nil
+}
+
+func openReplica(dir string, opts ReplicaOptions) (*Replica, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	vol, err := blockdev.Open(dir, opts.volumeOptions())
+	if err != nil {
+		return nil, err
+	}
+	h, err := readReplicaHeader(vol)
+	if err != nil {
+		vol.Close()
+		return nil, err
+	}
+	r := &Replica{
+		dir:      dir,
+		volume:   h.volume,
+		blocks:   h.blocks,
+		vol:      vol,
+		logger:   opts.Logger.With("replica", dir, "volume", h.volume),
+		maxRound: opts.MaxRoundBytes,
+	}
+	r.applied.Store(h.applied)
+	r.logger.Info("opened replica", "blocks", h.blocks, "applied_seq", h.applied)
+	return r, nil
+}
+
+// readReplicaHeader reads the header block of a freshly opened FileVolume
+// and checks it against the volume's size.
+func readReplicaHeader(vol *blockdev.FileVolume) (replicaHeader, error) {
+	n := vol.BlockCount()
+	if n < 2 {
+		return replicaHeader{}, fmt.Errorf("%d blocks, too few for data and a header: %w", n, blockdev.ErrCorrupt)
+	}
+	p := make([]byte, blockdev.BlockSize)
+	if err := vol.ReadBlock(n-1, p); err != nil {
+		return replicaHeader{}, fmt.Errorf("read header: %w", err)
+	}
+	h, err := decodeReplicaHeader(p)
+	if err != nil {
+		return h, err
+	}
+	if h.blocks != n-1 {
+		return h, fmt.Errorf("header says %d blocks, the volume holds %d and the header: %w", h.blocks, n-1, blockdev.ErrCorrupt)
+	}
+	return h, nil
+}
+
+// Volume returns the name of the volume the replica is a copy of.
+func (r *Replica) Volume() string { return r.volume }
+
+// Applied returns the seq N the replica is at, durably: every batch of the
+// volume with seq <= N is in its blocks, none after. After a failed
+// ApplyRound it stays at the N before the round, even if readers see the
+// round (see ApplyRound).
+func (r *Replica) Applied() uint64 { return r.applied.Load() }
+
+// BlockCount returns the number of blocks of the volume, without the
+// header. It implements blockdev.Reader.
+func (r *Replica) BlockCount() uint64 { return r.blocks }
+
+// ReadBlock reads block index (below BlockCount: the header is not
+// readable) into p, of exactly blockdev.BlockSize bytes. It implements
+// blockdev.Reader and may run concurrently with every other method.
+func (r *Replica) ReadBlock(index uint64, p []byte) error {
+	if index >= r.blocks {
+		return fmt.Errorf("read block %d of replica %q with %d blocks: %w", index, r.dir, r.blocks, blockdev.ErrOutOfRange)
+	}
+	if err := r.vol.ReadBlock(index, p); err != nil {
+		return fmt.Errorf("read replica %q: %w", r.dir, err)
+	}
+	return nil
+}
+
+// ReadBlocks reads len(p)/blockdev.BlockSize consecutive blocks, the first
+// at index first, into p, whose length must be a multiple of
+// blockdev.BlockSize; they must all lie below BlockCount. It implements
+// blockdev.RangeReader and may run concurrently with every other method.
+func (r *Replica) ReadBlocks(first uint64, p []byte) error {
+	if len(p)%blockdev.BlockSize != 0 {
+		return fmt.Errorf("read blocks from %d of replica %q: buffer of %d bytes: %w", first, r.dir, len(p), blockdev.ErrBadBlock)
+	}
+	n := uint64(len(p) / blockdev.BlockSize)
+	if first >= r.blocks || n > r.blocks-first {
+		return fmt.Errorf("read %d blocks from %d of replica %q with %d blocks: %w", n, first, r.dir, r.blocks, blockdev.ErrOutOfRange)
+	}
+	if err := r.vol.ReadBlocks(first, p); err != nil {
+		return fmt.Errorf("read replica %q: %w", r.dir, err)
+	}
+	return nil
+}
+
+// ApplyRound moves the replica to seq n: it applies every batch from
+// batches with Applied() < seq <= n, in seq order, together with the
+// header recording n, as one blockdev Apply with Sync, so that after a
+// crash the replica is at the old N or at n, never between; then Applied()
+// is n. batches must yield the volume's batches in increasing seq order,
+// none above n (Stage.Batches(r.Applied(), n) does); those at or below
+// Applied() are skipped (a VALIDATE re-sent after a restart), though
+// checked like the others. n == Applied() does nothing; n below it is
+// refused with ErrStaleRound. A round without batches only moves N.
+//
+// Every batch must be of the replica's volume and pass wire.CheckBatch
+// against BlockCount, its CRC included. A refused batch (an error wrapping
+// wire.ErrBadRequest or wire.ErrBadCRC), an error yielded by batches, a
+// round whose batches hold more than ReplicaOptions.MaxRoundBytes block
+// bytes (ErrRoundTooLarge) or a cancelled ctx stops ApplyRound before it
+// writes anything: the replica stays at its N, unchanged. When two batches
+// write one block, the later one wins.
+//
+// Memory: the round is held in memory once, up to MaxRoundBytes: the data
+// slices of the blocks of its batches, which ApplyRound takes ownership of
+// without copying them (a block written again in the round drops its
+// earlier data). The FileVolume encodes them into one intent log record (a
+// transient copy while it writes) and keeps them until its next checkpoint.
+//
+// An I/O error during the Apply fails the replica (fail-stop): this and
+// every later ApplyRound return an error wrapping blockdev.ErrFailed, and
+// Applied() stays at the old N, the last one known durable. Readers may
+// then see the old N or n, each whole; a reopen recovers one of them.
+func (r *Replica) ApplyRound(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.applyRoundLocked(ctx, n, batches); err != nil {
+		return fmt.Errorf("apply round %d to replica %q: %w", n, r.dir, err)
+	}
+	return nil
+}
+
+func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
+	switch {
+	case r.closed:
+		return blockdev.ErrClosed
+	case r.failed != nil:
+		return fmt.Errorf("%w: %w", blockdev.ErrFailed, r.failed)
+	}
+	applied := r.applied.Load()
+	switch {
+	case n < applied:
+		return fmt.Errorf("%w: replica at seq %d", ErrStaleRound, applied)
+	case n == applied:
+		return nil
+	}
+	round, err := r.collect(ctx, applied, n, batches)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	h := replicaHeader{volume: r.volume, blocks: r.blocks, applied: n}
+	round.writes = append(round.writes, blockdev.Write{Index: r.blocks, Data: h.encode()})
+	if err := r.vol.Apply(ctx, &blockdev.Batch{Writes: round.writes}, blockdev.ApplyOptions{Sync: true}); err != nil {
+		// Only a cancelled context stops the FileVolume before it writes;
+		// after any other error the round may or may not be there.
+		if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) && !errors.Is(err, blockdev.ErrFailed) {
+			return err
+		}
+		r.failed = err
+		r.logger.Error("replica failed: refusing rounds until reopened", "applied_seq", applied, "round", n, "err", err)
+		return fmt.Errorf("%w: %w", blockdev.ErrFailed, err)
+	}
+	r.applied.Store(n)
+	r.logger.Debug("applied round", "applied_seq", n, "previous", applied,
+		"batches", round.batches, "skipped", round.skipped, "writes", len(round.writes)-1)
+	return nil
+}
+
+// round is what collect gathers of a round.
+type round struct {
+	writes  []blockdev.Write // one per block, the data of the last batch writing it
+	batches int              // batches applied
+	skipped int              // batches at or below the applied seq
+}
+
+// collect reads the batches of a round from applied to n, checks them, and
+// gathers the writes of those above applied.
+func (r *Replica) collect(ctx context.Context, applied, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) (round, error) {
+	var (
+		rd    round
+		pos   = map[uint64]int{} // block index -> its write in rd.writes
+		bytes int64
+		prev  uint64
+	)
+	for cb, err := range batches {
+		if err != nil {
+			return rd, fmt.Errorf("read batches: %w", err)
+		}
+		if err := ctx.Err(); err != nil {
+			return rd, err
+		}
+		if err := r.checkBatch(cb, prev, n); err != nil {
+			return rd, err
+		}
+		prev = cb.GetSeq()
+		if prev <= applied {
+			rd.skipped++
+			continue
+		}
+		bytes += int64(wire.BatchBytes(cb.GetBatch()))
+		if bytes > r.maxRound {
+			return rd, fmt.Errorf("%w: more than %d block bytes by batch seq %d", ErrRoundTooLarge, r.maxRound, prev)
+		}
+		for _, blk := range cb.GetBatch().GetBlocks() {
+			if i, ok := pos[blk.GetIndex()]; ok {
+				rd.writes[i].Data = blk.GetData()
+				continue
+			}
+			pos[blk.GetIndex()] = len(rd.writes)
+			rd.writes = append(rd.writes, blockdev.Write{Index: blk.GetIndex(), Data: blk.GetData()})
+		}
+		rd.batches++
+	}
+	return rd, nil
+}
+
+// checkBatch checks a batch of a round to n that follows the batch of seq
+// prev (0 for the first one).
+func (r *Replica) checkBatch(cb *wire.CommittedBatch, prev, n uint64) error {
+	if cb == nil {
+		return fmt.Errorf("%w: missing batch after seq %d", wire.ErrBadRequest, prev)
+	}
+	seq := cb.GetSeq()
+	switch {
+	case seq == 0:
+		return fmt.Errorf("%w: batch with seq 0", wire.ErrBadRequest)
+	case seq <= prev:
+		return fmt.Errorf("%w: batch seq %d after seq %d: seqs must increase", wire.ErrBadRequest, seq, prev)
+	case seq > n:
+		return fmt.Errorf("%w: batch seq %d is above the round's seq", wire.ErrBadRequest, seq)
+	}
+	if v := cb.GetBatch().GetVolume(); v != r.volume {
+		return fmt.Errorf("%w: batch seq %d is for volume %q, not %q", wire.ErrBadRequest, seq, v, r.volume)
+	}
+	if err := wire.CheckBatch(cb.GetBatch(), r.blocks); err != nil {
+		return fmt.Errorf("batch seq %d: %w", seq, err)
+	}
+	return nil
+}
+
+// Close closes the replica. It waits for a running ApplyRound; every later
+// ApplyRound and read returns an error wrapping blockdev.ErrClosed. Every
+// round ApplyRound returned nil for is durable already.
+func (r *Replica) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return fmt.Errorf("close replica %q: %w", r.dir, blockdev.ErrClosed)
+	}
+	r.closed = true
+	if err := r.vol.Close(); err != nil {
+		return fmt.Errorf("close replica %q: %w", r.dir, err)
+	}
+	return nil
+}
+
+// The header block, the last block of the FileVolume. Every integer is
+// little-endian; the package documentation describes it.
+const (
+	replicaMagic   = "TRIREPH\x00"
+	replicaVersion = 1
+	replicaNameOff = 34
+	replicaCRCOff  = blockdev.BlockSize - 4
+)
+
+// replicaHeader is the decoded header block of a replica.
+type replicaHeader struct {
+	volume  string
+	blocks  uint64 // blocks of the volume, without the header
+	applied uint64 // the seq N the blocks are at
+}
+
+// encode returns the header block.
+func (h replicaHeader) encode() []byte {
+	p := make([]byte, blockdev.BlockSize)
+	copy(p, replicaMagic)
+	binary.LittleEndian.PutUint32(p[8:], replicaVersion)
+	binary.LittleEndian.PutUint64(p[16:], h.blocks)
+	binary.LittleEndian.PutUint64(p[24:], h.applied)
+	binary.LittleEndian.PutUint16(p[32:], uint16(len(h.volume)))
+	copy(p[replicaNameOff:], h.volume)
+	binary.LittleEndian.PutUint32(p[replicaCRCOff:], crc32.Checksum(p[:replicaCRCOff], castagnoli))
+	return p
+}
+
+// decodeReplicaHeader decodes and checks a header block. The magic, the
+// version and the CRC stay where they are in every version, so an intact
+// header of another version is told from a damaged one: the error wraps
+// blockdev.ErrVersion for the first, blockdev.ErrCorrupt for the second.
+func decodeReplicaHeader(p []byte) (replicaHeader, error) {
+	var h replicaHeader
+	corrupt := func(format string, args ...any) error {
+		return fmt.Errorf("replica header: %s: %w", fmt.Sprintf(format, args...), blockdev.ErrCorrupt)
+	}
+	if len(p) != blockdev.BlockSize {
+		return h, corrupt("%d bytes", len(p))
+	}
+	if string(p[:8]) != replicaMagic {
+		return h, corrupt("magic %q", p[:8])
+	}
+	if got, want := crc32.Checksum(p[:replicaCRCOff], castagnoli), binary.LittleEndian.Uint32(p[replicaCRCOff:]); got != want {
+		return h, corrupt("crc %08x, computed %08x", want, got)
+	}
+	if v := binary.LittleEndian.Uint32(p[8:]); v != replicaVersion {
+		return h, fmt.Errorf("replica header: version %d, want %d: %w", v, replicaVersion, blockdev.ErrVersion)
+	}
+	if flags := binary.LittleEndian.Uint32(p[12:]); flags != 0 {
+		return h, corrupt("unknown flags %#x", flags)
+	}
+	h.blocks = binary.LittleEndian.Uint64(p[16:])
+	if h.blocks == 0 || h.blocks >= blockdev.MaxBlocks {
+		return h, corrupt("block count %d", h.blocks)
+	}
+	h.applied = binary.LittleEndian.Uint64(p[24:])
+	n := int(binary.LittleEndian.Uint16(p[32:]))
+	if n > wire.MaxVolumeName {
+		return h, corrupt("volume name of %d bytes", n)
+	}
+	name := string(p[replicaNameOff : replicaNameOff+n])
+	if err := wire.CheckVolumeName(name); err != nil {
+		return h, corrupt("%v", err)
+	}
+	if !allZero(p[replicaNameOff+n : replicaCRCOff]) {
+		return h, corrupt("bytes set after the volume name")
+	}
+	h.volume = name
+	return h, nil
+}
