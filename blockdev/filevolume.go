@@ -94,15 +94,15 @@ type FileVolume struct {
 
 	// mu serialises Apply, Checkpoint and Close (and Sync's bookkeeping),
 	// and guards the fields below.
-	mu       sync.Mutex
-	logf     File
-	logSize  int64  // offset of the next record
-	gen      uint64 // generation of the log file
-	nextSeq  uint64 // seq of the next record
-	synced   uint64 // every record with seq <= synced is durable
-	failed   error  // the error that failed the volume
-	buf      []byte // record encoding buffer
-	scratch  []byte // checkpoint write buffer
+	mu      sync.Mutex
+	logf    File
+	logSize int64  // offset of the next record
+	gen     uint64 // generation of the log file
+	nextSeq uint64 // seq of the next record
+	synced  uint64 // every record with seq <= synced is durable
+	failed  error  // the error that failed the volume
+	buf     []byte // record encoding buffer
+	scratch []byte // checkpoint write buffer
 
 	// rw guards overlay and closed. ReadBlock holds it for reading across
 	// its read of the data file, so that a block it finds missing from
