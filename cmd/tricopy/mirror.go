@@ -8,13 +8,9 @@ import (
 
 	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/blockdev/mirror"
-	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
-
-// mirrorDevice is the filesystem's Device of a mirrored volume.
-type mirrorDevice = mirrordev.Device
 
 // openMirror connects to the intermediate and opens the mirror of vol,
 // reconciling with the intermediate first (which waits for it until ctx

@@ -13,6 +13,7 @@ import (
 
 	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/blockdev/mirror"
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
 	"github.com/tricopy/tricopy/intermediate/client"
@@ -120,7 +121,7 @@ func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*pr
 				}
 				return nil, err
 			}
-			dev = mirrorDevice{M: p.m}
+			dev = mirrordev.Device{M: p.m}
 			if st := p.m.Status(); st.State == mirror.StateFenced {
 				log.Error("volume is fenced (promoted elsewhere): mounting read-only", "volume", cfg.Volume, "reason", st.Reason)
 				cfg.ReadOnly = true

@@ -143,9 +143,9 @@ func TestStatusJSONSchema(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// statusJSON runs status --json and checks its exit code (unless code
+	// runStatusJSON runs status --json and checks its exit code (unless code
 	// is negative).
-	statusJSON := func(code int) map[string]any {
+	runStatusJSON := func(code int) map[string]any {
 		t.Helper()
 		r := runCmd(t, nil, "status", "--intermediate", addr, "--json")
 		if code >= 0 {
@@ -165,7 +165,7 @@ func TestStatusJSONSchema(t *testing.T) {
 	// A primary reporting a resync: the group is not healthy.
 	v.Report(&wire.PrimaryReport{State: "RESYNC", DirtyRegions: 5, ResyncDone: 1, ResyncTotal: 6, Reason: "catching up"})
 	submit(0) // reports go out ahead of the next batch
-	doc := statusJSON(1)
+	doc := runStatusJSON(1)
 	if vol := volume(doc); vol["state"] != "RESYNC" || vol["primary_connected"] != true || vol["dirty_regions"].(float64) != 5 ||
 		vol["resync_done_regions"].(float64) != 1 || vol["resync_total_regions"].(float64) != 6 || vol["reason"] != "catching up" {
 		t.Errorf("volume of a resyncing primary: %v", vol)
@@ -176,7 +176,7 @@ func TestStatusJSONSchema(t *testing.T) {
 	v.Report(&wire.PrimaryReport{State: "PAIR"})
 	submit(1)
 	submit(2)
-	doc = statusJSON(0)
+	doc = runStatusJSON(0)
 	for _, f := range documentedFields(t) {
 		if f == "nodes[].error" || f == "volumes[].reason" {
 			continue // documented as omitted when empty
@@ -192,13 +192,13 @@ func TestStatusJSONSchema(t *testing.T) {
 		t.Errorf("volume a: %v, want volume_seq 3 in PAIR", vol)
 	}
 	v.Close()
-	for deadline := time.Now().Add(10 * time.Second); volume(statusJSON(-1))["state"] != "DISCONNECTED"; {
+	for deadline := time.Now().Add(10 * time.Second); volume(runStatusJSON(-1))["state"] != "DISCONNECTED"; {
 		if time.Now().After(deadline) {
 			t.Fatal("status does not show the closed stream of volume a as DISCONNECTED")
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	statusJSON(1) // a disconnected primary makes the group unhealthy
+	runStatusJSON(1) // a disconnected primary makes the group unhealthy
 
 	v, err = cl.OpenVolume(ctx, client.VolumeOptions{Name: "a", Epoch: 1, BlockCount: 8})
 	if err != nil {
