@@ -1048,8 +1048,19 @@ type StatusResponse struct {
 	Volumes        []*VolumeStatus        `protobuf:"bytes,11,rep,name=volumes,proto3" json:"volumes,omitempty"`
 	Servers        []*ServerStatus        `protobuf:"bytes,12,rep,name=servers,proto3" json:"servers,omitempty"`
 	AppliedIndex   uint64                 `protobuf:"varint,13,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"` // Raft index applied to the state machine
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// validated_seq: the group's validated point recorded in Raft; every
+	// secondary exposes it once it applied it.
+	ValidatedSeq uint64 `protobuf:"varint,14,opt,name=validated_seq,json=validatedSeq,proto3" json:"validated_seq,omitempty"`
+	// secondaries: every registered secondary of the group. prepared,
+	// applied, connected and the report fields are the leader's view (zero on
+	// a follower or before the secondary spoke to this leader).
+	Secondaries []*SecondaryStatus `protobuf:"bytes,15,rep,name=secondaries,proto3" json:"secondaries,omitempty"`
+	// held_by names the secondary whose prepared point holds the validated
+	// point back (the one with the lowest prepared point below the valid
+	// counter), empty when none does; leader only.
+	HeldBy        string `protobuf:"bytes,16,opt,name=held_by,json=heldBy,proto3" json:"held_by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -1173,6 +1184,176 @@ func (x *StatusResponse) GetAppliedIndex() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetValidatedSeq() uint64 {
+	if x != nil {
+		return x.ValidatedSeq
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetSecondaries() []*SecondaryStatus {
+	if x != nil {
+		return x.Secondaries
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetHeldBy() string {
+	if x != nil {
+		return x.HeldBy
+	}
+	return ""
+}
+
+// SecondaryStatus is one secondary as the intermediate sees it.
+type SecondaryStatus struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`                                   // the secondary's admin listen address
+	Connected     bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`                        // its Coordinate stream is open on this leader
+	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`                                 // from its latest SecondaryReport
+	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                               // why state is not PAIR, empty otherwise
+	FetchedSeq    uint64                 `protobuf:"varint,7,opt,name=fetched_seq,json=fetchedSeq,proto3" json:"fetched_seq,omitempty"`    // from its latest SecondaryReport
+	PreparedSeq   uint64                 `protobuf:"varint,8,opt,name=prepared_seq,json=preparedSeq,proto3" json:"prepared_seq,omitempty"` // highest PREPARED (or HELLO durable) heard
+	AppliedSeq    uint64                 `protobuf:"varint,9,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`    // highest APPLIED (or HELLO applied) heard
+	LagBatches    uint64                 `protobuf:"varint,10,opt,name=lag_batches,json=lagBatches,proto3" json:"lag_batches,omitempty"`   // batches of its volume committed after applied_seq
+	LagBytes      uint64                 `protobuf:"varint,11,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`         // their block bytes
+	LagSeconds    float64                `protobuf:"fixed64,12,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`  // age of the oldest of them, 0 when none
+	ResyncDone    uint64                 `protobuf:"varint,13,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`   // regions (or blocks) copied by a running copy
+	ResyncTotal   uint64                 `protobuf:"varint,14,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecondaryStatus) Reset() {
+	*x = SecondaryStatus{}
+	mi := &file_wire_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecondaryStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecondaryStatus) ProtoMessage() {}
+
+func (x *SecondaryStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecondaryStatus.ProtoReflect.Descriptor instead.
+func (*SecondaryStatus) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *SecondaryStatus) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SecondaryStatus) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *SecondaryStatus) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SecondaryStatus) GetConnected() bool {
+	if x != nil {
+		return x.Connected
+	}
+	return false
+}
+
+func (x *SecondaryStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *SecondaryStatus) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SecondaryStatus) GetFetchedSeq() uint64 {
+	if x != nil {
+		return x.FetchedSeq
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetPreparedSeq() uint64 {
+	if x != nil {
+		return x.PreparedSeq
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetLagBatches() uint64 {
+	if x != nil {
+		return x.LagBatches
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetLagBytes() uint64 {
+	if x != nil {
+		return x.LagBytes
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetLagSeconds() float64 {
+	if x != nil {
+		return x.LagSeconds
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetResyncDone() uint64 {
+	if x != nil {
+		return x.ResyncDone
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetResyncTotal() uint64 {
+	if x != nil {
+		return x.ResyncTotal
+	}
+	return 0
+}
+
 // VolumeStatus is the intermediate's record of one volume.
 type VolumeStatus struct {
 	state        protoimpl.MessageState `protogen:"open.v1"`
@@ -1196,7 +1377,7 @@ type VolumeStatus struct {
 
 func (x *VolumeStatus) Reset() {
 	*x = VolumeStatus{}
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1208,7 +1389,7 @@ func (x *VolumeStatus) String() string {
 func (*VolumeStatus) ProtoMessage() {}
 
 func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[15]
+	mi := &file_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1221,7 +1402,7 @@ func (x *VolumeStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeStatus.ProtoReflect.Descriptor instead.
 func (*VolumeStatus) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{15}
+	return file_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *VolumeStatus) GetName() string {
@@ -1314,7 +1495,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1507,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[16]
+	mi := &file_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1520,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{16}
+	return file_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ServerStatus) GetId() string {
@@ -1381,7 +1562,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1393,7 +1574,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1406,7 +1587,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{17}
+	return file_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1432,7 +1613,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1625,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1638,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{18}
+	return file_wire_proto_rawDescGZIP(), []int{19}
 }
 
 // RemoveRequest asks the leader to take a node out of the cluster.
@@ -1470,7 +1651,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1482,7 +1663,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1495,7 +1676,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{19}
+	return file_wire_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -1514,7 +1695,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1526,7 +1707,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1539,7 +1720,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{20}
+	return file_wire_proto_rawDescGZIP(), []int{21}
 }
 
 // ErrorDetail is attached to every refusal status.
@@ -1556,7 +1737,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1568,7 +1749,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1581,7 +1762,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{21}
+	return file_wire_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -1619,6 +1800,545 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// CoordinateRequest is one message of a Coordinate stream from a
+// secondary. The first message is hello; later ones are prepared, applied
+// or report, in any order and any number of times (all idempotent).
+type CoordinateRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*CoordinateRequest_Hello
+	//	*CoordinateRequest_Prepared
+	//	*CoordinateRequest_Applied
+	//	*CoordinateRequest_Report
+	Msg           isCoordinateRequest_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinateRequest) Reset() {
+	*x = CoordinateRequest{}
+	mi := &file_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinateRequest) ProtoMessage() {}
+
+func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
+func (*CoordinateRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *CoordinateRequest) GetHello() *SecondaryHello {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateRequest_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
+func (x *CoordinateRequest) GetPrepared() *PreparedSeq {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateRequest_Prepared); ok {
+			return x.Prepared
+		}
+	}
+	return nil
+}
+
+func (x *CoordinateRequest) GetApplied() *AppliedSeq {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateRequest_Applied); ok {
+			return x.Applied
+		}
+	}
+	return nil
+}
+
+func (x *CoordinateRequest) GetReport() *SecondaryReport {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateRequest_Report); ok {
+			return x.Report
+		}
+	}
+	return nil
+}
+
+type isCoordinateRequest_Msg interface {
+	isCoordinateRequest_Msg()
+}
+
+type CoordinateRequest_Hello struct {
+	Hello *SecondaryHello `protobuf:"bytes,1,opt,name=hello,proto3,oneof"`
+}
+
+type CoordinateRequest_Prepared struct {
+	Prepared *PreparedSeq `protobuf:"bytes,2,opt,name=prepared,proto3,oneof"`
+}
+
+type CoordinateRequest_Applied struct {
+	Applied *AppliedSeq `protobuf:"bytes,3,opt,name=applied,proto3,oneof"`
+}
+
+type CoordinateRequest_Report struct {
+	Report *SecondaryReport `protobuf:"bytes,4,opt,name=report,proto3,oneof"`
+}
+
+func (*CoordinateRequest_Hello) isCoordinateRequest_Msg() {}
+
+func (*CoordinateRequest_Prepared) isCoordinateRequest_Msg() {}
+
+func (*CoordinateRequest_Applied) isCoordinateRequest_Msg() {}
+
+func (*CoordinateRequest_Report) isCoordinateRequest_Msg() {}
+
+// SecondaryHello opens a Coordinate stream. The leader registers the
+// secondary in Raft (RegisterSecondary) on first contact or when its
+// volume or address changed, then answers CoordinateOpened. A secondary
+// ID is registered for one volume: a hello naming another volume is
+// refused (ERROR_CODE_VOLUME_MISMATCH).
+type SecondaryHello struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Secondary     string                 `protobuf:"bytes,2,opt,name=secondary,proto3" json:"secondary,omitempty"`                      // the secondary's ID, unique in the group
+	Volume        string                 `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`                            // the volume it follows
+	Addr          string                 `protobuf:"bytes,4,opt,name=addr,proto3" json:"addr,omitempty"`                                // its admin listen address (status, promote)
+	AppliedSeq    uint64                 `protobuf:"varint,5,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"` // its replica is at this validated point
+	DurableSeq    uint64                 `protobuf:"varint,6,opt,name=durable_seq,json=durableSeq,proto3" json:"durable_seq,omitempty"` // it holds durably every batch of its volume <= this
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecondaryHello) Reset() {
+	*x = SecondaryHello{}
+	mi := &file_wire_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecondaryHello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecondaryHello) ProtoMessage() {}
+
+func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
+func (*SecondaryHello) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *SecondaryHello) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *SecondaryHello) GetSecondary() string {
+	if x != nil {
+		return x.Secondary
+	}
+	return ""
+}
+
+func (x *SecondaryHello) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *SecondaryHello) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+func (x *SecondaryHello) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+func (x *SecondaryHello) GetDurableSeq() uint64 {
+	if x != nil {
+		return x.DurableSeq
+	}
+	return 0
+}
+
+// PreparedSeq is PREPARED(seq): the secondary holds, durably, every batch
+// of its volume with seq <= seq.
+type PreparedSeq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PreparedSeq) Reset() {
+	*x = PreparedSeq{}
+	mi := &file_wire_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PreparedSeq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PreparedSeq) ProtoMessage() {}
+
+func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
+func (*PreparedSeq) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PreparedSeq) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// AppliedSeq is APPLIED(seq): the secondary's replica is at validated
+// point seq.
+type AppliedSeq struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppliedSeq) Reset() {
+	*x = AppliedSeq{}
+	mi := &file_wire_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppliedSeq) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppliedSeq) ProtoMessage() {}
+
+func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
+func (*AppliedSeq) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AppliedSeq) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+// SecondaryReport is the secondary's view of itself, sent whenever it
+// changes (at most a few times a second); the leader shows the latest in
+// Status.
+type SecondaryReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	State         string                 `protobuf:"bytes,1,opt,name=state,proto3" json:"state,omitempty"`                              // PAIR, COPY, RESYNC, SUSP, FAILED
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`                            // why the state is not PAIR, empty otherwise
+	FetchedSeq    uint64                 `protobuf:"varint,3,opt,name=fetched_seq,json=fetchedSeq,proto3" json:"fetched_seq,omitempty"` // fetched (not necessarily durable) up to this
+	ResyncDone    uint64                 `protobuf:"varint,4,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`
+	ResyncTotal   uint64                 `protobuf:"varint,5,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SecondaryReport) Reset() {
+	*x = SecondaryReport{}
+	mi := &file_wire_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SecondaryReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SecondaryReport) ProtoMessage() {}
+
+func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
+func (*SecondaryReport) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *SecondaryReport) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *SecondaryReport) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SecondaryReport) GetFetchedSeq() uint64 {
+	if x != nil {
+		return x.FetchedSeq
+	}
+	return 0
+}
+
+func (x *SecondaryReport) GetResyncDone() uint64 {
+	if x != nil {
+		return x.ResyncDone
+	}
+	return 0
+}
+
+func (x *SecondaryReport) GetResyncTotal() uint64 {
+	if x != nil {
+		return x.ResyncTotal
+	}
+	return 0
+}
+
+// CoordinateResponse is one message of a Coordinate stream from the
+// leader: opened first, then prepare and validate as the coordinator
+// decides.
+type CoordinateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Msg:
+	//
+	//	*CoordinateResponse_Opened
+	//	*CoordinateResponse_Prepare
+	//	*CoordinateResponse_Validate
+	Msg           isCoordinateResponse_Msg `protobuf_oneof:"msg"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinateResponse) Reset() {
+	*x = CoordinateResponse{}
+	mi := &file_wire_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinateResponse) ProtoMessage() {}
+
+func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
+func (*CoordinateResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
+	if x != nil {
+		return x.Msg
+	}
+	return nil
+}
+
+func (x *CoordinateResponse) GetOpened() *CoordinateOpened {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateResponse_Opened); ok {
+			return x.Opened
+		}
+	}
+	return nil
+}
+
+func (x *CoordinateResponse) GetPrepare() *PreparedSeq {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateResponse_Prepare); ok {
+			return x.Prepare
+		}
+	}
+	return nil
+}
+
+func (x *CoordinateResponse) GetValidate() *AppliedSeq {
+	if x != nil {
+		if x, ok := x.Msg.(*CoordinateResponse_Validate); ok {
+			return x.Validate
+		}
+	}
+	return nil
+}
+
+type isCoordinateResponse_Msg interface {
+	isCoordinateResponse_Msg()
+}
+
+type CoordinateResponse_Opened struct {
+	Opened *CoordinateOpened `protobuf:"bytes,1,opt,name=opened,proto3,oneof"`
+}
+
+type CoordinateResponse_Prepare struct {
+	Prepare *PreparedSeq `protobuf:"bytes,2,opt,name=prepare,proto3,oneof"` // PREPARE(seq)
+}
+
+type CoordinateResponse_Validate struct {
+	Validate *AppliedSeq `protobuf:"bytes,3,opt,name=validate,proto3,oneof"` // VALIDATE(seq)
+}
+
+func (*CoordinateResponse_Opened) isCoordinateResponse_Msg() {}
+
+func (*CoordinateResponse_Prepare) isCoordinateResponse_Msg() {}
+
+func (*CoordinateResponse_Validate) isCoordinateResponse_Msg() {}
+
+// CoordinateOpened answers SecondaryHello.
+type CoordinateOpened struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ValidatedSeq  uint64                 `protobuf:"varint,1,opt,name=validated_seq,json=validatedSeq,proto3" json:"validated_seq,omitempty"` // the recorded validated point
+	CommittedSeq  uint64                 `protobuf:"varint,2,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"`
+	BlockCount    uint64                 `protobuf:"varint,3,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"` // of the secondary's volume, 0 if not registered yet
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoordinateOpened) Reset() {
+	*x = CoordinateOpened{}
+	mi := &file_wire_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoordinateOpened) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoordinateOpened) ProtoMessage() {}
+
+func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
+func (*CoordinateOpened) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CoordinateOpened) GetValidatedSeq() uint64 {
+	if x != nil {
+		return x.ValidatedSeq
+	}
+	return 0
+}
+
+func (x *CoordinateOpened) GetCommittedSeq() uint64 {
+	if x != nil {
+		return x.CommittedSeq
+	}
+	return 0
+}
+
+func (x *CoordinateOpened) GetBlockCount() uint64 {
+	if x != nil {
+		return x.BlockCount
+	}
+	return 0
+}
+
 // Entry is one typed entry of the intermediate's Raft log. It is framed by
 // wire.EncodeEntry (version byte, protobuf, CRC-32C).
 type Entry struct {
@@ -1630,6 +2350,9 @@ type Entry struct {
 	//	*Entry_SetEpoch
 	//	*Entry_NodeAddr
 	//	*Entry_TrimJournal
+	//	*Entry_RegisterSecondary
+	//	*Entry_RemoveSecondary
+	//	*Entry_RecordValidated
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1637,7 +2360,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1649,7 +2372,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1662,7 +2385,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{22}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -1717,6 +2440,33 @@ func (x *Entry) GetTrimJournal() *TrimJournal {
 	return nil
 }
 
+func (x *Entry) GetRegisterSecondary() *RegisterSecondary {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_RegisterSecondary); ok {
+			return x.RegisterSecondary
+		}
+	}
+	return nil
+}
+
+func (x *Entry) GetRemoveSecondary() *RemoveSecondary {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_RemoveSecondary); ok {
+			return x.RemoveSecondary
+		}
+	}
+	return nil
+}
+
+func (x *Entry) GetRecordValidated() *RecordValidated {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_RecordValidated); ok {
+			return x.RecordValidated
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -1741,6 +2491,18 @@ type Entry_TrimJournal struct {
 	TrimJournal *TrimJournal `protobuf:"bytes,5,opt,name=trim_journal,json=trimJournal,proto3,oneof"`
 }
 
+type Entry_RegisterSecondary struct {
+	RegisterSecondary *RegisterSecondary `protobuf:"bytes,6,opt,name=register_secondary,json=registerSecondary,proto3,oneof"`
+}
+
+type Entry_RemoveSecondary struct {
+	RemoveSecondary *RemoveSecondary `protobuf:"bytes,7,opt,name=remove_secondary,json=removeSecondary,proto3,oneof"`
+}
+
+type Entry_RecordValidated struct {
+	RecordValidated *RecordValidated `protobuf:"bytes,8,opt,name=record_validated,json=recordValidated,proto3,oneof"`
+}
+
 func (*Entry_Submit) isEntry_Op() {}
 
 func (*Entry_RegisterVolume) isEntry_Op() {}
@@ -1750,6 +2512,166 @@ func (*Entry_SetEpoch) isEntry_Op() {}
 func (*Entry_NodeAddr) isEntry_Op() {}
 
 func (*Entry_TrimJournal) isEntry_Op() {}
+
+func (*Entry_RegisterSecondary) isEntry_Op() {}
+
+func (*Entry_RemoveSecondary) isEntry_Op() {}
+
+func (*Entry_RecordValidated) isEntry_Op() {}
+
+// RegisterSecondary records (or updates) a secondary of the group: from
+// then on the coordinator waits for its PREPARED before it validates, and
+// the journal keeps its volume's batches until it applied them.
+type RegisterSecondary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSecondary) Reset() {
+	*x = RegisterSecondary{}
+	mi := &file_wire_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSecondary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSecondary) ProtoMessage() {}
+
+func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
+func (*RegisterSecondary) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RegisterSecondary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RegisterSecondary) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *RegisterSecondary) GetAddr() string {
+	if x != nil {
+		return x.Addr
+	}
+	return ""
+}
+
+// RemoveSecondary takes a secondary out of the group.
+type RemoveSecondary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecondary) Reset() {
+	*x = RemoveSecondary{}
+	mi := &file_wire_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecondary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecondary) ProtoMessage() {}
+
+func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
+func (*RemoveSecondary) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RemoveSecondary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RecordValidated records validated = max(validated, seq): every
+// secondary prepared seq (the coordinator's decision).
+type RecordValidated struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RecordValidated) Reset() {
+	*x = RecordValidated{}
+	mi := &file_wire_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RecordValidated) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RecordValidated) ProtoMessage() {}
+
+func (x *RecordValidated) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
+func (*RecordValidated) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RecordValidated) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
 
 // TrimJournal drops the journal's batches with seq <= up_to_seq, which no
 // reader needs any more (the leader decides; see Node's trimmer).
@@ -1762,7 +2684,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +2696,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +2709,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -1814,7 +2736,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1826,7 +2748,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1839,7 +2761,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -1870,7 +2792,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1882,7 +2804,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1895,7 +2817,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -1930,7 +2852,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2864,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2877,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -1984,7 +2906,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1996,7 +2918,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2009,7 +2931,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -2096,7 +3018,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x0eCommittedBatch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x05batch\x18\x02 \x01(\v2\x16.tricopy.wire.v1.BatchR\x05batch\"\x0f\n" +
-	"\rStatusRequest\"\xe0\x03\n" +
+	"\rStatusRequest\"\xe2\x04\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1d\n" +
@@ -2113,7 +3035,31 @@ const file_wire_proto_rawDesc = "" +
 	" \x01(\x04R\rjournalBudget\x127\n" +
 	"\avolumes\x18\v \x03(\v2\x1d.tricopy.wire.v1.VolumeStatusR\avolumes\x127\n" +
 	"\aservers\x18\f \x03(\v2\x1d.tricopy.wire.v1.ServerStatusR\aservers\x12#\n" +
-	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\"\xd2\x02\n" +
+	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\x12#\n" +
+	"\rvalidated_seq\x18\x0e \x01(\x04R\fvalidatedSeq\x12B\n" +
+	"\vsecondaries\x18\x0f \x03(\v2 .tricopy.wire.v1.SecondaryStatusR\vsecondaries\x12\x17\n" +
+	"\aheld_by\x18\x10 \x01(\tR\x06heldBy\"\xa1\x03\n" +
+	"\x0fSecondaryStatus\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\x12\x1c\n" +
+	"\tconnected\x18\x04 \x01(\bR\tconnected\x12\x14\n" +
+	"\x05state\x18\x05 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vfetched_seq\x18\a \x01(\x04R\n" +
+	"fetchedSeq\x12!\n" +
+	"\fprepared_seq\x18\b \x01(\x04R\vpreparedSeq\x12\x1f\n" +
+	"\vapplied_seq\x18\t \x01(\x04R\n" +
+	"appliedSeq\x12\x1f\n" +
+	"\vlag_batches\x18\n" +
+	" \x01(\x04R\n" +
+	"lagBatches\x12\x1b\n" +
+	"\tlag_bytes\x18\v \x01(\x04R\blagBytes\x12\x1f\n" +
+	"\vlag_seconds\x18\f \x01(\x01R\n" +
+	"lagSeconds\x12\x1f\n" +
+	"\vresync_done\x18\r \x01(\x04R\n" +
+	"resyncDone\x12!\n" +
+	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\"\xd2\x02\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -2149,14 +3095,63 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\xc8\x02\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\x84\x02\n" +
+	"\x11CoordinateRequest\x127\n" +
+	"\x05hello\x18\x01 \x01(\v2\x1f.tricopy.wire.v1.SecondaryHelloH\x00R\x05hello\x12:\n" +
+	"\bprepared\x18\x02 \x01(\v2\x1c.tricopy.wire.v1.PreparedSeqH\x00R\bprepared\x127\n" +
+	"\aapplied\x18\x03 \x01(\v2\x1b.tricopy.wire.v1.AppliedSeqH\x00R\aapplied\x12:\n" +
+	"\x06report\x18\x04 \x01(\v2 .tricopy.wire.v1.SecondaryReportH\x00R\x06reportB\x05\n" +
+	"\x03msg\"\xb2\x01\n" +
+	"\x0eSecondaryHello\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
+	"\tsecondary\x18\x02 \x01(\tR\tsecondary\x12\x16\n" +
+	"\x06volume\x18\x03 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04addr\x18\x04 \x01(\tR\x04addr\x12\x1f\n" +
+	"\vapplied_seq\x18\x05 \x01(\x04R\n" +
+	"appliedSeq\x12\x1f\n" +
+	"\vdurable_seq\x18\x06 \x01(\x04R\n" +
+	"durableSeq\"\x1f\n" +
+	"\vPreparedSeq\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\x1e\n" +
+	"\n" +
+	"AppliedSeq\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\"\xa4\x01\n" +
+	"\x0fSecondaryReport\x12\x14\n" +
+	"\x05state\x18\x01 \x01(\tR\x05state\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1f\n" +
+	"\vfetched_seq\x18\x03 \x01(\x04R\n" +
+	"fetchedSeq\x12\x1f\n" +
+	"\vresync_done\x18\x04 \x01(\x04R\n" +
+	"resyncDone\x12!\n" +
+	"\fresync_total\x18\x05 \x01(\x04R\vresyncTotal\"\xcd\x01\n" +
+	"\x12CoordinateResponse\x12;\n" +
+	"\x06opened\x18\x01 \x01(\v2!.tricopy.wire.v1.CoordinateOpenedH\x00R\x06opened\x128\n" +
+	"\aprepare\x18\x02 \x01(\v2\x1c.tricopy.wire.v1.PreparedSeqH\x00R\aprepare\x129\n" +
+	"\bvalidate\x18\x03 \x01(\v2\x1b.tricopy.wire.v1.AppliedSeqH\x00R\bvalidateB\x05\n" +
+	"\x03msg\"}\n" +
+	"\x10CoordinateOpened\x12#\n" +
+	"\rvalidated_seq\x18\x01 \x01(\x04R\fvalidatedSeq\x12#\n" +
+	"\rcommitted_seq\x18\x02 \x01(\x04R\fcommittedSeq\x12\x1f\n" +
+	"\vblock_count\x18\x03 \x01(\x04R\n" +
+	"blockCount\"\xbb\x04\n" +
 	"\x05Entry\x126\n" +
 	"\x06submit\x18\x01 \x01(\v2\x1c.tricopy.wire.v1.SubmitEntryH\x00R\x06submit\x12J\n" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
 	"\tset_epoch\x18\x03 \x01(\v2\x19.tricopy.wire.v1.SetEpochH\x00R\bsetEpoch\x128\n" +
 	"\tnode_addr\x18\x04 \x01(\v2\x19.tricopy.wire.v1.NodeAddrH\x00R\bnodeAddr\x12A\n" +
-	"\ftrim_journal\x18\x05 \x01(\v2\x1c.tricopy.wire.v1.TrimJournalH\x00R\vtrimJournalB\x04\n" +
-	"\x02op\")\n" +
+	"\ftrim_journal\x18\x05 \x01(\v2\x1c.tricopy.wire.v1.TrimJournalH\x00R\vtrimJournal\x12S\n" +
+	"\x12register_secondary\x18\x06 \x01(\v2\".tricopy.wire.v1.RegisterSecondaryH\x00R\x11registerSecondary\x12M\n" +
+	"\x10remove_secondary\x18\a \x01(\v2 .tricopy.wire.v1.RemoveSecondaryH\x00R\x0fremoveSecondary\x12M\n" +
+	"\x10record_validated\x18\b \x01(\v2 .tricopy.wire.v1.RecordValidatedH\x00R\x0frecordValidatedB\x04\n" +
+	"\x02op\"O\n" +
+	"\x11RegisterSecondary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
+	"\x04addr\x18\x03 \x01(\tR\x04addr\"!\n" +
+	"\x0fRemoveSecondary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"#\n" +
+	"\x0fRecordValidated\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\")\n" +
 	"\vTrimJournal\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"[\n" +
 	"\vSubmitEntry\x120\n" +
@@ -2188,13 +3183,15 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x82\x03\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xdd\x03\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
 	"\x06Status\x12\x1e.tricopy.wire.v1.StatusRequest\x1a\x1f.tricopy.wire.v1.StatusResponse\x12C\n" +
 	"\x04Join\x12\x1c.tricopy.wire.v1.JoinRequest\x1a\x1d.tricopy.wire.v1.JoinResponse\x12I\n" +
-	"\x06Remove\x12\x1e.tricopy.wire.v1.RemoveRequest\x1a\x1f.tricopy.wire.v1.RemoveResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"\x06Remove\x12\x1e.tricopy.wire.v1.RemoveRequest\x1a\x1f.tricopy.wire.v1.RemoveResponse\x12Y\n" +
+	"\n" +
+	"Coordinate\x12\".tricopy.wire.v1.CoordinateRequest\x1a#.tricopy.wire.v1.CoordinateResponse(\x010\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -2209,37 +3206,48 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_wire_proto_goTypes = []any{
-	(ErrorCode)(0),         // 0: tricopy.wire.v1.ErrorCode
-	(*Block)(nil),          // 1: tricopy.wire.v1.Block
-	(*Batch)(nil),          // 2: tricopy.wire.v1.Batch
-	(*SubmitRequest)(nil),  // 3: tricopy.wire.v1.SubmitRequest
-	(*SubmitOpen)(nil),     // 4: tricopy.wire.v1.SubmitOpen
-	(*PrimaryReport)(nil),  // 5: tricopy.wire.v1.PrimaryReport
-	(*SubmitBatches)(nil),  // 6: tricopy.wire.v1.SubmitBatches
-	(*SubmitResponse)(nil), // 7: tricopy.wire.v1.SubmitResponse
-	(*SubmitOpened)(nil),   // 8: tricopy.wire.v1.SubmitOpened
-	(*SubmitAcks)(nil),     // 9: tricopy.wire.v1.SubmitAcks
-	(*SubmitAck)(nil),      // 10: tricopy.wire.v1.SubmitAck
-	(*FetchRequest)(nil),   // 11: tricopy.wire.v1.FetchRequest
-	(*FetchResponse)(nil),  // 12: tricopy.wire.v1.FetchResponse
-	(*CommittedBatch)(nil), // 13: tricopy.wire.v1.CommittedBatch
-	(*StatusRequest)(nil),  // 14: tricopy.wire.v1.StatusRequest
-	(*StatusResponse)(nil), // 15: tricopy.wire.v1.StatusResponse
-	(*VolumeStatus)(nil),   // 16: tricopy.wire.v1.VolumeStatus
-	(*ServerStatus)(nil),   // 17: tricopy.wire.v1.ServerStatus
-	(*JoinRequest)(nil),    // 18: tricopy.wire.v1.JoinRequest
-	(*JoinResponse)(nil),   // 19: tricopy.wire.v1.JoinResponse
-	(*RemoveRequest)(nil),  // 20: tricopy.wire.v1.RemoveRequest
-	(*RemoveResponse)(nil), // 21: tricopy.wire.v1.RemoveResponse
-	(*ErrorDetail)(nil),    // 22: tricopy.wire.v1.ErrorDetail
-	(*Entry)(nil),          // 23: tricopy.wire.v1.Entry
-	(*TrimJournal)(nil),    // 24: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),    // 25: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil), // 26: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),       // 27: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),       // 28: tricopy.wire.v1.NodeAddr
+	(ErrorCode)(0),             // 0: tricopy.wire.v1.ErrorCode
+	(*Block)(nil),              // 1: tricopy.wire.v1.Block
+	(*Batch)(nil),              // 2: tricopy.wire.v1.Batch
+	(*SubmitRequest)(nil),      // 3: tricopy.wire.v1.SubmitRequest
+	(*SubmitOpen)(nil),         // 4: tricopy.wire.v1.SubmitOpen
+	(*PrimaryReport)(nil),      // 5: tricopy.wire.v1.PrimaryReport
+	(*SubmitBatches)(nil),      // 6: tricopy.wire.v1.SubmitBatches
+	(*SubmitResponse)(nil),     // 7: tricopy.wire.v1.SubmitResponse
+	(*SubmitOpened)(nil),       // 8: tricopy.wire.v1.SubmitOpened
+	(*SubmitAcks)(nil),         // 9: tricopy.wire.v1.SubmitAcks
+	(*SubmitAck)(nil),          // 10: tricopy.wire.v1.SubmitAck
+	(*FetchRequest)(nil),       // 11: tricopy.wire.v1.FetchRequest
+	(*FetchResponse)(nil),      // 12: tricopy.wire.v1.FetchResponse
+	(*CommittedBatch)(nil),     // 13: tricopy.wire.v1.CommittedBatch
+	(*StatusRequest)(nil),      // 14: tricopy.wire.v1.StatusRequest
+	(*StatusResponse)(nil),     // 15: tricopy.wire.v1.StatusResponse
+	(*SecondaryStatus)(nil),    // 16: tricopy.wire.v1.SecondaryStatus
+	(*VolumeStatus)(nil),       // 17: tricopy.wire.v1.VolumeStatus
+	(*ServerStatus)(nil),       // 18: tricopy.wire.v1.ServerStatus
+	(*JoinRequest)(nil),        // 19: tricopy.wire.v1.JoinRequest
+	(*JoinResponse)(nil),       // 20: tricopy.wire.v1.JoinResponse
+	(*RemoveRequest)(nil),      // 21: tricopy.wire.v1.RemoveRequest
+	(*RemoveResponse)(nil),     // 22: tricopy.wire.v1.RemoveResponse
+	(*ErrorDetail)(nil),        // 23: tricopy.wire.v1.ErrorDetail
+	(*CoordinateRequest)(nil),  // 24: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),     // 25: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),        // 26: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),         // 27: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),    // 28: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil), // 29: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),   // 30: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),              // 31: tricopy.wire.v1.Entry
+	(*RegisterSecondary)(nil),  // 32: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),    // 33: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),    // 34: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),        // 35: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),        // 36: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),     // 37: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),           // 38: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),           // 39: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -2252,30 +3260,43 @@ var file_wire_proto_depIdxs = []int32{
 	10, // 7: tricopy.wire.v1.SubmitAcks.acks:type_name -> tricopy.wire.v1.SubmitAck
 	13, // 8: tricopy.wire.v1.FetchResponse.batches:type_name -> tricopy.wire.v1.CommittedBatch
 	2,  // 9: tricopy.wire.v1.CommittedBatch.batch:type_name -> tricopy.wire.v1.Batch
-	16, // 10: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
-	17, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
-	0,  // 12: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	25, // 13: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	26, // 14: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	27, // 15: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	28, // 16: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	24, // 17: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	2,  // 18: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 19: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 20: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 21: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	18, // 22: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	20, // 23: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	7,  // 24: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 25: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 26: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	19, // 27: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	21, // 28: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	24, // [24:29] is the sub-list for method output_type
-	19, // [19:24] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	17, // 10: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
+	18, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
+	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
+	0,  // 13: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
+	25, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	26, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	27, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	28, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	30, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	26, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	27, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	36, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	37, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	38, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	39, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	35, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	32, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	33, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	34, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	2,  // 29: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 30: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 31: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 32: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	19, // 33: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	21, // 34: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	24, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	7,  // 36: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 37: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 38: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	20, // 39: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	22, // 40: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	29, // 41: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	36, // [36:42] is the sub-list for method output_type
+	30, // [30:36] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -2292,12 +3313,26 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[22].OneofWrappers = []any{
+	file_wire_proto_msgTypes[23].OneofWrappers = []any{
+		(*CoordinateRequest_Hello)(nil),
+		(*CoordinateRequest_Prepared)(nil),
+		(*CoordinateRequest_Applied)(nil),
+		(*CoordinateRequest_Report)(nil),
+	}
+	file_wire_proto_msgTypes[28].OneofWrappers = []any{
+		(*CoordinateResponse_Opened)(nil),
+		(*CoordinateResponse_Prepare)(nil),
+		(*CoordinateResponse_Validate)(nil),
+	}
+	file_wire_proto_msgTypes[30].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
 		(*Entry_NodeAddr)(nil),
 		(*Entry_TrimJournal)(nil),
+		(*Entry_RegisterSecondary)(nil),
+		(*Entry_RemoveSecondary)(nil),
+		(*Entry_RecordValidated)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2305,7 +3340,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   28,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

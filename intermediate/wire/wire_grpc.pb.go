@@ -25,11 +25,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Intermediate_Submit_FullMethodName = "/tricopy.wire.v1.Intermediate/Submit"
-	Intermediate_Fetch_FullMethodName  = "/tricopy.wire.v1.Intermediate/Fetch"
-	Intermediate_Status_FullMethodName = "/tricopy.wire.v1.Intermediate/Status"
-	Intermediate_Join_FullMethodName   = "/tricopy.wire.v1.Intermediate/Join"
-	Intermediate_Remove_FullMethodName = "/tricopy.wire.v1.Intermediate/Remove"
+	Intermediate_Submit_FullMethodName     = "/tricopy.wire.v1.Intermediate/Submit"
+	Intermediate_Fetch_FullMethodName      = "/tricopy.wire.v1.Intermediate/Fetch"
+	Intermediate_Status_FullMethodName     = "/tricopy.wire.v1.Intermediate/Status"
+	Intermediate_Join_FullMethodName       = "/tricopy.wire.v1.Intermediate/Join"
+	Intermediate_Remove_FullMethodName     = "/tricopy.wire.v1.Intermediate/Remove"
+	Intermediate_Coordinate_FullMethodName = "/tricopy.wire.v1.Intermediate/Coordinate"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -48,6 +49,8 @@ type IntermediateClient interface {
 	Join(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 	// Remove takes a node out (leader only).
 	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error)
+	// Coordinate is a secondary's PREPARE/VALIDATE stream with the leader.
+	Coordinate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CoordinateRequest, CoordinateResponse], error)
 }
 
 type intermediateClient struct {
@@ -120,6 +123,19 @@ func (c *intermediateClient) Remove(ctx context.Context, in *RemoveRequest, opts
 	return out, nil
 }
 
+func (c *intermediateClient) Coordinate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CoordinateRequest, CoordinateResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Intermediate_ServiceDesc.Streams[2], Intermediate_Coordinate_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CoordinateRequest, CoordinateResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_CoordinateClient = grpc.BidiStreamingClient[CoordinateRequest, CoordinateResponse]
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -136,6 +152,8 @@ type IntermediateServer interface {
 	Join(context.Context, *JoinRequest) (*JoinResponse, error)
 	// Remove takes a node out (leader only).
 	Remove(context.Context, *RemoveRequest) (*RemoveResponse, error)
+	// Coordinate is a secondary's PREPARE/VALIDATE stream with the leader.
+	Coordinate(grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]) error
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -160,6 +178,9 @@ func (UnimplementedIntermediateServer) Join(context.Context, *JoinRequest) (*Joi
 }
 func (UnimplementedIntermediateServer) Remove(context.Context, *RemoveRequest) (*RemoveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Remove not implemented")
+}
+func (UnimplementedIntermediateServer) Coordinate(grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]) error {
+	return status.Error(codes.Unimplemented, "method Coordinate not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -254,6 +275,13 @@ func _Intermediate_Remove_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Intermediate_Coordinate_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(IntermediateServer).Coordinate(&grpc.GenericServerStream[CoordinateRequest, CoordinateResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_CoordinateServer = grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -285,6 +313,12 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 			StreamName:    "Fetch",
 			Handler:       _Intermediate_Fetch_Handler,
 			ServerStreams: true,
+		},
+		{
+			StreamName:    "Coordinate",
+			Handler:       _Intermediate_Coordinate_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
 		},
 	},
 	Metadata: "wire.proto",
