@@ -23,6 +23,10 @@ var exampleConfigs = map[string]func() Config{
 		c := DefaultUp()
 		return &c
 	},
+	"secondary": func() Config {
+		c := DefaultSecondary()
+		return &c
+	},
 }
 
 // usedBy finds the command of an example file in its header line
@@ -72,8 +76,9 @@ func TestExamples(t *testing.T) {
 // for `tricopy up`.
 func TestExamplesSetEveryKey(t *testing.T) {
 	for file, newCfg := range map[string]func() Config{
-		"mount.example.yaml": mountCfg,
-		"local.yaml":         exampleConfigs["up"],
+		"mount.example.yaml":     mountCfg,
+		"local.yaml":             exampleConfigs["up"],
+		"secondary.example.yaml": exampleConfigs["secondary"],
 	} {
 		t.Run(file, func(t *testing.T) {
 			text, err := os.ReadFile(file)

@@ -10,6 +10,9 @@ const (
 	DefaultUpListen = "127.0.0.1:7100"
 	// DefaultUpRaft is the Raft address of up's intermediate node.
 	DefaultUpRaft = "127.0.0.1:7200"
+	// DefaultUpSecondaryListen is the admin address of up's first
+	// secondary; the others take the next ports.
+	DefaultUpSecondaryListen = "127.0.0.1:7300"
 )
 
 // DefaultUpVolumes returns the volumes up mounts by default: a and b.
@@ -19,7 +22,8 @@ func DefaultUpVolumes() []string { return []string{"a", "b"} }
 // intermediate node and the primaries of one group, all under Dir.
 type Up struct {
 	// Dir is the base directory of the deployment: DIR/intermediate/i1,
-	// DIR/data/NAME and DIR/primary/NAME.
+	// DIR/data/NAME, DIR/primary/NAME, and with Secondaries
+	// DIR/secondary-data/NAME and DIR/secondary/NAME.
 	Dir string `key:"dir" meta:"DIR" help:"base directory: the intermediate node's state in DIR/intermediate/i1, each volume in DIR/data/NAME, mounted at DIR/primary/NAME (all created if missing); required"`
 	// Volumes names the primary volumes.
 	Volumes []string `key:"volumes" meta:"NAMES" help:"comma-separated names of the primary volumes to mount (letters, digits, '.', '_', '-'), each created and formatted on first use"`
@@ -36,6 +40,10 @@ type Up struct {
 	Listen string `key:"listen" meta:"ADDR" help:"host:port the intermediate node serves the primaries and tricopy status on"`
 	// Raft is the intermediate node's Raft transport address.
 	Raft string `key:"raft" meta:"ADDR" help:"host:port of the intermediate node's Raft transport"`
+	// Secondaries starts a secondary of every volume.
+	Secondaries bool `key:"secondaries" help:"also run a secondary of every volume: its replica in DIR/secondary-data/NAME, mounted read-only at DIR/secondary/NAME"`
+	// SecondaryListen is the admin address of the first secondary.
+	SecondaryListen string `key:"secondary-listen" meta:"ADDR" help:"host:port of the first secondary's admin API; the secondary of the i-th volume listens on the port i higher"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -43,7 +51,8 @@ type Up struct {
 // DefaultUp returns the defaults of `tricopy up`.
 func DefaultUp() Up {
 	return Up{Common: DefaultCommon(), Volumes: DefaultUpVolumes(), Group: DefaultGroup, Size: DefaultUpSize,
-		Fence: DefaultFence, FenceTimeout: DefaultFenceTimeout, Listen: DefaultUpListen, Raft: DefaultUpRaft}
+		Fence: DefaultFence, FenceTimeout: DefaultFenceTimeout, Listen: DefaultUpListen, Raft: DefaultUpRaft,
+		Secondaries: true, SecondaryListen: DefaultUpSecondaryListen}
 }
 
 // Validate implements Config.
@@ -93,6 +102,11 @@ func (c *Up) Validate() error {
 	}
 	if c.Raft == c.Listen {
 		return Invalid("raft", "%s is also the listen address: the Raft transport needs a port of its own", c.Raft)
+	}
+	if c.Secondaries {
+		if err := validateAddr("secondary-listen", c.SecondaryListen); err != nil {
+			return err
+		}
 	}
 	return nil
 }

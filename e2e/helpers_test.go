@@ -228,9 +228,16 @@ func startMount(t testing.TB, volume, data, mnt string) *mount {
 // output.
 func launchMount(t testing.TB, mnt, data string, timeout time.Duration, args ...string) *mount {
 	t.Helper()
+	return launchReady(t, mnt, data, "mounted volume", nil, timeout, args...)
+}
+
+// launchReady is launchMount for a process that prints ready once mounted,
+// with env added to its environment.
+func launchReady(t testing.TB, mnt, data, ready string, env []string, timeout time.Duration, args ...string) *mount {
+	t.Helper()
 	m := &mount{mnt: mnt, data: data, exited: make(chan struct{})}
 	m.cmd = exec.Command(tricopyBin, args...)
-	m.cmd.Env = childEnv()
+	m.cmd.Env = append(childEnv(), env...)
 	m.cmd.Stdout, m.cmd.Stderr = &m.stdout, &m.stderr
 	started := time.Now()
 	if err := m.cmd.Start(); err != nil {
@@ -248,7 +255,7 @@ func launchMount(t testing.TB, mnt, data string, timeout time.Duration, args ...
 		}
 	})
 	deadline := time.Now().Add(timeout)
-	for !strings.Contains(m.stdout.String(), "mounted volume") || !isMounted(t, mnt) {
+	for !strings.Contains(m.stdout.String(), ready) || !isMounted(t, mnt) {
 		select {
 		case <-m.exited:
 			t.Fatalf("tricopy %s exited before mounting: %v\nstderr:\n%s", strings.Join(args, " "), m.waitErr, clip(m.stderr.String()))

@@ -352,7 +352,7 @@ func compareVolumes(t testing.TB, primaryDir, interDir string) {
 	if ndiff > 0 {
 		t.Fatalf("primary volume %s and intermediate volume %s differ in %d of %d blocks; the first: %v", primaryDir, interDir, ndiff, n, diffs)
 	}
-	t.Logf("primary and intermediate volumes equal (%d blocks, compared in %v)", n, time.Since(start).Round(time.Millisecond))
+	t.Logf("volumes %s and %s equal (%d blocks, compared in %v)", primaryDir, interDir, n, time.Since(start).Round(time.Millisecond))
 }
 
 // copyIntermediateVolume copies blocks 0..N-1 of the intermediate volume in

@@ -45,9 +45,10 @@ func (fs *filesystem) dir(ino uint32) (*dirIndex, error) {
 		return nil, syscall.ENOTDIR
 	}
 	di = &dirIndex{ents: make(map[string]dslot)}
+	src := fs.dirSource()
 	nblk := int(in.size / bs)
 	for lblk := 0; lblk < nblk; lblk++ {
-		p, err := fs.dirBlock(fs, &in, ino, uint32(lblk))
+		p, err := fs.dirBlock(src, &in, ino, uint32(lblk))
 		if err != nil {
 			return nil, err
 		}
@@ -70,6 +71,7 @@ func (fs *filesystem) dir(ino uint32) (*dirIndex, error) {
 		di = old // loaded concurrently by another reader
 	} else {
 		fs.dirs[ino] = di
+		fs.dirLoaded(ino, src)
 	}
 	fs.dirMu.Unlock()
 	return di, nil

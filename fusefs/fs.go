@@ -42,6 +42,8 @@ type filesystem struct {
 
 	dirMu sync.Mutex
 	dirs  map[uint32]*dirIndex // loaded directory indexes
+
+	rep *replica // set on a live replica mount (replica.go), else nil
 }
 
 type engineOptions struct {
@@ -122,24 +124,32 @@ func openFS(ctx context.Context, dev Device, opts engineOptions) (*filesystem, e
 func (fs *filesystem) loadBitmap(start, nblocks, nbits uint64) (*bitset, error) {
 	b := newBitset(nbits)
 	for i := uint64(0); i < nblocks; i++ {
-		blk := start + i
-		p, err := fs.readMeta(uint32(blk), func(p []byte) error { return checkBitmap(p, blk) })
-		if err != nil {
+		if err := fs.loadBitmapBlock(b, start, i); err != nil {
 			return nil, err
-		}
-		for j := uint64(0); j < bitsPerBitmap; j++ {
-			n := i*bitsPerBitmap + j
-			set := p[j/8]&(1<<(j%8)) != 0
-			if n >= nbits {
-				if set {
-					return nil, corruptf("bitmap block %d: bit %d set beyond the end", blk, j)
-				}
-				continue
-			}
-			b.set(n, set)
 		}
 	}
 	return b, nil
+}
+
+// loadBitmapBlock loads block i of the bitmap starting at block start into b.
+func (fs *filesystem) loadBitmapBlock(b *bitset, start, i uint64) error {
+	blk := start + i
+	p, err := fs.readMeta(uint32(blk), func(p []byte) error { return checkBitmap(p, blk) })
+	if err != nil {
+		return err
+	}
+	for j := uint64(0); j < bitsPerBitmap; j++ {
+		n := i*bitsPerBitmap + j
+		set := p[j/8]&(1<<(j%8)) != 0
+		if n >= b.n {
+			if set {
+				return corruptf("bitmap block %d: bit %d set beyond the end", blk, j)
+			}
+			continue
+		}
+		b.set(n, set)
+	}
+	return nil
 }
 
 // reapOrphans frees every inode left in the orphan directory (unlinked

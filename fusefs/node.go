@@ -74,6 +74,7 @@ func (n *node) toErrno(op string, err error) syscall.Errno {
 // child makes the go-fuse node of inode ino and fills the entry reply.
 func (n *node) child(ctx context.Context, ino uint32, in *inode, out *fuse.EntryOut) *gofs.Inode {
 	fillAttr(ino, in, &out.Attr)
+	n.fs.replicaEntryTimeouts(out)
 	c := &node{fs: n.fs, ino: ino, gen: in.gen}
 	return n.NewInode(ctx, c, gofs.StableAttr{Mode: in.mode & s_IFMT, Ino: uint64(ino), Gen: uint64(in.gen)})
 }
@@ -106,6 +107,7 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		return n.toErrno("getattr", err)
 	}
 	fillAttr(n.ino, &in, &out.Attr)
+	n.fs.replicaAttrTimeout(out)
 	return 0
 }
 
@@ -148,6 +150,9 @@ func (n *node) Setattr(ctx context.Context, f gofs.FileHandle, in *fuse.SetAttrI
 
 // Lookup implements gofs.NodeLookuper.
 func (n *node) Lookup(ctx context.Context, name string, out *fuse.EntryOut) (*gofs.Inode, syscall.Errno) {
+	if ch := n.lookupMeta(ctx, name, out); ch != nil {
+		return ch, 0
+	}
 	ino, in, err := n.fs.lookupName(n.ino, name)
 	if err != nil {
 		return nil, n.toErrno("lookup", err)

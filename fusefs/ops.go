@@ -51,6 +51,13 @@ func (fs *filesystem) lookupName(dir uint32, name string) (uint32, inode, error)
 	}
 	fs.mu.RLock()
 	defer fs.mu.RUnlock()
+	ino, in, err := fs.resolveName(dir, name)
+	fs.noteLookup(dir, name, ino, in.gen, err)
+	return ino, in, err
+}
+
+// resolveName resolves name in directory dir; the caller holds fs.mu.
+func (fs *filesystem) resolveName(dir uint32, name string) (uint32, inode, error) {
 	di, err := fs.dir(dir)
 	if err != nil {
 		return 0, inode{}, err

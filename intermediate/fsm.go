@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 
@@ -36,6 +37,18 @@ const (
 	fsmKeyPrevEpoch  = "previous_epoch"
 	fsmKeyDuration   = "duration"
 	fsmKeyErr        = "err"
+	fsmKeySecondary  = "secondary"
+	fsmKeyAddr       = "addr"
+	fsmKeyCreated    = "created"
+)
+
+// Limits on a secondary's registration.
+const (
+	// MaxSecondaryID is the length limit of a secondary's ID, in bytes.
+	MaxSecondaryID = 64
+	// MaxSecondaryAddr is the length limit of a secondary's address, in
+	// bytes.
+	MaxSecondaryAddr = 256
 )
 
 // FSMConfig configures NewFSM.
@@ -64,8 +77,10 @@ type FSMConfig struct {
 
 // FSM is the Raft state machine of an intermediate node. It holds the
 // group's gapless seq counter, the volumes' records (epoch, last volume seq,
-// last seq), the journal of committed batches, the intermediate volumes and
-// the client addresses of the nodes.
+// last seq), the journal of committed batches, the intermediate volumes,
+// the client addresses of the nodes, the registered secondaries and the
+// validated seq (the point every secondary prepared, as the coordinator
+// recorded it).
 //
 // Goroutines:
 //
@@ -91,8 +106,8 @@ type FSMConfig struct {
 //     with Apply; it first waits for the applier to have written every
 //     entry up to the snapshot.
 //   - Every read method (Stats, Volume, Volumes, NodeAddr, Fetch, Changed,
-//     Failed, ReadVolumeBlock) may be called from any goroutine at any
-//     time. ReadVolumeBlock first waits for the applier to have written
+//     Failed, ReadVolumeBlock, Validated, Secondaries, Secondary,
+//     JournalLag) may be called from any goroutine at any time. ReadVolumeBlock first waits for the applier to have written
 //     every entry applied before the call.
 //   - Close is called once Raft has stopped: it drains the queue, stops
 //     the applier and closes the volumes.
@@ -103,8 +118,9 @@ type FSMConfig struct {
 // configuration changes and leader no-ops advance too).
 //
 // Fatal errors: a committed entry that cannot be decoded, a batch that fails
-// wire.CheckBatch, or an I/O error on an intermediate volume stops the state
-// machine (fail-stop, never a silent skip): the error is logged and recorded,
+// wire.CheckBatch, a RecordValidated above the valid counter (the
+// coordinator records only committed points), or an I/O error on an
+// intermediate volume stops the state machine (fail-stop, never a silent skip): the error is logged and recorded,
 // OnFatal is called once, and from then on Apply returns an error wrapping
 // wire.ErrFailed for every entry and Snapshot and Restore refuse. The node
 // must be restarted once the cause is fixed. An I/O error of the applier
@@ -154,6 +170,11 @@ type fsmState struct {
 	journalBytes uint64
 	volumes      map[string]*volumeRecord
 	nodeAddrs    map[string]string
+	// validated is the validated seq: max over the RecordValidated
+	// entries applied.
+	validated uint64
+	// secondaries are the registered secondaries, by ID.
+	secondaries map[string]*SecondaryInfo
 }
 
 // volumeRecord is the state of one registered volume.
@@ -172,6 +193,33 @@ type volumeRecord struct {
 	// batches are the volume's batches in the journal, in seq order, which
 	// is also volume-seq order without a gap.
 	batches []*wire.CommittedBatch
+	// sums[i] is the block bytes of batches[:i+1] plus those of the
+	// batches trimmed before them (prefix sums, for JournalLag), and
+	// times[i] the commit time of batches[i] in Unix ns. Neither is
+	// replicated state: a restored journal gets the restore time.
+	sums  []uint64
+	times []int64
+}
+
+// appendBatch adds a batch committed at the time at (Unix ns) to the
+// volume's index.
+func (r *volumeRecord) appendBatch(cb *wire.CommittedBatch, at int64) {
+	sum := uint64(wire.BatchBytes(cb.GetBatch()))
+	if n := len(r.sums); n > 0 {
+		sum += r.sums[n-1]
+	}
+	r.batches = append(r.batches, cb)
+	r.sums = append(r.sums, sum)
+	r.times = append(r.times, at)
+}
+
+// dropBatches drops the volume's first n batches from its index, into new
+// arrays (a snapshot may share the old ones, and the dropped batches must
+// not stay reachable).
+func (r *volumeRecord) dropBatches(n int) {
+	r.batches = slices.Clone(r.batches[n:])
+	r.sums = slices.Clone(r.sums[n:])
+	r.times = slices.Clone(r.times[n:])
 }
 
 func (r *volumeRecord) info() VolumeInfo {
@@ -192,7 +240,8 @@ func (r *volumeRecord) seqOf(volumeSeq uint64) uint64 {
 }
 
 func newState() fsmState {
-	return fsmState{journalStart: 1, volumes: map[string]*volumeRecord{}, nodeAddrs: map[string]string{}}
+	return fsmState{journalStart: 1, volumes: map[string]*volumeRecord{}, nodeAddrs: map[string]string{},
+		secondaries: map[string]*SecondaryInfo{}}
 }
 
 // SubmitResult is what Apply returns for a SubmitEntry: one result per
@@ -238,6 +287,40 @@ type EpochResult struct {
 	Err error
 }
 
+// SecondaryInfo is the record of one registered secondary.
+type SecondaryInfo struct {
+	// ID names the secondary, unique in the group.
+	ID string
+	// Volume is the volume it follows.
+	Volume string
+	// Addr is its admin listen address.
+	Addr string
+}
+
+// SecondaryResult is what Apply returns for a RegisterSecondary or a
+// RemoveSecondary entry.
+type SecondaryResult struct {
+	// Secondary is the secondary's record after a RegisterSecondary, the
+	// record removed by a RemoveSecondary (zero when the request was
+	// refused, or named no registered secondary).
+	Secondary SecondaryInfo
+	// Created is set when a RegisterSecondary registered a new secondary,
+	// Updated when it changed a registered one's address, Removed when a
+	// RemoveSecondary removed one.
+	Created, Updated, Removed bool
+	// Err is a *wire.Error: BAD_REQUEST for a malformed ID, volume name or
+	// address, UNKNOWN_VOLUME for a volume not registered, VOLUME_MISMATCH
+	// when the ID is registered for another volume.
+	Err error
+}
+
+// ValidatedResult is what Apply returns for a RecordValidated entry.
+type ValidatedResult struct {
+	// Validated is the validated seq after the entry: the maximum of the
+	// recorded ones.
+	Validated uint64
+}
+
 // VolumeInfo is the record of one registered volume.
 type VolumeInfo struct {
 	Name          string
@@ -265,6 +348,9 @@ type FSMStats struct {
 	// JournalStart is the first seq the journal may hold: every batch with
 	// a lower seq was trimmed.
 	JournalStart uint64
+	// ValidatedSeq is the validated seq: every secondary prepared it, as
+	// the coordinator recorded (RecordValidated).
+	ValidatedSeq uint64
 }
 
 // NewFSM opens the intermediate volumes already in cfg.Dir (creating the
@@ -306,8 +392,9 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 }
 
 // Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
-// *EpochResult or nil (NodeAddr, TrimJournal and non-command entries); after
-// a fatal error, an error wrapping wire.ErrFailed.
+// *EpochResult, *SecondaryResult (RegisterSecondary, RemoveSecondary),
+// *ValidatedResult or nil (NodeAddr, TrimJournal and non-command entries);
+// after a fatal error, an error wrapping wire.ErrFailed.
 func (f *FSM) Apply(l *raft.Log) any {
 	if err := f.refusal(); err != nil {
 		return err
@@ -324,7 +411,11 @@ func (f *FSM) Apply(l *raft.Log) any {
 	}
 	switch op := e.GetOp().(type) {
 	case *wire.Entry_Submit:
-		return f.applySubmit(l.Index, op.Submit)
+		at := l.AppendedAt
+		if at.IsZero() {
+			at = time.Now()
+		}
+		return f.applySubmit(l.Index, op.Submit, at.UnixNano())
 	case *wire.Entry_RegisterVolume:
 		return f.applyRegister(l.Index, op.RegisterVolume)
 	case *wire.Entry_SetEpoch:
@@ -342,12 +433,19 @@ func (f *FSM) Apply(l *raft.Log) any {
 		f.broadcastLocked()
 		f.mu.Unlock()
 		return nil
+	case *wire.Entry_RegisterSecondary:
+		return f.applyRegisterSecondary(l.Index, op.RegisterSecondary)
+	case *wire.Entry_RemoveSecondary:
+		return f.applyRemoveSecondary(l.Index, op.RemoveSecondary)
+	case *wire.Entry_RecordValidated:
+		return f.applyRecordValidated(l.Index, op.RecordValidated)
 	default:
 		return f.fatal(fmt.Errorf("raft entry %d: %w: operation %T", l.Index, wire.ErrBadEntry, op))
 	}
 }
 
-func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
+// applySubmit applies a SubmitEntry committed at the time at (Unix ns).
+func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry, at int64) any {
 	batches := se.GetBatches()
 	if len(se.GetSessions()) != len(batches) {
 		return f.fatal(fmt.Errorf("raft entry %d: %d batches with %d sessions: %w", index, len(batches), len(se.GetSessions()), wire.ErrBadEntry))
@@ -373,7 +471,7 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 	accepted := false
 	f.mu.Lock()
 	for i, b := range batches {
-		r := f.submitLocked(b, se.GetSessions()[i])
+		r := f.submitLocked(b, se.GetSessions()[i], at)
 		res.Batches[i] = r
 		if r.Err != nil || r.Duplicate {
 			continue
@@ -432,9 +530,10 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry) any {
 }
 
 // submitLocked decides one checked batch that came on Submit session
-// session: refused, duplicate, or accepted with the next seq and appended to
-// the journal. The caller holds mu.
-func (f *FSM) submitLocked(b *wire.Batch, session uint64) BatchResult {
+// session, in an entry committed at the time at (Unix ns): refused,
+// duplicate, or accepted with the next seq and appended to the journal. The
+// caller holds mu.
+func (f *FSM) submitLocked(b *wire.Batch, session uint64, at int64) BatchResult {
 	vs := b.GetVolumeSeq()
 	r := BatchResult{VolumeSeq: vs}
 	rec := f.st.volumes[b.GetVolume()]
@@ -464,7 +563,7 @@ func (f *FSM) submitLocked(b *wire.Batch, session uint64) BatchResult {
 		cb := &wire.CommittedBatch{Seq: r.Seq, Batch: b}
 		f.st.journal = append(f.st.journal, cb)
 		f.st.journalBytes += uint64(wire.BatchBytes(b))
-		rec.batches = append(rec.batches, cb)
+		rec.appendBatch(cb, at)
 		rec.lastVolumeSeq, rec.lastSeq = vs, r.Seq
 	}
 	return r
@@ -587,14 +686,112 @@ func (f *FSM) trimJournal(upTo uint64) {
 		f.st.journalBytes -= uint64(wire.BatchBytes(cb.GetBatch()))
 	}
 	for name, n := range dropped {
-		rec := f.st.volumes[name]
-		rec.batches = slices.Clone(rec.batches[n:])
+		f.st.volumes[name].dropBatches(n)
 	}
 	// New arrays: a snapshot may share the old ones, and the dropped
 	// batches must not stay reachable.
 	f.st.journal = slices.Clone(f.st.journal[k:])
 	f.st.journalStart = upTo + 1
 	f.broadcastLocked()
+}
+
+// checkSecondaryID reports whether id may name a secondary: 1 to
+// MaxSecondaryID bytes of [A-Za-z0-9._-]. The error wraps
+// wire.ErrBadRequest.
+func checkSecondaryID(id string) error {
+	switch {
+	case id == "":
+		return fmt.Errorf("%w: empty secondary id", wire.ErrBadRequest)
+	case len(id) > MaxSecondaryID:
+		return fmt.Errorf("%w: secondary id of %d bytes, longer than %d", wire.ErrBadRequest, len(id), MaxSecondaryID)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return fmt.Errorf("%w: secondary id %q has byte %q at offset %d; allowed are A-Z a-z 0-9 . _ -",
+				wire.ErrBadRequest, id, c, i)
+		}
+	}
+	return nil
+}
+
+// checkSecondaryAddr reports whether addr may be a secondary's address: at
+// most MaxSecondaryAddr bytes (empty is allowed: not listening). The error
+// wraps wire.ErrBadRequest.
+func checkSecondaryAddr(addr string) error {
+	if len(addr) > MaxSecondaryAddr {
+		return fmt.Errorf("%w: secondary address of %d bytes, longer than %d", wire.ErrBadRequest, len(addr), MaxSecondaryAddr)
+	}
+	return nil
+}
+
+// applyRegisterSecondary registers a secondary, or updates the address of
+// a registered one. Refusals are results, never fatal.
+func (f *FSM) applyRegisterSecondary(index uint64, rs *wire.RegisterSecondary) any {
+	res := &SecondaryResult{}
+	info := SecondaryInfo{ID: rs.GetId(), Volume: rs.GetVolume(), Addr: rs.GetAddr()}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.appliedIndex = index
+	old := f.st.secondaries[info.ID]
+	switch {
+	case checkSecondaryID(info.ID) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary: %v", checkSecondaryID(info.ID))
+	case wire.CheckVolumeName(info.Volume) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", info.ID, wire.CheckVolumeName(info.Volume))
+	case checkSecondaryAddr(info.Addr) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", info.ID, checkSecondaryAddr(info.Addr))
+	case old != nil && old.Volume != info.Volume:
+		res.Secondary = *old
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "secondary %q is registered for volume %q, not %q", info.ID, old.Volume, info.Volume)
+	case f.st.volumes[info.Volume] == nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "register secondary %q: volume %q is not registered", info.ID, info.Volume)
+	case old != nil && old.Addr == info.Addr:
+		res.Secondary = *old
+	default:
+		res.Created, res.Updated = old == nil, old != nil
+		f.st.secondaries[info.ID] = &info
+		res.Secondary = info
+		f.broadcastLocked()
+		f.log.Info("registered secondary", fsmKeySecondary, info.ID, fsmKeyVolume, info.Volume, fsmKeyAddr, info.Addr,
+			fsmKeyIndex, index, fsmKeyCreated, res.Created)
+	}
+	return res
+}
+
+// applyRemoveSecondary takes a secondary out of the group; removing one
+// that is not registered changes nothing.
+func (f *FSM) applyRemoveSecondary(index uint64, rs *wire.RemoveSecondary) any {
+	res := &SecondaryResult{}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.st.appliedIndex = index
+	if old := f.st.secondaries[rs.GetId()]; old != nil {
+		delete(f.st.secondaries, rs.GetId())
+		res.Secondary, res.Removed = *old, true
+		f.broadcastLocked()
+		f.log.Info("removed secondary", fsmKeySecondary, old.ID, fsmKeyVolume, old.Volume, fsmKeyIndex, index)
+	}
+	return res
+}
+
+// applyRecordValidated raises the validated seq. A seq above the valid
+// counter is fatal: the coordinator records only what every secondary
+// prepared, which is committed.
+func (f *FSM) applyRecordValidated(index uint64, rv *wire.RecordValidated) any {
+	f.mu.Lock()
+	if seq := rv.GetSeq(); seq > f.st.seq {
+		valid := f.st.seq
+		f.mu.Unlock()
+		return f.fatal(fmt.Errorf("raft entry %d: validated seq %d above the valid counter %d: %w", index, seq, valid, wire.ErrBadEntry))
+	}
+	defer f.mu.Unlock()
+	f.st.appliedIndex = index
+	if rv.GetSeq() > f.st.validated {
+		f.st.validated = rv.GetSeq()
+		f.broadcastLocked()
+	}
+	return &ValidatedResult{Validated: f.st.validated}
 }
 
 // broadcastLocked wakes every waiter on Changed. The caller holds mu.
@@ -654,7 +851,60 @@ func (f *FSM) Stats() FSMStats {
 		JournalBatches: uint64(len(f.st.journal)),
 		JournalBytes:   f.st.journalBytes,
 		JournalStart:   f.st.journalStart,
+		ValidatedSeq:   f.st.validated,
 	}
+}
+
+// Validated returns the validated seq.
+func (f *FSM) Validated() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.st.validated
+}
+
+// Secondaries returns the records of every registered secondary, sorted by
+// ID.
+func (f *FSM) Secondaries() []SecondaryInfo {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	out := make([]SecondaryInfo, 0, len(f.st.secondaries))
+	for _, id := range slices.Sorted(maps.Keys(f.st.secondaries)) {
+		out = append(out, *f.st.secondaries[id])
+	}
+	return out
+}
+
+// Secondary returns the record of a registered secondary.
+func (f *FSM) Secondary(id string) (SecondaryInfo, bool) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if s := f.st.secondaries[id]; s != nil {
+		return *s, true
+	}
+	return SecondaryInfo{}, false
+}
+
+// JournalLag returns what the journal holds of volume after afterSeq: the
+// number of its batches with seq > afterSeq, their block bytes, and the
+// commit time of the oldest of them (zero when there is none). A batch's
+// commit time is when the leader appended its entry to the log, or, for
+// batches restored from a snapshot, when the node restored it. Batches
+// already trimmed are not counted. It takes O(log n) time for n batches of
+// the volume in the journal.
+func (f *FSM) JournalLag(volume string, afterSeq uint64) (batches, bytes uint64, oldest time.Time) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	rec := f.st.volumes[volume]
+	if rec == nil {
+		return 0, 0, time.Time{}
+	}
+	n := len(rec.batches)
+	i := sort.Search(n, func(i int) bool { return rec.batches[i].GetSeq() > afterSeq })
+	if i == n {
+		return 0, 0, time.Time{}
+	}
+	bytes = rec.sums[n-1] - rec.sums[i] + uint64(wire.BatchBytes(rec.batches[i].GetBatch()))
+	return uint64(n - i), bytes, time.Unix(0, rec.times[i])
 }
 
 // Volume returns the record of a registered volume.

@@ -1,10 +1,12 @@
 package intermediate
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"testing"
 
@@ -34,6 +36,8 @@ func ftFuzzBase(t testing.TB, fsys blockdev.FS) *ftHarness {
 	h.submit(ftBatch("a", 1, 1, 0, 7), ftBatch("b", 2, 1, 3))
 	h.submit(ftBatch("a", 1, 2, 1))
 	h.apply(ftNodeAddr("n1", "127.0.0.1:1"))
+	h.apply(ftRegisterSecondary("sa", "a", "127.0.0.1:7301"))
+	h.apply(ftRecordValidated(2))
 	return h
 }
 
@@ -67,6 +71,13 @@ func FuzzFSMApply(f *testing.F) {
 		ftRegister("a", 9, 1),
 		ftSetEpoch("b", 3),
 		ftNodeAddr("n2", "x"),
+		ftRegisterSecondary("sb", "b", "127.0.0.1:7302"),
+		ftRegisterSecondary("sa", "b", ""), // another volume: refused
+		ftRegisterSecondary("sa", "a", "elsewhere"),
+		ftRemoveSecondary("sa"),
+		ftRecordValidated(3),
+		ftRecordValidated(1),
+		ftRecordValidated(4), // above the valid counter: stops the FSM
 	} {
 		framed, err := wire.EncodeEntry(e)
 		if err != nil {
@@ -135,6 +146,9 @@ func FuzzFSMApply(f *testing.F) {
 		} else if after.CommittedSeq != before.CommittedSeq {
 			t.Fatalf("a %T entry moved the seq from %d to %d", res, before.CommittedSeq, after.CommittedSeq)
 		}
+		if after.ValidatedSeq < before.ValidatedSeq {
+			t.Fatalf("validated seq went back from %d to %d", before.ValidatedSeq, after.ValidatedSeq)
+		}
 	})
 }
 
@@ -196,6 +210,37 @@ func ftReframe(data []byte) []byte {
 	return append(buf.Bytes(), data...)
 }
 
+// ftAsVersion2 rewrites a version 3 snapshot of a state without
+// secondaries and with nothing validated as version 2 wrote it.
+func ftAsVersion2(t testing.TB, stream []byte) []byte {
+	t.Helper()
+	fr := &frameReader{r: bufio.NewReader(bytes.NewReader(stream))}
+	var out bytes.Buffer
+	fw := &frameWriter{w: &out}
+	p, err := fr.next(frameHeader, maxSmallFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := decoder{b: p}
+	magic, _, group := d.raw(len(snapMagic)), d.u32(), d.str()
+	var e encoder
+	e.raw(magic)
+	e.u32(snapVersionNoSecondaries)
+	e.str(group)
+	fw.write(frameHeader, e.b)
+	p, err = fr.next(frameMeta, maxMetaFrame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := decodeMeta(p, snapVersion)
+	if err != nil || m.validated != 0 || len(m.secondaries) != 0 {
+		t.Fatalf("not a state version 2 can hold: %+v, %v", m, err)
+	}
+	fw.write(frameMeta, encodeMeta(m, snapVersionNoSecondaries))
+	rest, _ := io.ReadAll(fr.r)
+	return append(out.Bytes(), rest...)
+}
+
 // FuzzSnapshotRestore restores arbitrary bytes: the FSM must never panic,
 // and a refused stream must leave the state exactly as it was. In the
 // framed mode the checksums are right, so the fuzzer reaches the checks of
@@ -203,7 +248,8 @@ func ftReframe(data []byte) []byte {
 // state.
 func FuzzSnapshotRestore(f *testing.F) {
 	// Small seeds: one volume of two blocks, one batch of a zero block (so
-	// the image's chunk carries no data), then the same trimmed.
+	// the image's chunk carries no data), then the same trimmed, then with
+	// secondaries and a validated seq; and a version 2 stream.
 	src := ftNew(f, nil, "/src")
 	src.register("a", 2, 1)
 	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 1, Blocks: []*wire.Block{{Index: 1, Data: make([]byte, wire.BlockSize)}}}))
@@ -211,8 +257,20 @@ func FuzzSnapshotRestore(f *testing.F) {
 	full := ftSnapshot(f, src.f)
 	src.f.trimJournal(1)
 	trimmed := ftSnapshot(f, src.f)
+	src.apply(ftRegisterSecondary("s1", "a", "127.0.0.1:7301"))
+	src.apply(ftRegisterSecondary("s2", "a", ""))
+	src.apply(ftRecordValidated(1))
+	secondaries := ftSnapshot(f, src.f)
 	empty := ftSnapshot(f, ftNew(f, nil, "/empty").f)
-	for _, seed := range [][]byte{full, trimmed, empty} {
+	v2 := ftNew(f, nil, "/v2")
+	v2.register("a", 2, 1)
+	v2.apply(ftNodeAddr("n1", "127.0.0.1:1"))
+	v2snap := ftSnapshot(f, v2.f)
+	v2snap = ftAsVersion2(f, v2snap)
+	if err := ftRestore(ftNew(f, nil, "/v2check").f, v2snap); err != nil {
+		f.Fatalf("the version 2 seed: %v", err)
+	}
+	for _, seed := range [][]byte{full, trimmed, secondaries, empty, v2snap} {
 		f.Add(byte(ftSnapRaw), seed)
 		f.Add(byte(ftSnapFramed), ftUnframe(seed))
 	}

@@ -18,7 +18,8 @@ package intermediate
 //
 //	header   magic, version, group
 //	meta     seq counter, applied index, journal start, journal batch count,
-//	         the volumes' records, the nodes' client addresses
+//	         the volumes' records, the nodes' client addresses; from
+//	         version 3 on, the validated seq and the registered secondaries
 //	batch    one frame per journal batch (seq, protobuf Batch), in seq order
 //	image    per volume, by name: name, block count, H; then chunk frames of
 //	         at most chunkBlocks blocks (an all-zero chunk carries no data)
@@ -64,6 +65,13 @@ package intermediate
 // and a volume ever found with restoring set is never trusted. A corrupt or
 // truncated stream (a checksum, a size, an order or a count that is wrong)
 // fails Restore with the old state and volumes untouched.
+//
+// Versions: 3 (this one) added the validated seq and the secondaries to the
+// meta frame. Restore also reads version 2 (no validated seq, no
+// secondaries: a group of that time had none). Version 1 streams (volume
+// records without a Submit session) are refused: the Submit entries of
+// their logs carry no sessions either, which this state machine cannot
+// apply.
 
 import (
 	"bufio"
@@ -77,6 +85,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/raft"
@@ -89,7 +98,10 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 2
+	snapVersion = 3
+	// snapVersionNoSecondaries is the previous version, which Restore
+	// still reads: its meta frame ends after the node addresses.
+	snapVersionNoSecondaries = 2
 
 	// chunkBlocks is the largest number of blocks in one image chunk.
 	chunkBlocks = 256
@@ -133,8 +145,10 @@ var zeroBlock [blockdev.BlockSize]byte
 // snapshotMeta is the metadata of a snapshot.
 type snapshotMeta struct {
 	seq, appliedIndex, journalStart, journalBatches uint64
-	volumes                                         []volumeMeta // sorted by name
-	nodes                                           []nodeMeta   // sorted by id
+	volumes                                         []volumeMeta    // sorted by name
+	nodes                                           []nodeMeta      // sorted by id
+	validated                                       uint64          // version 3
+	secondaries                                     []SecondaryInfo // sorted by ID; version 3
 }
 
 type volumeMeta struct {
@@ -179,6 +193,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	for _, id := range slices.Sorted(maps.Keys(f.st.nodeAddrs)) {
 		s.meta.nodes = append(s.meta.nodes, nodeMeta{id: id, addr: f.st.nodeAddrs[id]})
 	}
+	s.meta.validated = f.st.validated
+	for _, id := range slices.Sorted(maps.Keys(f.st.secondaries)) {
+		s.meta.secondaries = append(s.meta.secondaries, *f.st.secondaries[id])
+	}
 	return s, nil
 }
 
@@ -217,7 +235,7 @@ func (s *fsmSnapshot) persist(w io.Writer) error {
 	if err := fw.write(frameHeader, e.b); err != nil {
 		return err
 	}
-	if err := fw.write(frameMeta, encodeMeta(s.meta)); err != nil {
+	if err := fw.write(frameMeta, encodeMeta(s.meta, snapVersion)); err != nil {
 		return err
 	}
 	var buf []byte
@@ -358,8 +376,8 @@ func (r *restorer) read() (fsmState, error) {
 	if string(magic) != snapMagic {
 		return st, fmt.Errorf("%w: magic %q", errBadSnapshot, magic)
 	}
-	if version != snapVersion {
-		return st, fmt.Errorf("%w: version %d, want %d", errBadSnapshot, version, snapVersion)
+	if version != snapVersion && version != snapVersionNoSecondaries {
+		return st, fmt.Errorf("%w: version %d, want %d or %d", errBadSnapshot, version, snapVersionNoSecondaries, snapVersion)
 	}
 	if group != r.f.cfg.Group {
 		return st, fmt.Errorf("%w: snapshot of group %q, this node serves %q", errBadSnapshot, group, r.f.cfg.Group)
@@ -369,17 +387,20 @@ func (r *restorer) read() (fsmState, error) {
 	if err != nil {
 		return st, err
 	}
-	meta, err := decodeMeta(p)
+	meta, err := decodeMeta(p, version)
 	if err != nil {
 		return st, err
 	}
-	st.seq, st.appliedIndex, st.journalStart = meta.seq, meta.appliedIndex, meta.journalStart
+	st.seq, st.appliedIndex, st.journalStart, st.validated = meta.seq, meta.appliedIndex, meta.journalStart, meta.validated
 	for _, vm := range meta.volumes {
 		st.volumes[vm.name] = &volumeRecord{name: vm.name, epoch: vm.epoch, blockCount: vm.blockCount,
 			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq, session: vm.session}
 	}
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
+	}
+	for _, sm := range meta.secondaries {
+		st.secondaries[sm.ID] = &sm
 	}
 
 	if err := r.readJournal(&st, meta); err != nil {
@@ -415,6 +436,9 @@ func (r *restorer) read() (fsmState, error) {
 
 // readJournal reads and checks the journal's batches.
 func (r *restorer) readJournal(st *fsmState, meta snapshotMeta) error {
+	// Commit times are not in the stream: the batches count as committed
+	// now, for JournalLag.
+	now := time.Now().UnixNano()
 	for i := uint64(0); i < meta.journalBatches; i++ {
 		p, err := r.fr.next(frameBatch, maxBatchFrame)
 		if err != nil {
@@ -449,7 +473,7 @@ func (r *restorer) readJournal(st *fsmState, meta snapshotMeta) error {
 		cb := &wire.CommittedBatch{Seq: seq, Batch: b}
 		st.journal = append(st.journal, cb)
 		st.journalBytes += uint64(wire.BatchBytes(b))
-		rec.batches = append(rec.batches, cb)
+		rec.appendBatch(cb, now)
 	}
 	for _, rec := range st.volumes {
 		last := rec.trimmedSeq
@@ -598,8 +622,9 @@ func (f *FSM) swap(st fsmState, staged map[string]string) (int, error) {
 	return removed, nil
 }
 
-// encodeMeta encodes the metadata frame.
-func encodeMeta(m snapshotMeta) []byte {
+// encodeMeta encodes the metadata frame of a snapshot of the given
+// version (tests write older versions).
+func encodeMeta(m snapshotMeta, version uint32) []byte {
 	var e encoder
 	e.u64(m.seq)
 	e.u64(m.appliedIndex)
@@ -620,6 +645,16 @@ func encodeMeta(m snapshotMeta) []byte {
 		e.str(n.id)
 		e.str(n.addr)
 	}
+	if version < snapVersion {
+		return e.b
+	}
+	e.u64(m.validated)
+	e.u32(uint32(len(m.secondaries)))
+	for _, s := range m.secondaries {
+		e.str(s.ID)
+		e.str(s.Volume)
+		e.str(s.Addr)
+	}
 	return e.b
 }
 
@@ -627,12 +662,14 @@ func encodeMeta(m snapshotMeta) []byte {
 // of a node address: counts read from the stream are bounded by them before
 // anything is allocated.
 const (
-	minVolumeMeta = 4 + 6*8
-	minNodeMeta   = 4 + 4
+	minVolumeMeta    = 4 + 6*8
+	minNodeMeta      = 4 + 4
+	minSecondaryMeta = 3 * 4
 )
 
-// decodeMeta decodes the metadata frame and checks it is consistent.
-func decodeMeta(p []byte) (snapshotMeta, error) {
+// decodeMeta decodes the metadata frame of a snapshot of the given version
+// and checks it is consistent.
+func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	var m snapshotMeta
 	d := decoder{b: p}
 	m.seq, m.appliedIndex, m.journalStart, m.journalBatches = d.u64(), d.u64(), d.u64(), d.u64()
@@ -651,6 +688,16 @@ func decodeMeta(p []byte) (snapshotMeta, error) {
 	}
 	for i := uint32(0); i < nn && d.err == nil; i++ {
 		m.nodes = append(m.nodes, nodeMeta{id: d.str(), addr: d.str()})
+	}
+	if version >= snapVersion {
+		m.validated = d.u64()
+		ns := d.u32()
+		if d.err == nil && uint64(ns) > uint64(len(d.b))/minSecondaryMeta {
+			return m, fmt.Errorf("%w: meta claims %d secondaries in %d bytes", errBadSnapshot, ns, len(d.b))
+		}
+		for i := uint32(0); i < ns && d.err == nil; i++ {
+			m.secondaries = append(m.secondaries, SecondaryInfo{ID: d.str(), Volume: d.str(), Addr: d.str()})
+		}
 	}
 	if err := d.finish("meta"); err != nil {
 		return m, err
@@ -676,6 +723,23 @@ func decodeMeta(p []byte) (snapshotMeta, error) {
 	for i := 1; i < len(m.nodes); i++ {
 		if m.nodes[i-1].id >= m.nodes[i].id {
 			return m, fmt.Errorf("%w: node %q after %q", errBadSnapshot, m.nodes[i].id, m.nodes[i-1].id)
+		}
+	}
+	if m.validated > m.seq {
+		return m, fmt.Errorf("%w: validated seq %d above the counter %d", errBadSnapshot, m.validated, m.seq)
+	}
+	for i, s := range m.secondaries {
+		if i > 0 && m.secondaries[i-1].ID >= s.ID {
+			return m, fmt.Errorf("%w: secondary %q after %q", errBadSnapshot, s.ID, m.secondaries[i-1].ID)
+		}
+		if err := checkSecondaryID(s.ID); err != nil {
+			return m, fmt.Errorf("%w: %w", errBadSnapshot, err)
+		}
+		if err := checkSecondaryAddr(s.Addr); err != nil {
+			return m, fmt.Errorf("%w: secondary %q: %w", errBadSnapshot, s.ID, err)
+		}
+		if _, ok := slices.BinarySearchFunc(m.volumes, s.Volume, func(v volumeMeta, name string) int { return strings.Compare(v.name, name) }); !ok {
+			return m, fmt.Errorf("%w: secondary %q follows volume %q, which is not registered", errBadSnapshot, s.ID, s.Volume)
 		}
 	}
 	return m, nil

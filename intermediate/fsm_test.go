@@ -228,8 +228,9 @@ func ftRestore(f *FSM, p []byte) error {
 
 // ftDump is everything observable of an FSM's state, for comparisons.
 type ftDump struct {
-	Stats        FSMStats
+	Stats        FSMStats // ValidatedSeq included
 	Volumes      []VolumeInfo
+	Secondaries  []SecondaryInfo
 	Nodes        map[string]string
 	JournalStart uint64
 	Trimmed      map[string]uint64
@@ -239,7 +240,7 @@ type ftDump struct {
 
 func ftDumpOf(t testing.TB, f *FSM) ftDump {
 	t.Helper()
-	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Fetch: map[string][]string{}, Images: map[string][32]byte{}, Trimmed: map[string]uint64{}}
+	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Secondaries: f.Secondaries(), Fetch: map[string][]string{}, Images: map[string][32]byte{}, Trimmed: map[string]uint64{}}
 	f.mu.RLock()
 	d.Nodes = maps.Clone(f.st.nodeAddrs)
 	d.JournalStart = f.st.journalStart
@@ -343,11 +344,25 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 	if bytes != st.journalBytes {
 		t.Fatalf("journal bytes %d, computed %d", st.journalBytes, bytes)
 	}
+	if st.validated > st.seq {
+		t.Fatalf("validated seq %d above the counter %d", st.validated, st.seq)
+	}
+	for id, s := range st.secondaries {
+		if s.ID != id || st.volumes[s.Volume] == nil || checkSecondaryID(id) != nil {
+			t.Fatalf("secondary %q: %+v (volume registered: %t)", id, s, st.volumes[s.Volume] != nil)
+		}
+	}
 	for name, rec := range st.volumes {
 		if !slices.Equal(rec.batches, perVolume[name]) {
 			t.Fatalf("volume %q: index of %d batches disagrees with the journal's %d", name, len(rec.batches), len(perVolume[name]))
 		}
+		if len(rec.sums) != len(rec.batches) || len(rec.times) != len(rec.batches) {
+			t.Fatalf("volume %q: %d batches, %d sums, %d times", name, len(rec.batches), len(rec.sums), len(rec.times))
+		}
 		for i, cb := range rec.batches {
+			if i > 0 && rec.sums[i] != rec.sums[i-1]+uint64(wire.BatchBytes(cb.GetBatch())) {
+				t.Fatalf("volume %q: prefix sum %d after %d for a batch of %d bytes", name, rec.sums[i], rec.sums[i-1], wire.BatchBytes(cb.GetBatch()))
+			}
 			if i > 0 && cb.GetBatch().GetVolumeSeq() != rec.batches[i-1].GetBatch().GetVolumeSeq()+1 {
 				t.Fatalf("volume %q: volume seq %d after %d", name, cb.GetBatch().GetVolumeSeq(), rec.batches[i-1].GetBatch().GetVolumeSeq())
 			}

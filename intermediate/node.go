@@ -98,6 +98,13 @@ type Config struct {
 	// TrimInterval is how often the leader trims the journal of the batches
 	// no reader needs any more; default DefaultTrimInterval.
 	TrimInterval time.Duration
+	// CoordinatorTick is the PREPARE/VALIDATE coordinator's unit of time
+	// (it runs on the leader); default DefaultCoordinatorTick.
+	CoordinatorTick time.Duration
+	// CoordinatorRetransmitTicks is how many ticks pass before the
+	// coordinator sends an unanswered PREPARE or VALIDATE again; default
+	// DefaultCoordinatorRetransmitTicks.
+	CoordinatorRetransmitTicks int
 	// Logger receives the node's logs and Raft's.
 	Logger *slog.Logger
 	// GRPCOptions are extra server options (TLS later).
@@ -130,6 +137,18 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.TrimInterval <= 0 {
 		c.TrimInterval = DefaultTrimInterval
+	}
+	switch {
+	case c.CoordinatorTick == 0:
+		c.CoordinatorTick = DefaultCoordinatorTick
+	case c.CoordinatorTick < 0:
+		return c, fmt.Errorf("coordinator tick %s is negative", c.CoordinatorTick)
+	}
+	switch {
+	case c.CoordinatorRetransmitTicks == 0:
+		c.CoordinatorRetransmitTicks = DefaultCoordinatorRetransmitTicks
+	case c.CoordinatorRetransmitTicks < 0:
+		return c, fmt.Errorf("coordinator retransmit ticks %d is negative", c.CoordinatorRetransmitTicks)
 	}
 	if c.TrailingLogs == 0 {
 		c.TrailingLogs = DefaultTrailingLogs
@@ -169,13 +188,16 @@ func (c Config) withDefaults() (Config, error) {
 }
 
 // Node is one running intermediate node: the Raft member with its state
-// machine, the proposer that groups Submit batches into Raft entries, and
-// the gRPC server.
+// machine, the proposer that groups Submit batches into Raft entries, the
+// PREPARE/VALIDATE coordinator (on the leader) and the gRPC server.
 //
 // Goroutines: Raft's own; the proposer (proposer.run) and its completer;
-// the leader watcher (watchLeader), which records this node's client
-// address in the log when it becomes leader; the gRPC server (serve) and one
-// goroutine per stream. Close stops all of them.
+// the leader watcher (watchLeader), which starts and stops the coordinator
+// as leadership comes and goes and records this node's client address in
+// the log when it becomes leader; the coordinator's driver and its Record
+// proposals (see coordinator), while this node leads; the journal trimmer;
+// the gRPC server (serve) and one goroutine per stream. Close stops all of
+// them.
 type Node struct {
 	cfg       Config
 	log       *slog.Logger
@@ -187,6 +209,7 @@ type Node struct {
 	clientLis net.Listener
 	prop      *proposer
 	reports   *primaryReports
+	coord     *coordinator
 	notify    chan bool
 	logCount  *CountingLogStore
 
@@ -302,6 +325,7 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	}
 	n.prop = newProposer(n)
 	n.reports = newPrimaryReports()
+	n.coord = newCoordinator(n)
 
 	n.clientLis = cfg.ClientListener
 	if n.clientLis == nil {
@@ -340,8 +364,10 @@ func (n *Node) serve() {
 	}
 }
 
-// watchLeader records this node's client address in the log each time it
-// becomes leader, so followers can send clients to it.
+// watchLeader starts the coordinator each time this node becomes leader
+// and stops it when it loses leadership, and records this node's client
+// address in the log when it becomes leader, so followers can send clients
+// to it.
 func (n *Node) watchLeader() {
 	defer n.wg.Done()
 	for {
@@ -351,9 +377,11 @@ func (n *Node) watchLeader() {
 		case leader := <-n.notify:
 			if !leader {
 				n.log.Info("lost leadership")
+				n.coord.stop()
 				continue
 			}
 			n.log.Info("became leader")
+			n.coord.start()
 			if n.fsm.NodeAddr(n.cfg.ID) == n.ClientAddr() {
 				continue
 			}
@@ -367,9 +395,11 @@ func (n *Node) watchLeader() {
 
 // trimmer is the journal trimmer goroutine: every TrimInterval, on the
 // leader, it records a TrimJournal entry up to the highest seq no reader
-// needs. For now the readers are the primaries, which replay after a
-// restart the batches of their volume past their reported durable seq
-// (secondaries add their own bound in a later issue).
+// needs. The readers are the primaries, which replay after a restart the
+// batches of their volume past their reported durable seq, and the
+// registered secondaries, which need the batches of their volume past
+// their applied point as the coordinator knows it (a secondary this leader
+// has not heard from holds the journal).
 func (n *Node) trimmer() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.TrimInterval)
@@ -384,7 +414,12 @@ func (n *Node) trimmer() {
 			continue
 		}
 		st := n.fsm.Stats()
-		upTo := n.reports.trimPoint(n.fsm.Volumes(), st.CommittedSeq, st.JournalStart)
+		vols := n.fsm.Volumes()
+		upTo := n.reports.trimPoint(vols, st.CommittedSeq, st.JournalStart)
+		view := n.coord.view()
+		upTo = min(upTo, secondaryTrimPoint(vols, n.fsm.Secondaries(), func(id string) uint64 {
+			return view.secondaries[id].applied
+		}, st.CommittedSeq, st.JournalStart))
 		if upTo < st.JournalStart {
 			continue
 		}
@@ -549,6 +584,9 @@ func (n *Node) Close() error {
 			n.grpc.Stop()
 		} else if n.clientLis != nil {
 			n.clientLis.Close()
+		}
+		if n.coord != nil {
+			n.coord.close()
 		}
 		if n.prop != nil {
 			n.prop.stop()

@@ -108,3 +108,27 @@ func (r *primaryReports) trimPoint(vols []VolumeInfo, committed, journalStart ui
 	}
 	return point
 }
+
+// secondaryTrimPoint returns the highest seq the journal may be trimmed to
+// as far as the secondaries are concerned: a secondary needs the batches of
+// its volume after its applied point, as this leader knows it (applied; 0
+// when the leader has not heard from it, which holds the journal where it
+// is). A secondary whose volume has no batch in the journal after that point
+// sets no bound, and so does a group without secondaries.
+func secondaryTrimPoint(vols []VolumeInfo, secs []SecondaryInfo, applied func(id string) uint64, committed, journalStart uint64) uint64 {
+	last := make(map[string]uint64, len(vols))
+	for _, v := range vols {
+		last[v.Name] = v.LastSeq
+	}
+	point := committed
+	for _, s := range secs {
+		ls := last[s.Volume]
+		if ls < journalStart {
+			continue // nothing of its volume in the journal
+		}
+		if a := applied(s.ID); a < ls {
+			point = min(point, a)
+		}
+	}
+	return point
+}

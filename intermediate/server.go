@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tricopy/tricopy/intermediate/coord"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -21,6 +24,10 @@ const (
 	// defaultFetchBatches is the number of batches per Fetch response when
 	// the request does not say.
 	defaultFetchBatches = 256
+	// maxCoordinateMessage bounds one message of a Coordinate stream from
+	// a secondary (a hello or a report with its strings: a few hundred
+	// bytes); a larger one ends the stream with TOO_LARGE.
+	maxCoordinateMessage = 4 << 10
 )
 
 // service implements wire.IntermediateServer on a Node.
@@ -278,25 +285,32 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 	if err := wire.CheckVolumeName(req.GetVolume()); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
 	}
-	max := int(req.GetMaxBatches())
-	if max <= 0 || max > defaultFetchBatches {
-		max = defaultFetchBatches
+	limit := int(req.GetMaxBatches())
+	if limit <= 0 || limit > defaultFetchBatches {
+		limit = defaultFetchBatches
 	}
 	// A batch is at most MaxMessage bytes; keep responses under the limit.
 	budget := s.n.cfg.MaxMessage / 2
 	after := req.GetAfterSeq()
+	// complete is the complete_seq told so far: the request says the
+	// secondary holds the volume's batches up to after_seq.
+	complete := after
 	ctx := stream.Context()
 	for {
 		if err := s.checkFailed(); err != nil {
 			return err
 		}
 		changed := s.n.fsm.Changed()
-		batches, compacted, err := s.n.fsm.Fetch(req.GetVolume(), after, max)
+		// Read before Fetch: the Fetch below then sees every batch of the
+		// volume with seq <= committed (the state only moves forward).
+		committed := s.n.fsm.Stats().CommittedSeq
+		batches, compacted, err := s.n.fsm.Fetch(req.GetVolume(), after, limit)
+		known := true
 		if err != nil {
 			if errors.Is(err, wire.ErrUnknownVolume) {
 				// A secondary may start before its primary: wait for the
 				// volume to appear.
-				batches, compacted = nil, false
+				batches, compacted, known = nil, false, false
 			} else {
 				return err
 			}
@@ -305,6 +319,14 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 			return stream.Send(&wire.FetchResponse{Compacted: true, CommittedSeq: s.n.fsm.Stats().CommittedSeq})
 		}
 		if len(batches) == 0 {
+			if known && committed > complete {
+				// Only other volumes moved: the volume is complete up to
+				// the committed seq.
+				if err := stream.Send(&wire.FetchResponse{CommittedSeq: committed, CompleteSeq: committed}); err != nil {
+					return err
+				}
+				complete = committed
+			}
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
@@ -314,19 +336,181 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 			}
 			continue
 		}
+		// Fewer than limit batches: they are all the volume had after
+		// after_seq, so the last response completes the volume up to the
+		// committed seq read before.
+		all := len(batches) < limit
 		for len(batches) > 0 {
 			size, i := 0, 0
 			for i < len(batches) && (i == 0 || size+wire.BatchBytes(batches[i].GetBatch()) <= budget) {
 				size += wire.BatchBytes(batches[i].GetBatch())
 				i++
 			}
-			if err := stream.Send(&wire.FetchResponse{Batches: batches[:i], CommittedSeq: s.n.fsm.Stats().CommittedSeq}); err != nil {
+			chunk := batches[:i]
+			batches = batches[i:]
+			after = chunk[i-1].GetSeq()
+			complete = after
+			if all && len(batches) == 0 {
+				complete = max(after, committed)
+			}
+			if err := stream.Send(&wire.FetchResponse{Batches: chunk, CommittedSeq: s.n.fsm.Stats().CommittedSeq, CompleteSeq: complete}); err != nil {
 				return err
 			}
-			after = batches[i-1].GetSeq()
-			batches = batches[i:]
 		}
 	}
+}
+
+// Coordinate implements a secondary's PREPARE/VALIDATE stream with the
+// leader; see wire.proto. The handler checks and registers the secondary,
+// answers CoordinateOpened, attaches the stream to the coordinator of the
+// leader's term, and then sends what the coordinator queues for the
+// secondary while a receiver goroutine hands the secondary's messages to
+// the coordinator. The stream ends when the secondary ends it, on a
+// malformed message, when a newer stream of the same secondary replaces it
+// (STALE_SESSION), and with NOT_LEADER when this node stops leading.
+func (s *service) Coordinate(stream wire.Intermediate_CoordinateServer) error {
+	n := s.n
+	ctx := stream.Context()
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := checkCoordinateSize(req); err != nil {
+		return err
+	}
+	hello := req.GetHello()
+	if hello == nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "first message of a coordinate stream must be hello, not %T", req.GetMsg())
+	}
+	if err := s.checkGroup(hello.GetGroup()); err != nil {
+		return err
+	}
+	id, volume, addr := hello.GetSecondary(), hello.GetVolume(), hello.GetAddr()
+	if err := checkSecondaryID(id); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "hello.secondary: %v", err)
+	}
+	if err := wire.CheckVolumeName(volume); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "hello.volume: %v", err)
+	}
+	if err := checkSecondaryAddr(addr); err != nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "hello.addr: %v", err)
+	}
+	if err := s.checkFailed(); err != nil {
+		return err
+	}
+	if !n.IsLeader() {
+		return n.notLeader("coordination is the leader's")
+	}
+	vol, ok := n.fsm.Volume(volume)
+	if !ok {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "secondary %q follows volume %q, which is not registered yet", id, volume)
+	}
+	info, registered := n.fsm.Secondary(id)
+	if registered && info.Volume != volume {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "secondary %q is registered for volume %q, not %q", id, info.Volume, volume)
+	}
+	if !registered || info.Addr != addr {
+		res, err := n.apply(ctx, &wire.Entry{Op: &wire.Entry_RegisterSecondary{RegisterSecondary: &wire.RegisterSecondary{Id: id, Volume: volume, Addr: addr}}})
+		if err != nil {
+			return err
+		}
+		sr, _ := res.(*SecondaryResult)
+		if sr == nil {
+			return fmt.Errorf("register secondary %q: unexpected state machine response %T", id, res)
+		}
+		if sr.Err != nil {
+			return sr.Err
+		}
+	}
+
+	run := n.coord.current(ctx)
+	if run == nil {
+		return n.notLeader("not coordinating")
+	}
+	l := newCoordLink(id)
+	if !run.attach(l) {
+		return n.notLeader("coordination stopped")
+	}
+	defer run.detach(l)
+	if err := stream.Send(&wire.CoordinateResponse{Msg: &wire.CoordinateResponse_Opened{Opened: &wire.CoordinateOpened{
+		ValidatedSeq: n.fsm.Validated(), CommittedSeq: n.fsm.Stats().CommittedSeq, BlockCount: vol.BlockCount,
+	}}}); err != nil {
+		return err
+	}
+	run.deliver(ctx, l, coord.Hello{From: id, Applied: hello.GetAppliedSeq(), Durable: hello.GetDurableSeq()})
+
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	recvErr := make(chan error, 1)
+	// The receiver cannot be waited for here: it may sit in stream.Recv,
+	// which returns only once this handler has returned.
+	go func() { recvErr <- s.receiveCoordinate(rctx, stream, run, l) }()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-l.done:
+			switch l.err {
+			case errCoordinationLost:
+				return n.notLeader(l.err.Error())
+			case errStreamReplaced:
+				return wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_SESSION, "secondary %q: %v", id, l.err)
+			}
+			return l.err
+		case <-l.wake:
+		}
+		prepare, validate := l.take()
+		if validate != 0 {
+			if err := stream.Send(&wire.CoordinateResponse{Msg: &wire.CoordinateResponse_Validate{Validate: &wire.AppliedSeq{Seq: validate}}}); err != nil {
+				return err
+			}
+		}
+		if prepare != 0 {
+			if err := stream.Send(&wire.CoordinateResponse{Msg: &wire.CoordinateResponse_Prepare{Prepare: &wire.PreparedSeq{Seq: prepare}}}); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// receiveCoordinate reads a secondary's messages after its hello and hands
+// them to the coordinator, until the stream ends or a message is malformed.
+func (s *service) receiveCoordinate(ctx context.Context, stream wire.Intermediate_CoordinateServer, run *coordRun, l *coordLink) error {
+	for {
+		req, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		if err := checkCoordinateSize(req); err != nil {
+			return err
+		}
+		switch m := req.GetMsg().(type) {
+		case *wire.CoordinateRequest_Prepared:
+			run.deliver(ctx, l, coord.Prepared{From: l.id, N: m.Prepared.GetSeq()})
+		case *wire.CoordinateRequest_Applied:
+			run.deliver(ctx, l, coord.Applied{From: l.id, N: m.Applied.GetSeq()})
+		case *wire.CoordinateRequest_Report:
+			run.report(l.id, m.Report)
+		case *wire.CoordinateRequest_Hello:
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "coordinate stream of secondary %q: hello after the first message", l.id)
+		default:
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "coordinate stream of secondary %q: message without content", l.id)
+		}
+	}
+}
+
+// checkCoordinateSize refuses a Coordinate message over
+// maxCoordinateMessage bytes.
+func checkCoordinateSize(req *wire.CoordinateRequest) error {
+	if size := proto.Size(req); size > maxCoordinateMessage {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_TOO_LARGE, "coordinate message of %d bytes over the limit of %d", size, maxCoordinateMessage)
+	}
+	return nil
 }
 
 // Status implements the group status query.
@@ -349,9 +533,30 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 		JournalBytes:   st.JournalBytes,
 		JournalBudget:  n.cfg.JournalBudget,
 		AppliedIndex:   st.AppliedIndex,
+		ValidatedSeq:   st.ValidatedSeq,
 	}
 	if id != "" {
 		resp.LeaderAddr = n.fsm.NodeAddr(string(id))
+	}
+	view := n.coord.view()
+	resp.HeldBy = view.heldBy
+	now := time.Now()
+	for _, sec := range n.fsm.Secondaries() {
+		ss := &wire.SecondaryStatus{Id: sec.ID, Volume: sec.Volume, Addr: sec.Addr}
+		if view.leading {
+			sv := view.secondaries[sec.ID]
+			ss.Connected, ss.PreparedSeq, ss.AppliedSeq = sv.connected, sv.prepared, sv.applied
+			if rep := sv.report; rep != nil {
+				ss.State, ss.Reason, ss.FetchedSeq, ss.ResyncDone, ss.ResyncTotal =
+					rep.GetState(), rep.GetReason(), rep.GetFetchedSeq(), rep.GetResyncDone(), rep.GetResyncTotal()
+			}
+			var oldest time.Time
+			ss.LagBatches, ss.LagBytes, oldest = n.fsm.JournalLag(sec.Volume, sv.applied)
+			if ss.LagBatches > 0 {
+				ss.LagSeconds = max(now.Sub(oldest).Seconds(), 0)
+			}
+		}
+		resp.Secondaries = append(resp.Secondaries, ss)
 	}
 	for _, v := range n.fsm.Volumes() {
 		vs := &wire.VolumeStatus{

@@ -78,3 +78,35 @@ func TestTrimPoint(t *testing.T) {
 		t.Fatalf("after a stale report: %d, want 100", got)
 	}
 }
+
+// TestSecondaryTrimPoint checks the trim bound the secondaries' applied
+// points give.
+func TestSecondaryTrimPoint(t *testing.T) {
+	vols := []VolumeInfo{{Name: "a", LastSeq: 90}, {Name: "b", LastSeq: 100}, {Name: "c", LastSeq: 5}}
+	applied := map[string]uint64{}
+	get := func(id string) uint64 { return applied[id] }
+	if got := secondaryTrimPoint(vols, nil, get, 100, 10); got != 100 {
+		t.Fatalf("no secondaries: %d, want 100", got)
+	}
+	secs := []SecondaryInfo{{ID: "sa", Volume: "a"}, {ID: "sb", Volume: "b"}, {ID: "sb2", Volume: "b"}, {ID: "sc", Volume: "c"}}
+	// Nobody heard from: the journal stays (sc's volume has nothing in it).
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 0 {
+		t.Fatalf("nobody heard from: %d, want 0", got)
+	}
+	applied["sa"], applied["sb"], applied["sb2"] = 90, 60, 80
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 60 {
+		t.Fatalf("sb at 60: %d, want 60", got)
+	}
+	applied["sb"] = 100
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 80 {
+		t.Fatalf("sb2 at 80: %d, want 80", got)
+	}
+	applied["sb2"] = 120 // above its volume's last batch: no bound
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 100 {
+		t.Fatalf("everyone applied everything: %d, want 100", got)
+	}
+	applied["sa"] = 50
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 50 {
+		t.Fatalf("sa at 50: %d, want 50", got)
+	}
+}

@@ -1,9 +1,6 @@
 package secondary
 
-import (
-	"errors"
-	"fmt"
-)
+import "fmt"
 
 // Follower is the pure core of a secondary's side of PREPARE/VALIDATE (the
 // coordinator's side is package intermediate/coord, whose doc states the
@@ -25,11 +22,13 @@ import (
 // counter).
 //
 // VALIDATE(N) for N at or below A is answered with APPLIED(A). For N above
-// A it requires N <= D (the coordinator records only prepared points, and D
-// never goes back): otherwise the step returns Violation. It returns
-// StartApply(N) unless an apply is in flight, in which case it keeps the
-// highest such N and starts it when ApplyDone reports the one in flight.
-// ApplyDone(N) sets A = N and answers APPLIED(N).
+// A the follower keeps the highest such N and returns StartApply(N) once no
+// apply is in flight and N <= D. A validated N is final (Raft recorded it),
+// so waiting for D to reach it is safe: that happens when a secondary joins
+// a group whose validated point is above what it staged (it fetches the
+// batches from the journal first), or after a damaged staging store
+// recovered a lower D. ApplyDone(N) sets A = N, answers APPLIED(N), and
+// starts the highest waiting N if it is staged.
 type Follower struct {
 	id       string
 	applied  uint64 // A
@@ -37,7 +36,7 @@ type Follower struct {
 	asked    uint64 // highest PREPARE received since the start
 	reported uint64 // highest PREPARED sent since the start
 	applying uint64 // N of the apply in flight, 0 if none
-	next     uint64 // highest VALIDATE waiting for the apply in flight
+	next     uint64 // highest VALIDATE above A received since the start
 }
 
 // FollowerEvent is an input to Follower.Step: Staged, PrepareMsg,
@@ -86,9 +85,9 @@ type SendHello struct{ Applied, Durable uint64 }
 // when it is durable. At most one is in flight.
 type StartApply struct{ N uint64 }
 
-// Violation reports a message that breaks the protocol, such as a VALIDATE
-// above what is durably staged. The driver must stop following (fail-stop)
-// and report Err.
+// Violation reports an event that breaks the protocol, such as an
+// ApplyDone for an apply that is not in flight. The driver must stop
+// following (fail-stop) and report Err.
 type Violation struct{ Err error }
 
 func (SendPrepared) isFollowerAction() {}
@@ -96,10 +95,6 @@ func (SendApplied) isFollowerAction()  {}
 func (SendHello) isFollowerAction()    {}
 func (StartApply) isFollowerAction()   {}
 func (Violation) isFollowerAction()    {}
-
-// ErrNotPrepared is wrapped by the Violation returned for a VALIDATE(N)
-// with N above the durable staged watermark.
-var ErrNotPrepared = errors.New("validate above the durable staged watermark")
 
 // NewFollower returns the core of secondary id whose replica is at applied
 // and whose staging store holds durably everything <= durable, as read from
@@ -116,10 +111,12 @@ func (f *Follower) Step(ev FollowerEvent) []FollowerAction {
 		return []FollowerAction{SendHello{Applied: f.applied, Durable: f.durable}}
 	case Staged:
 		f.durable = max(f.durable, ev.Durable)
+		var out []FollowerAction
 		if p := f.prepared(); p > f.reported {
 			f.reported = p
-			return []FollowerAction{SendPrepared{N: p}}
+			out = append(out, SendPrepared{N: p})
 		}
+		return f.maybeApply(out)
 	case PrepareMsg:
 		f.asked = max(f.asked, ev.N)
 		if p := f.prepared(); p > 0 {
@@ -127,34 +124,40 @@ func (f *Follower) Step(ev FollowerEvent) []FollowerAction {
 			return []FollowerAction{SendPrepared{N: p}}
 		}
 	case ValidateMsg:
-		switch {
-		case ev.N <= f.applied:
+		if ev.N <= f.applied {
 			return []FollowerAction{SendApplied{N: f.applied}}
-		case ev.N > f.durable:
-			return []FollowerAction{Violation{Err: fmt.Errorf("secondary %s: validate %d, durable %d: %w", f.id, ev.N, f.durable, ErrNotPrepared)}}
-		case f.applying != 0:
-			if ev.N > f.applying {
-				f.next = max(f.next, ev.N)
-			}
-		default:
-			f.applying = ev.N
-			return []FollowerAction{StartApply(ev)}
 		}
+		f.next = max(f.next, ev.N)
+		return f.maybeApply(nil)
 	case ApplyDone:
 		if ev.N != f.applying || f.applying == 0 {
 			return []FollowerAction{Violation{Err: fmt.Errorf("secondary %s: apply %d done, %d in flight", f.id, ev.N, f.applying)}}
 		}
 		f.applied, f.applying = ev.N, 0
-		out := []FollowerAction{SendApplied{N: f.applied}}
-		if f.next > f.applied {
-			f.applying, f.next = f.next, 0
-			out = append(out, StartApply{N: f.applying})
-		}
-		return out
+		return f.maybeApply([]FollowerAction{SendApplied{N: f.applied}})
 	default:
 		panic(fmt.Sprintf("secondary: unknown follower event %T", ev))
 	}
 	return nil
+}
+
+// maybeApply starts the highest validated point received if it is above
+// A, durably staged, and no apply is in flight.
+func (f *Follower) maybeApply(out []FollowerAction) []FollowerAction {
+	if f.applying == 0 && f.next > f.applied && f.next <= f.durable {
+		f.applying = f.next
+		out = append(out, StartApply{N: f.applying})
+	}
+	return out
+}
+
+// Waiting returns the highest validated point received that is above the
+// applied point, 0 if none: being applied, or waiting for the staging store.
+func (f *Follower) Waiting() uint64 {
+	if f.next > f.applied {
+		return f.next
+	}
+	return 0
 }
 
 // prepared is the point to report: min(D, asked).

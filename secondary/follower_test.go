@@ -75,11 +75,29 @@ func TestFollowerValidateWhileApplying(t *testing.T) {
 
 func TestFollowerViolations(t *testing.T) {
 	f := NewFollower("a", 2, 5)
-	expectViolation(t, f, ValidateMsg{N: 6}, ErrNotPrepared)
 	expectViolation(t, f, ApplyDone{N: 3}, nil) // none in flight
 	expectF(t, f, ValidateMsg{N: 4}, StartApply{N: 4})
 	expectViolation(t, f, ApplyDone{N: 5}, nil) // not the one in flight
-	expectViolation(t, f, ValidateMsg{N: 9}, ErrNotPrepared)
+}
+
+// A validated point above what is staged (a secondary that joined late, or
+// whose staging store recovered less) waits for the stage to reach it.
+func TestFollowerValidateAboveStaged(t *testing.T) {
+	f := NewFollower("a", 2, 5)
+	expectF(t, f, ValidateMsg{N: 9})
+	if f.Waiting() != 9 {
+		t.Fatalf("waiting %d, want 9", f.Waiting())
+	}
+	expectF(t, f, Staged{Durable: 8}) // nothing asked, 9 not staged yet
+	expectF(t, f, Staged{Durable: 12}, StartApply{N: 9})
+	expectF(t, f, ValidateMsg{N: 11}) // waits for the apply in flight
+	expectF(t, f, ValidateMsg{N: 14}) // and now above D: waits for both
+	expectF(t, f, ApplyDone{N: 9}, SendApplied{N: 9})
+	expectF(t, f, Staged{Durable: 14}, StartApply{N: 14})
+	expectF(t, f, ApplyDone{N: 14}, SendApplied{N: 14})
+	if f.Waiting() != 0 {
+		t.Fatalf("waiting %d after applying everything", f.Waiting())
+	}
 }
 
 func TestFollowerRestartMidRound(t *testing.T) {

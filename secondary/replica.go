@@ -332,7 +332,9 @@ func (r *Replica) ReadBlocks(first uint64, p []byte) error {
 	return nil
 }
 
-// ApplyRound moves the replica to seq n: it applies every batch from
+// ApplyRound moves the replica to seq n and returns the indices of the
+// blocks it wrote (each once, in no particular order), which is what a
+// read-only filesystem over the replica must drop from its caches. It applies every batch from
 // batches with Applied() < seq <= n, in seq order, together with the
 // header recording n, as one blockdev Apply with Sync, so that after a
 // crash the replica is at the old N or at n, never between; then Applied()
@@ -360,35 +362,40 @@ func (r *Replica) ReadBlocks(first uint64, p []byte) error {
 // every later ApplyRound return an error wrapping blockdev.ErrFailed, and
 // Applied() stays at the old N, the last one known durable. Readers may
 // then see the old N or n, each whole; a reopen recovers one of them.
-func (r *Replica) ApplyRound(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
+func (r *Replica) ApplyRound(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) ([]uint64, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err := r.applyRoundLocked(ctx, n, batches); err != nil {
-		return fmt.Errorf("apply round %d to replica %q: %w", n, r.dir, err)
+	changed, err := r.applyRoundLocked(ctx, n, batches)
+	if err != nil {
+		return nil, fmt.Errorf("apply round %d to replica %q: %w", n, r.dir, err)
 	}
-	return nil
+	return changed, nil
 }
 
-func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
+func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) ([]uint64, error) {
 	switch {
 	case r.closed:
-		return blockdev.ErrClosed
+		return nil, blockdev.ErrClosed
 	case r.failed != nil:
-		return fmt.Errorf("%w: %w", blockdev.ErrFailed, r.failed)
+		return nil, fmt.Errorf("%w: %w", blockdev.ErrFailed, r.failed)
 	}
 	applied := r.applied.Load()
 	switch {
 	case n < applied:
-		return fmt.Errorf("%w: replica at seq %d", ErrStaleRound, applied)
+		return nil, fmt.Errorf("%w: replica at seq %d", ErrStaleRound, applied)
 	case n == applied:
-		return nil
+		return nil, nil
 	}
 	round, err := r.collect(ctx, applied, n, batches)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return nil, err
+	}
+	changed := make([]uint64, len(round.writes))
+	for i, w := range round.writes {
+		changed[i] = w.Index
 	}
 	h := replicaHeader{volume: r.volume, blocks: r.blocks, applied: n}
 	round.writes = append(round.writes, blockdev.Write{Index: r.blocks, Data: h.encode()})
@@ -396,16 +403,16 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 		// Only a cancelled context stops the FileVolume before it writes;
 		// after any other error the round may or may not be there.
 		if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) && !errors.Is(err, blockdev.ErrFailed) {
-			return err
+			return nil, err
 		}
 		r.failed = err
 		r.logger.Error("replica failed: refusing rounds until reopened", "applied_seq", applied, "round", n, "err", err)
-		return fmt.Errorf("%w: %w", blockdev.ErrFailed, err)
+		return nil, fmt.Errorf("%w: %w", blockdev.ErrFailed, err)
 	}
 	r.applied.Store(n)
 	r.logger.Debug("applied round", "applied_seq", n, "previous", applied,
 		"batches", round.batches, "skipped", round.skipped, "writes", len(round.writes)-1)
-	return nil
+	return changed, nil
 }
 
 // round is what collect gathers of a round.

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"iter"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path"
@@ -162,7 +163,24 @@ func TestReplicaRoundTrip(t *testing.T) {
 	}
 	var all []*wire.CommittedBatch
 	for _, rd := range rounds {
-		must(t, r.ApplyRound(ctx, rd.n, batchesOf(rd.batches...)))
+		changed, err := r.ApplyRound(ctx, rd.n, batchesOf(rd.batches...))
+		must(t, err)
+		want := map[uint64]bool{}
+		for _, cb := range rd.batches {
+			for _, b := range cb.GetBatch().GetBlocks() {
+				want[b.GetIndex()] = true
+			}
+		}
+		got := map[uint64]bool{}
+		for _, i := range changed {
+			if got[i] {
+				t.Fatalf("round %d: block %d reported changed twice", rd.n, i)
+			}
+			got[i] = true
+		}
+		if !maps.Equal(got, want) {
+			t.Fatalf("round %d: changed blocks %v, want %v", rd.n, got, want)
+		}
 		m = m.with(rd.batches...)
 		all = append(all, rd.batches...)
 		checkReplica(t, r, rd.n, m)
@@ -173,10 +191,10 @@ func TestReplicaRoundTrip(t *testing.T) {
 
 	// Re-sent rounds change nothing: the same n, and batches at or below
 	// Applied() (skipped: seqs 1 and 7 would take blocks 1 and 3 back).
-	must(t, r.ApplyRound(ctx, 20, batchesOf(all...)))
+	must(t, r.applyRoundErr(ctx, 20, batchesOf(all...)))
 	checkReplica(t, r, 20, m)
 	more := []*wire.CommittedBatch{makeBatch(22, 0), makeBatch(25, 7, 0)}
-	must(t, r.ApplyRound(ctx, 25, batchesOf(all[0], all[3], more[0], more[1])))
+	must(t, r.applyRoundErr(ctx, 25, batchesOf(all[0], all[3], more[0], more[1])))
 	m = m.with(more...)
 	checkReplica(t, r, 25, m)
 
@@ -202,7 +220,7 @@ func TestReplicaRoundTrip(t *testing.T) {
 	if err := r.Close(); !errors.Is(err, blockdev.ErrClosed) {
 		t.Fatalf("second Close: %v", err)
 	}
-	if err := r.ApplyRound(ctx, 30, batchesOf()); !errors.Is(err, blockdev.ErrClosed) {
+	if err := r.applyRoundErr(ctx, 30, batchesOf()); !errors.Is(err, blockdev.ErrClosed) {
 		t.Fatalf("ApplyRound after Close: %v", err)
 	}
 	if err := r.ReadBlock(0, make([]byte, blockdev.BlockSize)); !errors.Is(err, blockdev.ErrClosed) {
@@ -220,7 +238,7 @@ func TestReplicaOS(t *testing.T) {
 		t.Fatalf("OpenReplica of an open replica: %v, want ErrInUse", err)
 	}
 	bs := []*wire.CommittedBatch{makeBatch(2, 1, 2), makeBatch(3, 2, 15)}
-	must(t, r.ApplyRound(context.Background(), 4, batchesOf(bs...)))
+	must(t, r.applyRoundErr(context.Background(), 4, batchesOf(bs...)))
 	must(t, r.Close())
 	r, err = OpenReplica(dir, opts)
 	must(t, err)
@@ -272,7 +290,7 @@ func TestReplicaRefusals(t *testing.T) {
 	r := mustCreateReplica(t, opts)
 	ctx := context.Background()
 	first := []*wire.CommittedBatch{makeBatch(2, 0, 1), makeBatch(5, 1, 2)}
-	must(t, r.ApplyRound(ctx, 5, batchesOf(first...)))
+	must(t, r.applyRoundErr(ctx, 5, batchesOf(first...)))
 	m := zeroImage().with(first...)
 
 	badCRC := makeBatch(7, 3)
@@ -314,7 +332,7 @@ func TestReplicaRefusals(t *testing.T) {
 		{"cancelled", cancelled, 9, batchesOf(makeBatch(6, 3)), context.Canceled},
 		{"cancelled after the batches", lateCtx, 9, late, context.Canceled},
 	} {
-		err := r.ApplyRound(tc.ctx, tc.n, tc.batches)
+		err := r.applyRoundErr(tc.ctx, tc.n, tc.batches)
 		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), replicaDir) {
 			t.Fatalf("%s: ApplyRound: %v, want an error wrapping %v naming the directory", tc.name, err, tc.want)
 		}
@@ -323,7 +341,7 @@ func TestReplicaRefusals(t *testing.T) {
 	// No refusal failed the replica: it takes a round of exactly
 	// MaxRoundBytes (re-sent batches do not count).
 	last := []*wire.CommittedBatch{makeBatch(6, 3, 4), makeBatch(9, 3, 7)}
-	must(t, r.ApplyRound(ctx, 9, batchesOf(append(slices.Clone(first), last...)...)))
+	must(t, r.applyRoundErr(ctx, 9, batchesOf(append(slices.Clone(first), last...)...)))
 	m = m.with(last...)
 	checkReplica(t, r, 9, m)
 	must(t, r.Close())
@@ -343,11 +361,11 @@ func TestReplicaFailStop(t *testing.T) {
 			r := mustCreateReplica(t, opts)
 			ctx := context.Background()
 			b1, b2 := makeBatch(1, 0, 1), makeBatch(2, 1, 2)
-			must(t, r.ApplyRound(ctx, 1, batchesOf(b1)))
+			must(t, r.applyRoundErr(ctx, 1, batchesOf(b1)))
 			m1 := zeroImage().with(b1)
 			m2 := m1.with(b2)
 			fsys.Inject(blockdev.FSFault{Kind: kind, Label: blockdev.LabelLog, N: 1})
-			err := r.ApplyRound(ctx, 2, batchesOf(b2))
+			err := r.applyRoundErr(ctx, 2, batchesOf(b2))
 			if !errors.Is(err, blockdev.ErrFailed) || !errors.Is(err, blockdev.ErrInjected) {
 				t.Fatalf("ApplyRound with a failing %s: %v, want ErrFailed and ErrInjected", kind, err)
 			}
@@ -360,7 +378,7 @@ func TestReplicaFailStop(t *testing.T) {
 				t.Fatal("after the failed round, the blocks are neither at seq 1 nor at seq 2")
 			}
 			for _, n := range []uint64{1, 3} {
-				if err := r.ApplyRound(ctx, n, batchesOf()); !errors.Is(err, blockdev.ErrFailed) {
+				if err := r.applyRoundErr(ctx, n, batchesOf()); !errors.Is(err, blockdev.ErrFailed) {
 					t.Fatalf("ApplyRound(%d) on a failed replica: %v, want ErrFailed", n, err)
 				}
 			}
@@ -374,7 +392,7 @@ func TestReplicaFailStop(t *testing.T) {
 				checkReplica(t, r, 1, m1)
 			}
 			checkReplica(t, r, r.Applied(), want)
-			must(t, r.ApplyRound(ctx, 3, batchesOf(b2, makeBatch(3, 5))))
+			must(t, r.applyRoundErr(ctx, 3, batchesOf(b2, makeBatch(3, 5))))
 			must(t, r.Close())
 		})
 	}
@@ -429,7 +447,7 @@ func newReplicaWorkload(seed uint64, rounds int) (work []replicaRound, ns []uint
 // how many returned nil and the error.
 func runReplicaWorkload(r *Replica, work []replicaRound) (int, error) {
 	for i, rd := range work {
-		if err := r.ApplyRound(context.Background(), rd.n, batchesOf(rd.batches...)); err != nil {
+		if err := r.applyRoundErr(context.Background(), rd.n, batchesOf(rd.batches...)); err != nil {
 			return i, err
 		}
 	}
@@ -559,7 +577,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 			}
 			next := ns[len(ns)-1] + 10
 			more := makeBatch(next, 0, uint64(k%testBlocks))
-			if err := r.ApplyRound(context.Background(), next, batchesOf(more)); err != nil {
+			if err := r.applyRoundErr(context.Background(), next, batchesOf(more)); err != nil {
 				t.Fatalf("%s: round after recovery: %v", where, err)
 			}
 			r.Close()
@@ -621,7 +639,7 @@ func TestCreateReplicaCrashPoints(t *testing.T) {
 			}
 			checkReplica(t, r, 0, zeroImage())
 			b := makeBatch(3, 2)
-			if err := r.ApplyRound(context.Background(), 3, batchesOf(b)); err != nil {
+			if err := r.applyRoundErr(context.Background(), 3, batchesOf(b)); err != nil {
 				t.Fatalf("%s: %v", where, err)
 			}
 			checkReplica(t, r, 3, zeroImage().with(b))
@@ -640,7 +658,7 @@ func headerImage(t testing.TB, dir string, blocks uint64) (*blockdev.MemFS, stri
 	fsys := blockdev.NewMemFS()
 	r, err := CreateReplica(dir, testVolume, blocks, replicaOptions(fsys))
 	must(t, err)
-	must(t, r.ApplyRound(context.Background(), 5, batchesOf(makeBatch(4, 0))))
+	must(t, r.applyRoundErr(context.Background(), 5, batchesOf(makeBatch(4, 0))))
 	must(t, r.Close())
 	// Reopening replays the intent log into the data file.
 	r, err = OpenReplica(dir, replicaOptions(fsys))
@@ -777,18 +795,18 @@ func TestReplicaFromStage(t *testing.T) {
 		if n == 30 {
 			must(t, s.Trim(r.Applied()))
 		}
-		must(t, r.ApplyRound(ctx, n, s.Batches(r.Applied(), n)))
+		must(t, r.applyRoundErr(ctx, n, s.Batches(r.Applied(), n)))
 		m = zeroImage().with(upTo(n)...)
 		checkReplica(t, r, n, m)
 	}
 	// Beyond what is durably staged: the stage's error, nothing applied.
-	if err := r.ApplyRound(ctx, 50, s.Batches(r.Applied(), 50)); !errors.Is(err, ErrNotDurable) {
+	if err := r.applyRoundErr(ctx, 50, s.Batches(r.Applied(), 50)); !errors.Is(err, ErrNotDurable) {
 		t.Fatalf("ApplyRound past Durable: %v, want ErrNotDurable", err)
 	}
 	checkReplica(t, r, 45, m)
 	must(t, r.Close())
 	r = mustOpenReplica(t, replicaOptions(fsys))
-	must(t, r.ApplyRound(ctx, 45, s.Batches(30, 45)))
+	must(t, r.applyRoundErr(ctx, 45, s.Batches(30, 45)))
 	checkReplica(t, r, 45, m)
 	must(t, errors.Join(r.Close(), s.Close()))
 }
@@ -850,4 +868,10 @@ func TestReplicaConcurrentReaders(t *testing.T) {
 	checkReplica(t, r, ns[len(ns)-1], images[len(images)-1])
 	must(t, r.Close())
 	t.Logf("%d reads during %d rounds", reads.Load(), len(work))
+}
+
+// applyRoundErr is ApplyRound for tests that only look at the error.
+func (r *Replica) applyRoundErr(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
+	_, err := r.ApplyRound(ctx, n, batches)
+	return err
 }

@@ -137,6 +137,8 @@ the intermediate cluster and shows its status; up runs all of it locally.` + con
 		newUpCmd(a),
 		newIntermediateCmd(a),
 		newStatusCmd(a),
+		newSecondaryCmd(a),
+		newWaitCmd(a),
 		newBenchCmd(a),
 	)
 	return root

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -229,12 +227,8 @@ func openOrCreate(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*b
 // mountVolume creates the mountpoint if needed and mounts the filesystem of
 // dev on it.
 func mountVolume(ctx context.Context, log *slog.Logger, dev fusefs.Device, cfg *configs.Mount) (*fusefs.Server, error) {
-	if err := os.MkdirAll(cfg.Mountpoint, 0o755); err != nil {
-		if errors.Is(err, syscall.ENOTCONN) {
-			return nil, fmt.Errorf("create mountpoint %s: %w (an earlier mount died there: unmount it with fusermount3 -u %s or umount %s)",
-				cfg.Mountpoint, err, cfg.Mountpoint, cfg.Mountpoint)
-		}
-		return nil, fmt.Errorf("create mountpoint %s: %w", cfg.Mountpoint, err)
+	if err := makeMountpoint(cfg.Mountpoint); err != nil {
+		return nil, err
 	}
 	srv, err := fusefs.Mount(ctx, dev, fusefs.MountOptions{
 		Mountpoint: cfg.Mountpoint,

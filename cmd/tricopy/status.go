@@ -28,6 +28,8 @@ type statusJSON struct {
 	LeaderAddr     string       `json:"leader_addr"`
 	CommittedSeq   uint64       `json:"committed_seq"`
 	ValidSeq       uint64       `json:"valid_seq"`
+	ValidatedSeq   uint64       `json:"validated_seq"`
+	HeldBy         string       `json:"held_by"`
 	JournalBatches uint64       `json:"journal_batches"`
 	JournalBytes   uint64       `json:"journal_bytes"`
 	JournalBudget  uint64       `json:"journal_budget"`
@@ -54,6 +56,26 @@ type volumeJSON struct {
 	ResyncDone       uint64 `json:"resync_done_regions"`
 	ResyncTotal      uint64 `json:"resync_total_regions"`
 	Reason           string `json:"reason,omitempty"`
+	// Secondaries are the volume's secondaries, as the leader knows them.
+	Secondaries []secondaryJSON `json:"secondaries"`
+}
+
+// secondaryJSON is one secondary of a volume in statusJSON.
+type secondaryJSON struct {
+	ID   string `json:"id"`
+	Addr string `json:"addr"`
+	// State is what the secondary reported (PAIR, FAILED, ...),
+	// DISCONNECTED when its Coordinate stream is closed, or "" when it
+	// never spoke to the current leader.
+	State       string  `json:"state"`
+	Connected   bool    `json:"connected"`
+	FetchedSeq  uint64  `json:"fetched_seq"`
+	PreparedSeq uint64  `json:"prepared_seq"`
+	AppliedSeq  uint64  `json:"applied_seq"`
+	LagBatches  uint64  `json:"lag_batches"`
+	LagBytes    uint64  `json:"lag_bytes"`
+	LagSeconds  float64 `json:"lag_seconds"`
+	Reason      string  `json:"reason,omitempty"`
 }
 
 // nodeJSON is one intermediate node in statusJSON.
@@ -78,13 +100,16 @@ state of the group: the leader, the committed seq (the last global sequence
 number given to a batch), the valid counter, the journal's use of its budget,
 each volume's pair state as its primary reports it (COPY, PAIR, SUSP, RESYNC,
 FENCED, or DISCONNECTED when its primary is gone), epoch, last committed seq,
-dirty regions and copy progress, and each intermediate node's Raft state and
-progress.
+dirty regions and copy progress, the group's validated point (the point every
+secondary exposes) and which secondary holds it back, each secondary's state,
+prepared and applied seq and lag (in batches, bytes and seconds), and each
+intermediate node's Raft state and progress.
 
 With --json it prints one JSON object whose fields are a stable contract for
 scripts (docs/STATUS.md). It exits 0 when the group is healthy (a leader is
 known and answers, every listed node answers, every volume whose primary
-reported is in PAIR), 1 otherwise, so it serves as a health check.`,
+reported is in PAIR, every secondary is connected and in PAIR), 1 otherwise, so
+it serves as a health check.`,
 		example: `  tricopy status --intermediate 127.0.0.1:7100
   tricopy status --intermediate 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100 --json | jq .committed_seq`,
 	}, &cfg, runStatus)
@@ -138,6 +163,8 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 		doc.LeaderAddr = leader.GetLeaderAddr()
 		doc.CommittedSeq = leader.GetCommittedSeq()
 		doc.ValidSeq = leader.GetValidSeq()
+		doc.ValidatedSeq = leader.GetValidatedSeq()
+		doc.HeldBy = leader.GetHeldBy()
 		doc.JournalBatches = leader.GetJournalBatches()
 		doc.JournalBytes = leader.GetJournalBytes()
 		doc.JournalBudget = leader.GetJournalBudget()
@@ -146,6 +173,7 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				Name: v.GetName(), Epoch: v.GetEpoch(), CommittedSeq: v.GetCommittedSeq(), VolumeSeq: v.GetVolumeSeq(), BlockCount: v.GetBlockCount(),
 				State: v.GetState(), PrimaryConnected: v.GetConnected(), DirtyRegions: v.GetDirtyRegions(),
 				ResyncDone: v.GetResyncDone(), ResyncTotal: v.GetResyncTotal(), Reason: v.GetReason(),
+				Secondaries: []secondaryJSON{},
 			}
 			if vj.State != "" && !vj.PrimaryConnected {
 				vj.State = "DISCONNECTED"
@@ -159,6 +187,28 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is %s: %s", vj.Name, vj.State, vj.Reason))
 			default:
 				doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s is %s", vj.Name, vj.State))
+			}
+			for _, sec := range leader.GetSecondaries() {
+				if sec.GetVolume() != vj.Name {
+					continue
+				}
+				sj := secondaryJSON{
+					ID: sec.GetId(), Addr: sec.GetAddr(), State: sec.GetState(), Connected: sec.GetConnected(),
+					FetchedSeq: sec.GetFetchedSeq(), PreparedSeq: sec.GetPreparedSeq(), AppliedSeq: sec.GetAppliedSeq(),
+					LagBatches: sec.GetLagBatches(), LagBytes: sec.GetLagBytes(), LagSeconds: sec.GetLagSeconds(),
+					Reason: sec.GetReason(),
+				}
+				if !sj.Connected {
+					sj.State = "DISCONNECTED"
+				}
+				if sj.State != "PAIR" {
+					p := fmt.Sprintf("secondary %s of volume %s is %s", sj.ID, vj.Name, sj.State)
+					if sj.Reason != "" {
+						p += ": " + sj.Reason
+					}
+					doc.Problems = append(doc.Problems, p)
+				}
+				vj.Secondaries = append(vj.Secondaries, sj)
 			}
 			doc.Volumes = append(doc.Volumes, vj)
 		}
@@ -201,9 +251,12 @@ func printStatus(a *app, doc *statusJSON) {
 	if leader == "" {
 		leader = "none"
 	}
-	fmt.Fprintf(a.stdout, "group %s: leader %s, committed seq %d, valid seq %d, journal %d batches %s of %s\n",
-		doc.Group, leader, doc.CommittedSeq, doc.ValidSeq, doc.JournalBatches,
+	fmt.Fprintf(a.stdout, "group %s: leader %s, committed seq %d, valid seq %d, validated seq %d, journal %d batches %s of %s\n",
+		doc.Group, leader, doc.CommittedSeq, doc.ValidSeq, doc.ValidatedSeq, doc.JournalBatches,
 		configs.Size(doc.JournalBytes), configs.Size(doc.JournalBudget))
+	if doc.HeldBy != "" {
+		fmt.Fprintf(a.stdout, "the validated point is held back by secondary %s\n", doc.HeldBy)
+	}
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tSTATE\tEPOCH\tCOMMITTED SEQ\tVOLUME SEQ\tSIZE\tDIRTY REGIONS\tRESYNC")
 	for _, v := range doc.Volumes {
@@ -216,6 +269,19 @@ func printStatus(a *app, doc *statusJSON) {
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%s\t%d\t%s\n", v.Name, state, v.Epoch, v.CommittedSeq, v.VolumeSeq,
 			configs.Size(v.BlockCount*wire.BlockSize), v.DirtyRegions, resync)
+	}
+	tw.Flush()
+	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "SECONDARY\tVOLUME\tADDR\tSTATE\tPREPARED SEQ\tAPPLIED SEQ\tLAG BATCHES\tLAG BYTES\tLAG SECONDS")
+	for _, v := range doc.Volumes {
+		for _, sec := range v.Secondaries {
+			state := sec.State
+			if state == "" {
+				state = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\t%.3f\n", sec.ID, v.Name, sec.Addr, state, sec.PreparedSeq,
+				sec.AppliedSeq, sec.LagBatches, configs.Size(sec.LagBytes), sec.LagSeconds)
+		}
 	}
 	tw.Flush()
 	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)

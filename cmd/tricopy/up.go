@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -33,26 +35,36 @@ func newUpCmd(a *app) *cobra.Command {
 	cfg := configs.DefaultUp()
 	return newCommand(a, commandSpec{
 		use:   "up",
-		short: "Run the local deployment: one intermediate node and mirrored primaries mounted under --dir",
+		short: "Run the local deployment: one intermediate node, mirrored primaries and their secondaries under --dir",
 		long: `Up runs a whole deployment on this machine, in the foreground: one intermediate
-node (a single-node Raft cluster, node i1, serving --listen) and one primary per
+node (a single-node Raft cluster, node i1, serving --listen), one primary per
 name in --volumes, each mirrored synchronously to that node and mounted with
-FUSE. Everything lives under --dir:
+FUSE, and (unless --secondaries=false) a secondary of each, following it
+asynchronously, with its replica mounted read-only. Everything lives under
+--dir:
 
-  DIR/intermediate/i1   the intermediate node's Raft log, snapshots and volumes
-  DIR/data/NAME         volume NAME (created and formatted on first use, of --size)
-  DIR/primary/NAME      where volume NAME is mounted (created if missing)
+  DIR/intermediate/i1      the intermediate node's Raft log, snapshots and volumes
+  DIR/data/NAME            volume NAME (created and formatted on first use, of --size)
+  DIR/primary/NAME         where volume NAME is mounted (created if missing)
+  DIR/secondary-data/NAME  the replica and staging store of NAME's secondary
+  DIR/secondary/NAME       where NAME's replica is mounted, read-only: a file
+                           written under DIR/primary/NAME appears there
+                           within a round (DIR/secondary/NAME/.tricopy/applied
+                           holds the validated point it shows)
 
 Up starts the intermediate node and waits until it leads, then opens, mirrors
 and mounts each volume as tricopy mount --intermediate does (a new volume is
 first copied whole to the intermediate: state COPY, while the mount is usable;
-then PAIR). It prints "intermediate node i1 serving at ADDR", one line
-"mounted volume NAME at MNT" per volume, then, once every volume is in PAIR
+then PAIR), then starts the secondaries as tricopy secondary does (admin API
+of the i-th one on --secondary-listen's port + i). It prints "intermediate
+node i1 serving at ADDR", one line "mounted volume NAME at MNT" per volume,
+one line "mounted replica of volume NAME at MNT" per secondary once its
+replica holds a filesystem, then, once every volume and secondary is in PAIR
 (or after 10 seconds), the status of the group as tricopy status prints it,
 and how to watch it. Run again on the same --dir, up finds its state and
 volumes and goes on where it stopped.
 
-SIGINT (Ctrl-C) or SIGTERM unmounts every volume (waiting for the operations
+SIGINT (Ctrl-C) or SIGTERM unmounts every volume, then every replica (waiting for the operations
 in progress; a busy mountpoint is reported and waited for, as by tricopy
 mount; a second Ctrl-C exits at once, leaving mounts behind), closes the
 mirrors and the volumes, stops the intermediate node, and exits 0. A volume
@@ -129,9 +141,54 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			}
 		}()
 	}
-	// Secondaries (DIR/secondary/NAME, following each volume from the
-	// intermediate) start here once they exist; stop them after the
+	// The secondaries are served until sctx ends, and stopped after the
 	// primaries.
+	sctx, stopSecondaries := context.WithCancelCause(ctx)
+	defer stopSecondaries(nil)
+	var swg sync.WaitGroup
+	stopAll := stop
+	stop = func(cause error) error {
+		stopPrimaries(cause)
+		wg.Wait()
+		stopSecondaries(cause)
+		swg.Wait()
+		return stopAll(cause)
+	}
+	if cfg.Secondaries {
+		for i, name := range cfg.Volumes {
+			scfg, err := secondaryConfig(cfg, dir, name, node.ClientAddr(), i)
+			if err != nil {
+				return errors.Join(err, stop(err))
+			}
+			r, err := openSecondary(sctx, log, scfg)
+			if err != nil {
+				err = fmt.Errorf("start the secondary of volume %s: %w", name, err)
+				if serr := stop(err); serr != nil {
+					log.Warn("stop after a failed start-up", "err", serr)
+				}
+				return err
+			}
+			swg.Add(1)
+			go func() {
+				defer swg.Done()
+				select {
+				case <-r.mount.Mounted():
+					fmt.Fprintf(a.stdout, "mounted replica of volume %s at %s\n", name, scfg.Mountpoint)
+				case <-sctx.Done():
+				}
+			}()
+			swg.Add(1)
+			go func() {
+				defer swg.Done()
+				if err := r.serve(sctx); err != nil {
+					log.Error("close secondary", "volume", name, "err", err)
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("secondary of volume %s: %w", name, err))
+					mu.Unlock()
+				}
+			}()
+		}
+	}
 
 	printUpStatus(ctx, a, log, cfg, node)
 	if ctx.Err() == nil {
@@ -204,6 +261,28 @@ func primaryConfig(cfg *configs.Up, dir, name, addr string) *configs.Mount {
 	m.FenceTimeout = cfg.FenceTimeout
 	m.Common = cfg.Common
 	return &m
+}
+
+// secondaryConfig is the configuration of the secondary of the i-th volume,
+// name, in up's layout, following the intermediate at addr.
+func secondaryConfig(cfg *configs.Up, dir, name, addr string, i int) (*configs.Secondary, error) {
+	host, port, err := net.SplitHostPort(cfg.SecondaryListen)
+	if err != nil {
+		return nil, &configs.Error{Key: "secondary-listen", Err: err}
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p+i > 65535 {
+		return nil, &configs.Error{Key: "secondary-listen", Err: fmt.Errorf("port %q: no room for %d secondaries", port, i+1)}
+	}
+	s := configs.DefaultSecondary()
+	s.Volume = name
+	s.Data = filepath.Join(dir, "secondary-data", name)
+	s.Mountpoint = filepath.Join(dir, "secondary", name)
+	s.Intermediate = []string{addr}
+	s.Listen = net.JoinHostPort(host, strconv.Itoa(p+i))
+	s.Group = cfg.Group
+	s.Common = cfg.Common
+	return &s, nil
 }
 
 // printUpStatus prints the status of the group once every volume of cfg

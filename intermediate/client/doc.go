@@ -1,6 +1,7 @@
 // Package client is the client of the intermediate cluster: primaries Submit
-// batches through it, secondaries Fetch committed batches through it, and the
-// CLI asks it for Status and to Join or Remove nodes.
+// batches through it, secondaries Fetch committed batches and keep their
+// Coordinate link through it, and the CLI asks it for Status and to Join or
+// Remove nodes.
 //
 // # Submit
 //
@@ -38,9 +39,23 @@
 // a transport failure it reconnects to the next node and resumes after the
 // last seq it delivered.
 //
+// # Coordinate
+//
+// Client.Coordinate opens a secondary's PREPARE/VALIDATE link (a Link)
+// with the leader and keeps it open: its sender goroutine opens a
+// Coordinate stream, sends the hello the secondary's Hello callback gives
+// (its current applied and durable points), then what Link.Send queued
+// (the latest PREPARED and APPLIED, best effort, and the latest report,
+// again on every stream); a receiver goroutine per stream hands opened,
+// PREPARE and VALIDATE to the OnMessage callback, one call at a time and in
+// order. After a stream ends the link reconnects (following NOT_LEADER
+// hints, with backoff), waiting as long as it takes for the volume to be
+// registered (UNKNOWN_VOLUME); other refusals stop it for good (Link.Err).
+//
 // # Shutdown
 //
 // Client.Close cancels every stream, waits for every goroutine the Client
-// started (and for running Fetch calls to return), fails pending submits with
-// ErrClosed and closes the cached gRPC connections.
+// started (Volumes' and Links' included, and for running Fetch calls to
+// return), fails pending submits with ErrClosed and closes the cached gRPC
+// connections.
 package client

@@ -46,6 +46,24 @@ type fakeCluster struct {
 	fetchAfter []uint64 // after_seq of every Fetch call
 	joins      []string
 	removes    []string
+	coord      fakeCoord
+}
+
+// fakeCoord is the state of the fake Coordinate streams: what the
+// secondaries sent, the refusals to answer hellos with, and the open
+// stream the test drives.
+type fakeCoord struct {
+	hellos   []*wire.SecondaryHello    // every hello received, by any node
+	received []*wire.CoordinateRequest // every message after a hello
+	refuse   []error                   // the next hellos are refused with these, in order
+	stream   *fakeCoordStream          // the latest stream opened
+	opens    int
+}
+
+// fakeCoordStream is one open Coordinate stream of a fake node.
+type fakeCoordStream struct {
+	send chan *wire.CoordinateResponse // sent to the secondary
+	end  chan error                    // ends the stream with this error
 }
 
 // fakeVol is a registered volume.
@@ -478,6 +496,74 @@ func (n *fakeNode) Fetch(req *wire.FetchRequest, stream grpc.ServerStreamingServ
 	}
 }
 
+// Coordinate implements wire.IntermediateServer: it checks the leader and
+// the group, records the hello (refusing it with the next of coord.refuse),
+// answers opened, records every later message, and sends what the test
+// queues on the stream until the test ends it.
+func (n *fakeNode) Coordinate(stream grpc.BidiStreamingServer[wire.CoordinateRequest, wire.CoordinateResponse]) error {
+	cl := n.cl
+	req, err := stream.Recv()
+	if err != nil {
+		return err
+	}
+	if err := cl.leaderErr(n.id); err != nil {
+		return err
+	}
+	hello := req.GetHello()
+	if hello == nil {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "fake: first message is not hello")
+	}
+	fs := &fakeCoordStream{send: make(chan *wire.CoordinateResponse, 64), end: make(chan error, 1)}
+	var refuse error
+	cl.set(func() {
+		cl.coord.hellos = append(cl.coord.hellos, proto.CloneOf(hello))
+		if len(cl.coord.refuse) > 0 {
+			refuse, cl.coord.refuse = cl.coord.refuse[0], cl.coord.refuse[1:]
+		}
+		if hello.GetGroup() != cl.group {
+			refuse = wire.Errorf(wire.ErrorCode_ERROR_CODE_WRONG_GROUP, "fake: group %q, this is %q", hello.GetGroup(), cl.group)
+		}
+		if refuse == nil {
+			cl.coord.stream = fs
+			cl.coord.opens++
+		}
+	})
+	if refuse != nil {
+		return refuse
+	}
+	if err := stream.Send(&wire.CoordinateResponse{Msg: &wire.CoordinateResponse_Opened{Opened: &wire.CoordinateOpened{ValidatedSeq: 1, CommittedSeq: 2, BlockCount: 3}}}); err != nil {
+		return err
+	}
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			req, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			cl.set(func() { cl.coord.received = append(cl.coord.received, proto.CloneOf(req)) })
+		}
+	}()
+	for {
+		select {
+		case m := <-fs.send:
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		case err := <-fs.end:
+			return err
+		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		case <-stream.Context().Done():
+			return stream.Context().Err()
+		}
+	}
+}
+
 // Status implements wire.IntermediateServer.
 func (n *fakeNode) Status(context.Context, *wire.StatusRequest) (*wire.StatusResponse, error) {
 	cl := n.cl
@@ -586,6 +672,7 @@ func openVolume(t testing.TB, c *Client, name string) *Volume {
 // gRPC client connections run.
 var clientGoroutineMarkers = []string{
 	"intermediate/client.(*Volume)",
+	"intermediate/client.(*Link)",
 	"intermediate/client.(*Client)",
 	"transport.(*http2Client)",
 	"grpc.(*addrConn)",

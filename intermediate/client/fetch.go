@@ -23,7 +23,8 @@ import (
 // dropped, so fn never sees one twice. A response with Compacted set is
 // passed to fn like any other: the journal no longer holds what was asked
 // for, and fn usually returns an error to stop and resynchronise. Responses
-// without batches (carrying only CommittedSeq) are passed on too.
+// without batches (carrying only CommittedSeq and CompleteSeq: the volume
+// is complete up to a seq other volumes' batches moved) are passed on too.
 func (c *Client) Fetch(ctx context.Context, volume string, afterSeq uint64, fn func(*wire.FetchResponse) error) error {
 	if volume == "" {
 		return fmt.Errorf("fetch: %w: empty volume name", wire.ErrBadRequest)
@@ -98,8 +99,8 @@ func (c *Client) fetchFrom(ctx context.Context, addr, volume string, last *uint6
 			*last = cb.GetSeq()
 		}
 		resp.Batches = fresh
-		if had > 0 && len(fresh) == 0 && !resp.GetCompacted() {
-			continue
+		if had > 0 && len(fresh) == 0 && !resp.GetCompacted() && resp.GetCompleteSeq() <= *last {
+			continue // only batches delivered before (a resumed stream)
 		}
 		if err := fn(resp); err != nil {
 			return progressed, err, nil

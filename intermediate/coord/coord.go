@@ -64,7 +64,9 @@
 //     applied. The coordinator also keeps the maximum. So validated only
 //     increases, whatever the leader changes.
 //  3. VALIDATE(N) is only ever sent for N = the recorded seq at the time:
-//     a value that Raft applied, which is final. A VALIDATE from a stale
+//     a value that Raft applied, which is final; and only to a secondary
+//     that prepared N (confirmed, or unconfirmed with a report >= N: see
+//     Membership). A VALIDATE from a stale
 //     coordinator therefore still names a validated point, and applying a
 //     lower validated point than the one a secondary holds is a no-op
 //     (secondaries apply only N above their applied point). So stale
@@ -75,6 +77,31 @@
 // Liveness needs the usual: a stable leader, secondaries that eventually
 // stage up to V, and messages that eventually get through (retransmission
 // covers drops; duplicates and reordering are absorbed by taking maxima).
+// A Record that the driver could not get into Raft (RecordFailed) is given
+// up, and the next Record is for the highest point then prepared.
+//
+// # Membership
+//
+// The secondaries of Config.Secondaries are confirmed: the coordinator
+// takes every recorded point as prepared by each of them, which holds when
+// the group's secondaries never change (a recorded point was prepared by all
+// of them, for good). That is what lets New start every secondary at
+// prepared = recorded and send VALIDATE(recorded) to all on the first Tick.
+//
+// A secondary added at run time (Registered) is unconfirmed: a recorded
+// point says nothing of it, because the point may have been decided before
+// it joined, by this coordinator or by an earlier leader's. It starts at
+// prepared 0 and counts only what it reports. Record still needs every
+// secondary, so the validated point does not move until a joining
+// secondary caught up; and VALIDATE(N) goes to an unconfirmed secondary
+// only once it reported PREPARED (or HELLO durable) >= N, at once when its
+// report crosses the recorded point. A secondary told VALIDATE(N) for an N
+// it does not hold durably must stop (see secondary.Follower), so this
+// guard is what makes a join safe. With Config.Dynamic every secondary is
+// unconfirmed: a driver whose group changes over time (the intermediate's)
+// cannot tell which secondaries a recorded point covered, and learns what
+// each one holds from its HELLO when it connects. Removed takes a secondary
+// out; the others may then record at once.
 //
 // # Concurrency
 //
@@ -100,11 +127,16 @@ type Config struct {
 	// or VALIDATE is re-sent to a secondary; 0 means
 	// DefaultRetransmitTicks.
 	RetransmitTicks int
+	// Dynamic makes every secondary, those of Secondaries included,
+	// unconfirmed (see Membership in the package documentation): nothing
+	// is assumed of what they prepared. Secondaries may then be empty, and
+	// the group's secondaries change with Registered and Removed events.
+	Dynamic bool
 }
 
 // Validate reports what is wrong with c, naming the field.
 func (c Config) Validate() error {
-	if len(c.Secondaries) == 0 {
+	if len(c.Secondaries) == 0 && !c.Dynamic {
 		return fmt.Errorf("coord config: Secondaries: empty")
 	}
 	for i, s := range c.Secondaries {
@@ -122,7 +154,7 @@ func (c Config) Validate() error {
 }
 
 // Event is an input to Coordinator.Step: Tick, Valid, Prepared, Applied,
-// Hello or Recorded.
+// Hello, Recorded, RecordFailed, Registered or Removed.
 type Event interface{ isEvent() }
 
 // Tick advances the coordinator's time by one tick; it drives
@@ -158,12 +190,32 @@ type Hello struct {
 // already recorded, or come from an earlier leader's Record).
 type Recorded struct{ N uint64 }
 
-func (Tick) isEvent()     {}
-func (Valid) isEvent()    {}
-func (Prepared) isEvent() {}
-func (Applied) isEvent()  {}
-func (Hello) isEvent()    {}
-func (Recorded) isEvent() {}
+// RecordFailed reports that the driver could not get the validated seq N
+// of a Record into Raft (the proposal failed, or leadership was lost while
+// it was in flight): the coordinator stops waiting for it and returns a new
+// Record, for the highest point prepared then, from this step on. The
+// entry may still be applied later (Recorded), which is harmless: the state
+// machine keeps the maximum. A RecordFailed for an N other than the Record
+// in flight is ignored.
+type RecordFailed struct{ N uint64 }
+
+// Registered adds secondary ID to the group at run time, unconfirmed (see
+// Membership in the package documentation), and asks it at once to
+// prepare the open round's target. A known ID is ignored.
+type Registered struct{ ID string }
+
+// Removed takes secondary ID out of the group. An unknown ID is ignored.
+type Removed struct{ ID string }
+
+func (Tick) isEvent()         {}
+func (Valid) isEvent()        {}
+func (Prepared) isEvent()     {}
+func (Applied) isEvent()      {}
+func (Hello) isEvent()        {}
+func (Recorded) isEvent()     {}
+func (RecordFailed) isEvent() {}
+func (Registered) isEvent()   {}
+func (Removed) isEvent()      {}
 
 // Action is an output of Coordinator.Step: SendPrepare, SendValidate or
 // Record.
@@ -193,7 +245,10 @@ func (Record) isAction()       {}
 const never = -1
 
 type peer struct {
-	id           string
+	id string
+	// confirmed: every recorded point counts as prepared by this
+	// secondary (see Membership).
+	confirmed    bool
 	prepared     uint64 // highest PREPARED heard (or Hello.Durable)
 	applied      uint64 // highest APPLIED heard (or Hello.Applied)
 	prepareSent  int    // tick of the last PREPARE, or never
@@ -227,10 +282,19 @@ func New(cfg Config, recorded uint64) *Coordinator {
 		c.retransmit = DefaultRetransmitTicks
 	}
 	for _, id := range cfg.Secondaries {
+		if cfg.Dynamic {
+			c.peers = append(c.peers, newUnconfirmed(id))
+			continue
+		}
 		// A recorded point was prepared by every secondary, for good.
-		c.peers = append(c.peers, &peer{id: id, prepared: recorded, prepareSent: never, validateSent: never})
+		c.peers = append(c.peers, &peer{id: id, confirmed: true, prepared: recorded, prepareSent: never, validateSent: never})
 	}
 	return c
+}
+
+// newUnconfirmed returns a secondary of which nothing is known.
+func newUnconfirmed(id string) *peer {
+	return &peer{id: id, prepareSent: never, validateSent: never}
 }
 
 // Step feeds one event to the coordinator and returns what the driver must
@@ -244,7 +308,7 @@ func (c *Coordinator) Step(ev Event) []Action {
 			if p.prepared < c.target && c.due(p.prepareSent) {
 				out = c.sendPrepare(out, p)
 			}
-			if p.applied < c.recorded && c.due(p.validateSent) {
+			if p.applied < c.recorded && c.mayValidate(p) && c.due(p.validateSent) {
 				out = c.sendValidate(out, p)
 			}
 		}
@@ -252,7 +316,13 @@ func (c *Coordinator) Step(ev Event) []Action {
 		c.valid = max(c.valid, ev.Seq)
 	case Prepared:
 		if p := c.peer(ev.From); p != nil {
+			was := p.prepared
 			p.prepared = max(p.prepared, ev.N)
+			// An unconfirmed secondary that just reached the recorded
+			// point may apply it now.
+			if !p.confirmed && was < c.recorded && c.mayValidate(p) && p.applied < c.recorded {
+				out = c.sendValidate(out, p)
+			}
 		}
 	case Applied:
 		if p := c.peer(ev.From); p != nil {
@@ -269,7 +339,7 @@ func (c *Coordinator) Step(ev Event) []Action {
 		if p.prepared < c.target {
 			out = c.sendPrepare(out, p)
 		}
-		if p.applied < c.recorded {
+		if p.applied < c.recorded && c.mayValidate(p) {
 			out = c.sendValidate(out, p)
 		}
 	case Recorded:
@@ -280,11 +350,25 @@ func (c *Coordinator) Step(ev Event) []Action {
 			c.recorded = ev.N
 			c.target = max(c.target, c.recorded)
 			for _, p := range c.peers {
-				if p.applied < c.recorded {
+				if p.applied < c.recorded && c.mayValidate(p) {
 					out = c.sendValidate(out, p)
 				}
 			}
 		}
+	case RecordFailed:
+		if ev.N != 0 && ev.N == c.recording {
+			c.recording = 0
+		}
+	case Registered:
+		if ev.ID != "" && c.peer(ev.ID) == nil {
+			p := newUnconfirmed(ev.ID)
+			c.peers = append(c.peers, p)
+			if p.prepared < c.target {
+				out = c.sendPrepare(out, p)
+			}
+		}
+	case Removed:
+		c.peers = slices.DeleteFunc(c.peers, func(p *peer) bool { return p.id == ev.ID })
 	default:
 		panic(fmt.Sprintf("coord: unknown event %T", ev))
 	}
@@ -293,6 +377,9 @@ func (c *Coordinator) Step(ev Event) []Action {
 
 // advance records what every secondary prepared and opens the next round.
 func (c *Coordinator) advance(out []Action) []Action {
+	if len(c.peers) == 0 {
+		return out // nobody to prepare for: nothing is recorded
+	}
 	if n := min(c.minPrepared(), c.valid); n > c.recorded && c.recording == 0 {
 		c.recording = n
 		out = append(out, Record{N: n})
@@ -306,6 +393,12 @@ func (c *Coordinator) advance(out []Action) []Action {
 		}
 	}
 	return out
+}
+
+// mayValidate reports whether p prepared the recorded point: VALIDATE of it
+// may go to p.
+func (c *Coordinator) mayValidate(p *peer) bool {
+	return p.confirmed || p.prepared >= c.recorded
 }
 
 func (c *Coordinator) due(sent int) bool {
@@ -331,12 +424,25 @@ func (c *Coordinator) peer(id string) *peer {
 	return nil
 }
 
+// minPrepared returns the lowest prepared point; there is at least one
+// secondary.
 func (c *Coordinator) minPrepared() uint64 {
 	m := c.peers[0].prepared
 	for _, p := range c.peers[1:] {
 		m = min(m, p.prepared)
 	}
 	return m
+}
+
+// Secondaries returns the IDs of the group's secondaries: those of
+// Config.Secondaries, in order, then those Registered since, minus those
+// Removed.
+func (c *Coordinator) Secondaries() []string {
+	out := make([]string, len(c.peers))
+	for i, p := range c.peers {
+		out[i] = p.id
+	}
+	return out
 }
 
 // Recorded returns the validated seq recorded in Raft, as last reported by
@@ -373,8 +479,11 @@ func (c *Coordinator) Applied(id string) (uint64, bool) {
 }
 
 // MinApplied returns the lowest applied point reported over all
-// secondaries.
+// secondaries, 0 when there is none.
 func (c *Coordinator) MinApplied() uint64 {
+	if len(c.peers) == 0 {
+		return 0
+	}
 	m := c.peers[0].applied
 	for _, p := range c.peers[1:] {
 		m = min(m, p.applied)
@@ -383,10 +492,13 @@ func (c *Coordinator) MinApplied() uint64 {
 }
 
 // HeldBackBy names the secondary that holds the validated point back: the
-// first, in Config order, of those with the lowest prepared point, if that
-// point is below the valid counter. It returns "" if every secondary has
-// prepared the valid counter.
+// first, in the order of Secondaries, of those with the lowest prepared
+// point, if that point is below the valid counter. It returns "" if every
+// secondary has prepared the valid counter, or if there is none.
 func (c *Coordinator) HeldBackBy() string {
+	if len(c.peers) == 0 {
+		return ""
+	}
 	m := c.minPrepared()
 	if m >= c.valid {
 		return ""

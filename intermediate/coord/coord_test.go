@@ -189,6 +189,8 @@ func TestConfigValidate(t *testing.T) {
 		{Config{Secondaries: []string{"a", "b", "a"}}, `coord config: Secondaries[2]: duplicate "a"`},
 		{Config{Secondaries: []string{"a"}, RetransmitTicks: -1}, "coord config: RetransmitTicks: -1 is negative"},
 		{Config{Secondaries: []string{"a"}}, "<nil>"},
+		{Config{Dynamic: true}, "<nil>"},
+		{Config{Dynamic: true, Secondaries: []string{"a", "a"}}, `coord config: Secondaries[1]: duplicate "a"`},
 	} {
 		if got := fmt.Sprint(tc.cfg.Validate()); got != tc.want {
 			t.Errorf("%+v: %s, want %s", tc.cfg, got, tc.want)
@@ -209,4 +211,108 @@ func TestDefaultRetransmit(t *testing.T) {
 		expect(t, c, Tick{})
 	}
 	expect(t, c, Tick{}, SendPrepare{"a", 1})
+}
+
+func TestRecordFailedRetried(t *testing.T) {
+	c := newTest(t, 0, "a", "b")
+	expect(t, c, Valid{Seq: 4}, SendPrepare{"a", 4}, SendPrepare{"b", 4})
+	expect(t, c, Prepared{From: "a", N: 4})
+	expect(t, c, Prepared{From: "b", N: 2}, Record{2})
+	expect(t, c, Prepared{From: "b", N: 4}) // Record 2 in flight
+	expect(t, c, RecordFailed{N: 3})        // not the one in flight: ignored
+	if c.Recording() != 2 {
+		t.Fatalf("Recording = %d after a RecordFailed of another N", c.Recording())
+	}
+	// The failed Record is given up; the next one takes what is prepared
+	// now.
+	expect(t, c, RecordFailed{N: 2}, Record{4})
+	// The failed entry was applied after all: still waiting for 4.
+	expect(t, c, Recorded{N: 2}, SendValidate{"a", 2}, SendValidate{"b", 2})
+	if c.Recording() != 4 {
+		t.Fatalf("Recording = %d, want 4", c.Recording())
+	}
+	expect(t, c, Recorded{N: 4}, SendValidate{"a", 4}, SendValidate{"b", 4})
+	expect(t, c, RecordFailed{N: 4}) // late: nothing in flight
+}
+
+// TestRegisteredNotValidatedUntilPrepared: a secondary that joins after a
+// point was recorded is never sent VALIDATE of a point it has not prepared,
+// and holds the next points back until it caught up.
+func TestRegisteredNotValidatedUntilPrepared(t *testing.T) {
+	c := newTest(t, 0, "a")
+	expect(t, c, Valid{Seq: 10}, SendPrepare{"a", 10})
+	expect(t, c, Prepared{From: "a", N: 10}, Record{10})
+	expect(t, c, Registered{ID: "j"}, SendPrepare{"j", 10})
+	expect(t, c, Registered{ID: "j"}) // known: ignored
+	if got := c.Secondaries(); !slices.Equal(got, []string{"a", "j"}) {
+		t.Fatalf("Secondaries = %v", got)
+	}
+	// Record 10 was decided without j: it is recorded, but j did not
+	// prepare it and is not told to apply it.
+	expect(t, c, Recorded{N: 10}, SendValidate{"a", 10})
+	if p, _ := c.Prepared("j"); p != 0 {
+		t.Fatalf("Prepared(j) = %d, want 0", p)
+	}
+	expect(t, c, Valid{Seq: 15}) // j holds the next round back
+	if got := c.HeldBackBy(); got != "j" {
+		t.Fatalf("HeldBackBy = %q, want j", got)
+	}
+	expect(t, c, Tick{})
+	expect(t, c, Tick{}, SendValidate{"a", 10}, SendPrepare{"j", 10})
+	expect(t, c, Hello{From: "j", Applied: 0, Durable: 4}, SendPrepare{"j", 10})
+	expect(t, c, Applied{From: "a", N: 10})
+	for range 6 {
+		for _, a := range c.Step(Tick{}) {
+			if v, ok := a.(SendValidate); ok && v.To == "j" {
+				t.Fatalf("%v while j holds only 4", v)
+			}
+		}
+	}
+	// j reaches the recorded point: VALIDATE at once, and the next round
+	// opens.
+	expect(t, c, Prepared{From: "j", N: 10}, SendValidate{"j", 10}, SendPrepare{"a", 15}, SendPrepare{"j", 15})
+	expect(t, c, Prepared{From: "a", N: 15})
+	expect(t, c, Prepared{From: "j", N: 15}, Record{15})
+	expect(t, c, Recorded{N: 15}, SendValidate{"a", 15}, SendValidate{"j", 15})
+}
+
+// TestDynamicAssumesNothing: with Config.Dynamic a new coordinator sends
+// VALIDATE(recorded) only to the secondaries that said they hold it.
+func TestDynamicAssumesNothing(t *testing.T) {
+	c := New(Config{Secondaries: []string{"a", "b"}, RetransmitTicks: 2, Dynamic: true}, 5)
+	if p, _ := c.Prepared("a"); p != 0 {
+		t.Fatalf("Prepared(a) = %d, want 0", p)
+	}
+	// PREPARE(recorded) asks each what it holds; no VALIDATE yet.
+	expect(t, c, Tick{}, SendPrepare{"a", 5}, SendPrepare{"b", 5})
+	expect(t, c, Hello{From: "a", Applied: 3, Durable: 8}, SendValidate{"a", 5})
+	expect(t, c, Hello{From: "b", Applied: 0, Durable: 2}, SendPrepare{"b", 5})
+	expect(t, c, Valid{Seq: 8})
+	expect(t, c, Tick{})
+	expect(t, c, Tick{}, SendValidate{"a", 5}, SendPrepare{"b", 5})
+	// An old leader's Record(7) applied late: a holds 8, b only 2.
+	expect(t, c, Recorded{N: 7}, SendValidate{"a", 7})
+	expect(t, c, Prepared{From: "b", N: 7}, SendValidate{"b", 7}, SendPrepare{"b", 8}) // a holds 8
+
+	expect(t, c, Prepared{From: "b", N: 8}, Record{8})
+}
+
+func TestRemovedLetsOthersRecord(t *testing.T) {
+	c := New(Config{Dynamic: true, RetransmitTicks: 2}, 0)
+	expect(t, c, Valid{Seq: 3}) // nobody to prepare for
+	expect(t, c, Tick{})
+	if c.HeldBackBy() != "" || c.MinApplied() != 0 || len(c.Secondaries()) != 0 {
+		t.Fatalf("empty group: HeldBackBy %q MinApplied %d Secondaries %v", c.HeldBackBy(), c.MinApplied(), c.Secondaries())
+	}
+	expect(t, c, Registered{ID: "a"}, SendPrepare{"a", 3}) // the round opens
+	expect(t, c, Registered{ID: "b"}, SendPrepare{"b", 3})
+	expect(t, c, Tick{})
+	expect(t, c, Prepared{From: "a", N: 3})
+	expect(t, c, Removed{ID: "b"}, Record{3})
+	expect(t, c, Removed{ID: "zz"})
+	expect(t, c, Prepared{From: "b", N: 3}) // gone: ignored
+	expect(t, c, Recorded{N: 3}, SendValidate{"a", 3})
+	expect(t, c, Removed{ID: "a"})
+	expect(t, c, Valid{Seq: 9})
+	expect(t, c, Tick{})
 }

@@ -883,10 +883,16 @@ func (x *FetchRequest) GetMaxBatches() uint32 {
 // journal no longer holds the batches after after_seq: the secondary must
 // resynchronise from the intermediate volume.
 type FetchResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Batches       []*CommittedBatch      `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
-	Compacted     bool                   `protobuf:"varint,2,opt,name=compacted,proto3" json:"compacted,omitempty"`
-	CommittedSeq  uint64                 `protobuf:"varint,3,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"` // the group's committed seq on the answering node
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	Batches      []*CommittedBatch      `protobuf:"bytes,1,rep,name=batches,proto3" json:"batches,omitempty"`
+	Compacted    bool                   `protobuf:"varint,2,opt,name=compacted,proto3" json:"compacted,omitempty"`
+	CommittedSeq uint64                 `protobuf:"varint,3,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"` // the group's committed seq on the answering node
+	// complete_seq: every batch of the volume with seq <= complete_seq is in
+	// this response or an earlier one of the stream (the gaps between them
+	// belong to other volumes). The stream sends a response without batches
+	// when only complete_seq moved, so a secondary of a quiet volume can
+	// still prepare the group's new points.
+	CompleteSeq   uint64 `protobuf:"varint,4,opt,name=complete_seq,json=completeSeq,proto3" json:"complete_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +944,13 @@ func (x *FetchResponse) GetCompacted() bool {
 func (x *FetchResponse) GetCommittedSeq() uint64 {
 	if x != nil {
 		return x.CommittedSeq
+	}
+	return 0
+}
+
+func (x *FetchResponse) GetCompleteSeq() uint64 {
+	if x != nil {
+		return x.CompleteSeq
 	}
 	return 0
 }
@@ -3010,11 +3023,12 @@ const file_wire_proto_rawDesc = "" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x1b\n" +
 	"\tafter_seq\x18\x03 \x01(\x04R\bafterSeq\x12\x1f\n" +
 	"\vmax_batches\x18\x04 \x01(\rR\n" +
-	"maxBatches\"\x8d\x01\n" +
+	"maxBatches\"\xb0\x01\n" +
 	"\rFetchResponse\x129\n" +
 	"\abatches\x18\x01 \x03(\v2\x1f.tricopy.wire.v1.CommittedBatchR\abatches\x12\x1c\n" +
 	"\tcompacted\x18\x02 \x01(\bR\tcompacted\x12#\n" +
-	"\rcommitted_seq\x18\x03 \x01(\x04R\fcommittedSeq\"P\n" +
+	"\rcommitted_seq\x18\x03 \x01(\x04R\fcommittedSeq\x12!\n" +
+	"\fcomplete_seq\x18\x04 \x01(\x04R\vcompleteSeq\"P\n" +
 	"\x0eCommittedBatch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x05batch\x18\x02 \x01(\v2\x16.tricopy.wire.v1.BatchR\x05batch\"\x0f\n" +

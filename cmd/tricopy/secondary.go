@@ -1,0 +1,218 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/fusefs"
+	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/secondary"
+)
+
+// independentApplyEnv is the test-only switch that turns off the consistent
+// cut (secondary.Config.IndependentApply): its value is the apply delay.
+// It is deliberately not a config key: no deployment may set it by
+// accident in a file.
+const independentApplyEnv = "TRICOPY_TEST_INDEPENDENT_APPLY"
+
+func newSecondaryCmd(a *app) *cobra.Command {
+	cfg := configs.DefaultSecondary()
+	return newCommand(a, commandSpec{
+		use:   "secondary",
+		short: "Follow one volume asynchronously and serve a live read-only mount of its replica",
+		long: `Secondary follows volume --volume of the group at the intermediate cluster
+--intermediate, in the foreground, until it is stopped (SIGINT, SIGTERM) or its
+mount is unmounted from outside.
+
+It fetches the volume's committed batches as the intermediate commits them
+(reconnecting to any node, checking every checksum) into a durable staging
+store in --data, ahead of applying them. It answers the coordinator on the
+intermediate leader: PREPARED(N) once every batch of its volume up to N is
+staged durably, and at VALIDATE(N) it applies its staged batches up to N to
+its replica as one atomic step. Every secondary of the group exposes the same
+validated point N, so the replicas of several volumes form one consistent
+cut, whatever crash happens at whatever instant.
+
+The replica is mounted read-only at --mountpoint (created if missing) and
+always shows exactly one validated point: MNT/.tricopy/applied holds it (a
+hidden file, not listed). A new secondary creates its replica with the
+volume's size, waiting for the volume's primary to register it, and mounts it
+once the replica holds a filesystem. Once the replica is mounted, secondary
+prints "mounted replica of volume NAME at MNT" on standard output.
+
+A secondary that meets a protocol violation, a bad checksum or an I/O error
+stops following (fail-stop: state FAILED with the reason, in its status and in
+tricopy status) and keeps serving its last validated point. While it is down
+or failed it holds the group's validated point where it is; tricopy status
+says which secondary holds it.
+
+The admin API on --listen serves GET /v1/status (this secondary's state as
+JSON).`,
+		example: `  tricopy secondary --volume a --data /var/lib/tricopy/secondary/a --mountpoint /srv/replica/a --intermediate 10.0.1.1:7100 --listen 10.0.2.1:7300
+  tricopy secondary --config configs/secondary.example.yaml`,
+	}, &cfg, runSecondary)
+}
+
+// runSecondary is `tricopy secondary`.
+func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Secondary) error {
+	r, err := openSecondary(ctx, log, cfg)
+	if err != nil {
+		return err
+	}
+	go func() {
+		select {
+		case <-r.mount.Mounted():
+			fmt.Fprintf(a.stdout, "mounted replica of volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
+		case <-r.stopped:
+		}
+	}()
+	return r.serve(ctx)
+}
+
+// secondaryRun is one running secondary: its client, the secondary, its
+// read-only mount and its admin API. openSecondary starts it, serve runs it
+// until it is stopped and closes it. `secondary` runs one, `up` several.
+type secondaryRun struct {
+	cfg     *configs.Secondary
+	log     *slog.Logger
+	cl      *client.Client
+	s       *secondary.Secondary
+	mount   *secondary.Mount
+	admin   *http.Server
+	served  chan struct{} // closed once the admin server returned
+	stopped chan struct{} // closed by close
+}
+
+// openSecondary opens the secondary of cfg, mounts its replica, starts
+// following and serves the admin API. If anything fails it closes what it
+// opened.
+func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary) (_ *secondaryRun, err error) {
+	log = log.With("volume", cfg.Volume)
+	independent, delay, err := independentApply()
+	if err != nil {
+		return nil, err
+	}
+	if err := makeMountpoint(cfg.Mountpoint); err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, &configs.Error{Key: "listen", Err: err}
+	}
+	r := &secondaryRun{cfg: cfg, log: log, served: make(chan struct{}), stopped: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			ln.Close()
+			r.closeParts()
+		}
+	}()
+	r.cl, err = client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	if err != nil {
+		return nil, &configs.Error{Key: "intermediate", Err: err}
+	}
+	log.Info("opening secondary", "data", cfg.Data, "intermediate", cfg.Intermediate, "group", cfg.Group)
+	r.s, err = secondary.Open(ctx, secondary.Config{
+		ID: cfg.Name, Volume: cfg.Volume, Group: cfg.Group, Dir: cfg.Data, Addr: cfg.Listen,
+		Intermediate: r.cl, Logger: log.With("component", "secondary"),
+		IndependentApply: independent, IndependentApplyDelay: delay,
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.mount, err = secondary.NewMount(ctx, r.s.Replica(), fusefs.MountOptions{
+		Mountpoint: cfg.Mountpoint, Name: cfg.Volume, AllowOther: cfg.AllowOther, Debug: cfg.DebugFUSE, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := r.s.Start(r.mount); err != nil {
+		return nil, err
+	}
+	r.admin = &http.Server{Handler: r.s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		defer close(r.served)
+		if err := r.admin.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Error("admin API stopped", "listen", cfg.Listen, "err", err)
+		}
+	}()
+	return r, nil
+}
+
+// independentApply reads the test-only switch.
+func independentApply() (bool, time.Duration, error) {
+	v, ok := os.LookupEnv(independentApplyEnv)
+	if !ok {
+		return false, 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 {
+		return false, 0, usageErrorf("%s=%q: want a duration like 0s or 300ms", independentApplyEnv, v)
+	}
+	return true, d, nil
+}
+
+// serve returns once ctx ends or the mount is unmounted from outside, then
+// closes the secondary.
+func (r *secondaryRun) serve(ctx context.Context) error {
+	select {
+	case <-ctx.Done():
+		r.log.Info("stopping secondary", "cause", context.Cause(ctx))
+	case <-r.mount.Gone():
+		r.log.Info("replica unmounted from outside: stopping", "mountpoint", r.cfg.Mountpoint)
+	}
+	return r.close()
+}
+
+// close stops the secondary and closes everything it opened.
+func (r *secondaryRun) close() error {
+	close(r.stopped)
+	err := r.closeParts()
+	<-r.served
+	return err
+}
+
+// closeParts unmounts the replica and closes the admin API, the secondary
+// and the client; each may be nil.
+func (r *secondaryRun) closeParts() error {
+	var errs []error
+	if r.mount != nil {
+		if err := r.mount.Unmount(); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", r.cfg.Mountpoint, err))
+		}
+	}
+	if r.admin != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errs = append(errs, r.admin.Shutdown(sctx))
+		cancel()
+	}
+	if r.s != nil {
+		errs = append(errs, r.s.Close())
+	}
+	if r.cl != nil {
+		r.cl.Close()
+	}
+	return errors.Join(errs...)
+}
+
+// makeMountpoint creates a mountpoint directory if needed, naming the usual
+// cause of a failure.
+func makeMountpoint(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		if errors.Is(err, syscall.ENOTCONN) {
+			return fmt.Errorf("create mountpoint %s: %w (an earlier mount died there: unmount it with fusermount3 -u %s or umount %s)",
+				dir, err, dir, dir)
+		}
+		return fmt.Errorf("create mountpoint %s: %w", dir, err)
+	}
+	return nil
+}

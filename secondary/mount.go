@@ -1,0 +1,120 @@
+package secondary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"github.com/tricopy/tricopy/fusefs"
+)
+
+// Mount is the live read-only mount of a replica, the View of a Secondary.
+// A replica whose blocks hold no filesystem yet (a new secondary whose
+// primary's volume has not reached it) is mounted after the first round
+// that gives it one.
+type Mount struct {
+	replica *Replica
+	opts    fusefs.MountOptions
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	srv     *fusefs.Server // nil until mounted
+	mounted chan struct{}  // closed once mounted
+	gone    chan struct{}  // closed once unmounted (from inside or outside)
+	lastErr string         // the last mount failure logged
+}
+
+var _ View = (*Mount)(nil)
+
+// NewMount mounts replica read-only at opts.Mountpoint, now if its blocks
+// hold a filesystem, else after the round that gives it one. opts.ReadOnly
+// is implied.
+func NewMount(ctx context.Context, replica *Replica, opts fusefs.MountOptions) (*Mount, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	opts.ReadOnly = true
+	m := &Mount{replica: replica, opts: opts, log: opts.Logger, mounted: make(chan struct{}), gone: make(chan struct{})}
+	if err := m.tryMount(ctx); err != nil {
+		return nil, err
+	}
+	if m.srv == nil {
+		m.log.Info("the replica holds no filesystem yet: it is mounted once a validated point brings one",
+			"mountpoint", opts.Mountpoint, "applied_seq", replica.Applied())
+	}
+	return m, nil
+}
+
+// tryMount mounts the replica if it holds a filesystem. A replica without
+// one is no error.
+func (m *Mount) tryMount(ctx context.Context) error {
+	srv, err := fusefs.MountReplica(ctx, m.replica, m.opts, m.replica.Applied())
+	switch {
+	case errors.Is(err, fusefs.ErrNoFilesystem):
+		return nil
+	case err != nil:
+		return fmt.Errorf("mount replica of volume %s at %s: %w", m.replica.Volume(), m.opts.Mountpoint, err)
+	}
+	m.mu.Lock()
+	m.srv = srv
+	m.mu.Unlock()
+	close(m.mounted)
+	go func() {
+		srv.Wait()
+		close(m.gone)
+	}()
+	m.log.Info("mounted replica read-only", "mountpoint", m.opts.Mountpoint, "applied_seq", m.replica.Applied())
+	return nil
+}
+
+// Advance implements View: it applies a round through the mount, or
+// directly when the replica is not mounted yet, then tries to mount it.
+func (m *Mount) Advance(ctx context.Context, apply func(ctx context.Context) (uint64, []uint64, error)) error {
+	m.mu.Lock()
+	srv := m.srv
+	m.mu.Unlock()
+	if srv != nil {
+		return srv.Advance(ctx, apply)
+	}
+	if _, _, err := apply(ctx); err != nil {
+		return err
+	}
+	if err := m.tryMount(ctx); err != nil {
+		// The round is applied; a replica that looks like a filesystem but
+		// does not mount (a primary copying its volume) may mount later.
+		if err.Error() != m.lastErr {
+			m.lastErr = err.Error()
+			m.log.Warn("replica not mountable yet", "applied_seq", m.replica.Applied(), "err", err)
+		}
+	}
+	return nil
+}
+
+// Mounted is closed once the replica is mounted.
+func (m *Mount) Mounted() <-chan struct{} { return m.mounted }
+
+// Gone is closed once the mount is gone (unmounted by Unmount or from
+// outside).
+func (m *Mount) Gone() <-chan struct{} { return m.gone }
+
+// Unmount unmounts the replica if it is mounted.
+func (m *Mount) Unmount() error {
+	m.mu.Lock()
+	srv := m.srv
+	m.mu.Unlock()
+	if srv == nil {
+		return nil
+	}
+	select {
+	case <-m.gone:
+		return nil
+	default:
+	}
+	if err := srv.Unmount(); err != nil {
+		return err
+	}
+	<-m.gone
+	return nil
+}

@@ -1,0 +1,665 @@
+package secondary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/intermediate/wire"
+)
+
+// States a secondary reports (Status.State and SecondaryReport.state).
+const (
+	// StateWaiting: the secondary waits for its volume to be registered
+	// at the intermediate (its primary has not connected yet).
+	StateWaiting = "WAITING"
+	// StatePair: the secondary follows the group's validated points.
+	StatePair = "PAIR"
+	// StateFailed: the secondary stopped following after an error
+	// (fail-stop); its mount keeps showing the last applied point.
+	StateFailed = "FAILED"
+)
+
+// Names of the directories a secondary keeps in its data directory.
+const (
+	replicaDirName = "replica"
+	stageDirName   = "stage"
+)
+
+// DefaultReportInterval is how often, at most, a secondary sends its report
+// to the leader when Config.ReportInterval is zero.
+const DefaultReportInterval = 250 * time.Millisecond
+
+// ErrCompacted means the intermediate's journal no longer holds batches
+// the secondary needs: it must be resynchronised from the intermediate
+// volume.
+var ErrCompacted = errors.New("journal compacted past the secondary's position")
+
+// Intermediate is what a Secondary needs of the intermediate cluster;
+// *client.Client implements it.
+type Intermediate interface {
+	Status(ctx context.Context) (*wire.StatusResponse, error)
+	Fetch(ctx context.Context, volume string, afterSeq uint64, fn func(*wire.FetchResponse) error) error
+	Coordinate(ctx context.Context, opts client.CoordinateOptions) (*client.Link, error)
+}
+
+// View is what moves with the replica at each round: the read-only mount
+// (fusefs.Server.Advance). Advance must call apply once and make what it
+// changed visible atomically to its readers.
+type View interface {
+	Advance(ctx context.Context, apply func(ctx context.Context) (applied uint64, changed []uint64, err error)) error
+}
+
+// Config configures a Secondary.
+type Config struct {
+	// ID names the secondary in its group; default the volume name.
+	ID string
+	// Volume is the volume it follows.
+	Volume string
+	// Group is the consistency group; default client.DefaultGroup.
+	Group string
+	// Dir is the secondary's data directory: it holds the replica and the
+	// staging store.
+	Dir string
+	// Addr is the secondary's admin address, reported to the leader.
+	Addr string
+	// Intermediate is the intermediate cluster.
+	Intermediate Intermediate
+	// ReportInterval bounds how often the secondary reports its state to
+	// the leader; default DefaultReportInterval.
+	ReportInterval time.Duration
+	// FS is the file system of Dir; default blockdev.OSFS.
+	FS blockdev.FS
+	// Logger receives the secondary's logs; default slog.Default().
+	Logger *slog.Logger
+	// IndependentApply is a test-only switch that turns off the consistent
+	// cut: the secondary does not take part in PREPARE/VALIDATE and applies
+	// whatever it staged, IndependentApplyDelay after staging it. It exists
+	// so that the cross-host consistency test can prove it detects a torn
+	// cut; never use it in production.
+	IndependentApply bool
+	// IndependentApplyDelay is the delay of IndependentApply.
+	IndependentApplyDelay time.Duration
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if err := wire.CheckVolumeName(c.Volume); err != nil {
+		return c, fmt.Errorf("secondary config: Volume: %w", err)
+	}
+	if c.ID == "" {
+		c.ID = c.Volume
+	}
+	if c.Group == "" {
+		c.Group = client.DefaultGroup
+	}
+	if c.Dir == "" {
+		return c, errors.New("secondary config: Dir: empty")
+	}
+	if c.Intermediate == nil {
+		return c, errors.New("secondary config: Intermediate: nil")
+	}
+	switch {
+	case c.ReportInterval == 0:
+		c.ReportInterval = DefaultReportInterval
+	case c.ReportInterval < 0:
+		return c, fmt.Errorf("secondary config: ReportInterval: negative (%s)", c.ReportInterval)
+	}
+	if c.IndependentApplyDelay < 0 {
+		return c, fmt.Errorf("secondary config: IndependentApplyDelay: negative (%s)", c.IndependentApplyDelay)
+	}
+	if c.FS == nil {
+		c.FS = blockdev.OSFS{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c, nil
+}
+
+// Status is a secondary's view of itself.
+type Status struct {
+	ID     string `json:"id"`
+	Volume string `json:"volume"`
+	Group  string `json:"group"`
+	// State is StatePair, StateWaiting or StateFailed.
+	State string `json:"state"`
+	// Reason says why State is not PAIR.
+	Reason string `json:"reason,omitempty"`
+	// Connected says whether the Coordinate link to the leader is open.
+	Connected bool `json:"connected"`
+	// AppliedSeq is the validated point the replica (and its mount) is at.
+	AppliedSeq uint64 `json:"applied_seq"`
+	// DurableSeq: every batch of the volume up to it is durably staged.
+	DurableSeq uint64 `json:"durable_seq"`
+	// FetchedSeq: every batch of the volume up to it was fetched.
+	FetchedSeq uint64 `json:"fetched_seq"`
+	// ValidatedSeq is the highest validated point heard, 0 if none above
+	// AppliedSeq is pending.
+	ValidatedSeq uint64 `json:"validated_seq"`
+	// BlockCount is the volume's size in blocks.
+	BlockCount uint64 `json:"block_count"`
+}
+
+// Secondary follows one volume of a group: it fetches the volume's committed
+// batches into a staging store, answers the coordinator's PREPARE and
+// VALIDATE, and applies validated points to its replica and view.
+//
+// Goroutines (started by Start, stopped by Close): the fetcher (Fetch
+// stream → Stage), the driver (owns the Follower core; steps it with
+// events), the applier (ApplyRound through the view, then Stage.Trim), the
+// reporter, and the client's Coordinate link.
+type Secondary struct {
+	cfg     Config
+	log     *slog.Logger
+	replica *Replica
+	stage   *Stage
+
+	events chan any    // to the driver
+	apply  chan uint64 // driver → applier: StartApply(N)
+
+	mu        sync.Mutex
+	state     string
+	reason    string
+	connected bool
+	validated uint64
+	link      *client.Link
+	view      View
+	applied   chan struct{} // closed and replaced at each applied point
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	closed bool
+}
+
+// Open opens the secondary's replica and staging store in cfg.Dir, creating
+// them if they do not exist: the volume's size is then asked of the
+// intermediate, waiting (until ctx ends) for the volume to be registered
+// there. Call Start to follow the group.
+func Open(ctx context.Context, cfg Config) (*Secondary, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	log := cfg.Logger.With("volume", cfg.Volume, "secondary", cfg.ID)
+	ropts := ReplicaOptions{FS: cfg.FS, Logger: log}
+	rdir := filepath.Join(cfg.Dir, replicaDirName)
+	replica, err := OpenReplica(rdir, ropts)
+	if errors.Is(err, fs.ErrNotExist) {
+		var blocks uint64
+		blocks, err = waitVolume(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		replica, err = CreateReplica(rdir, cfg.Volume, blocks, ropts)
+		if err == nil {
+			log.Info("created replica", "dir", rdir, "blocks", blocks)
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
+	if replica.Volume() != cfg.Volume {
+		replica.Close()
+		return nil, fmt.Errorf("secondary %q: replica %q holds volume %q, not %q", cfg.ID, rdir, replica.Volume(), cfg.Volume)
+	}
+	stage, err := OpenStage(filepath.Join(cfg.Dir, stageDirName), StageOptions{
+		FS: cfg.FS, Volume: cfg.Volume, BlockCount: replica.BlockCount(), Logger: log,
+	})
+	if err != nil {
+		replica.Close()
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
+	s := &Secondary{
+		cfg:     cfg,
+		log:     log,
+		replica: replica,
+		stage:   stage,
+		events:  make(chan any, 256),
+		apply:   make(chan uint64, 1),
+		state:   StatePair,
+		applied: make(chan struct{}),
+	}
+	// Batches at or below the applied point are in the replica: the stage
+	// need not hold them (it may have lost them in a crash that cut its
+	// unsynced tail, after the replica applied them).
+	if a := replica.Applied(); stage.Fetched() < a {
+		err := stage.MarkFetched(a)
+		if err == nil {
+			err = stage.Sync()
+		}
+		if err != nil {
+			s.closeStores()
+			return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+		}
+	}
+	log.Info("opened secondary", "applied_seq", replica.Applied(), "durable_seq", stage.Durable(), "blocks", replica.BlockCount())
+	return s, nil
+}
+
+// waitVolume waits until the intermediate knows the volume and returns its
+// block count.
+func waitVolume(ctx context.Context, cfg Config, log *slog.Logger) (uint64, error) {
+	var lastLog time.Time
+	for {
+		st, err := cfg.Intermediate.Status(ctx)
+		if err == nil {
+			for _, v := range st.GetVolumes() {
+				if v.GetName() == cfg.Volume && v.GetBlockCount() > 0 {
+					return v.GetBlockCount(), nil
+				}
+			}
+		}
+		if time.Since(lastLog) > 10*time.Second {
+			lastLog = time.Now()
+			if err != nil {
+				log.Info("waiting for the intermediate to learn the volume's size", "err", err)
+			} else {
+				log.Info("waiting for the volume's primary to register it at the intermediate")
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("secondary %q: wait for volume %q at the intermediate: %w", cfg.ID, cfg.Volume, ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// Replica returns the secondary's replica, for the read-only mount.
+func (s *Secondary) Replica() *Replica { return s.replica }
+
+// Start starts following the group. Every validated point is applied
+// through view (nil: applied to the replica directly). Start returns once
+// the goroutines run; Close stops them.
+func (s *Secondary) Start(view View) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("start secondary %q: closed", s.cfg.ID)
+	}
+	if s.cancel != nil {
+		return fmt.Errorf("start secondary %q: already started", s.cfg.ID)
+	}
+	s.view = view
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if !s.cfg.IndependentApply {
+		link, err := s.cfg.Intermediate.Coordinate(ctx, client.CoordinateOptions{
+			Hello:       s.hello,
+			OnMessage:   s.onMessage,
+			OnConnected: s.onConnected,
+		})
+		if err != nil {
+			cancel()
+			return fmt.Errorf("start secondary %q: %w", s.cfg.ID, err)
+		}
+		s.link = link
+	}
+	s.wg.Add(3)
+	go s.fetcher(ctx)
+	go s.applier(ctx)
+	if s.cfg.IndependentApply {
+		s.log.Warn("independent apply (test-only): the consistent cut is off", "delay", s.cfg.IndependentApplyDelay)
+		go s.independent(ctx)
+	} else {
+		go s.driver(ctx)
+		s.wg.Add(1)
+		go s.reporter(ctx)
+	}
+	return nil
+}
+
+// hello is the link's hello, taken at every (re)connection.
+func (s *Secondary) hello() *wire.SecondaryHello {
+	return &wire.SecondaryHello{
+		Group:      s.cfg.Group,
+		Secondary:  s.cfg.ID,
+		Volume:     s.cfg.Volume,
+		Addr:       s.cfg.Addr,
+		AppliedSeq: s.replica.Applied(),
+		DurableSeq: max(s.stage.Durable(), s.replica.Applied()),
+	}
+}
+
+// onMessage hands a coordinator message to the driver.
+func (s *Secondary) onMessage(m *wire.CoordinateResponse) { s.post(m) }
+
+func (s *Secondary) onConnected(up bool) {
+	s.mu.Lock()
+	s.connected = up
+	s.mu.Unlock()
+	if up {
+		s.post(connected{})
+	}
+}
+
+// connected tells the driver the link (re)opened: the follower greets.
+type connected struct{}
+
+// failure tells the driver a goroutine stopped on an error.
+type failure struct{ err error }
+
+// post queues an event for the driver. The queue is large; the driver only
+// steps a pure core, so it never falls far behind.
+func (s *Secondary) post(ev any) { s.events <- ev }
+
+// fetcher stages the volume's batches as the intermediate commits them.
+func (s *Secondary) fetcher(ctx context.Context) {
+	defer s.wg.Done()
+	after := s.stage.Fetched()
+	err := s.cfg.Intermediate.Fetch(ctx, s.cfg.Volume, after, func(resp *wire.FetchResponse) error {
+		if resp.GetCompacted() {
+			return fmt.Errorf("fetch after seq %d: %w (resynchronisation from the intermediate volume is needed)", s.stage.Fetched(), ErrCompacted)
+		}
+		if err := s.stage.Append(resp.GetBatches()); err != nil {
+			return err
+		}
+		if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
+			return err
+		}
+		if err := s.stage.Sync(); err != nil {
+			return err
+		}
+		s.post(Staged{Durable: s.stage.Durable()})
+		return nil
+	})
+	if ctx.Err() == nil && err != nil {
+		s.post(failure{fmt.Errorf("fetch: %w", err)})
+	}
+}
+
+// applier applies the rounds the driver starts, one at a time.
+func (s *Secondary) applier(ctx context.Context) {
+	defer s.wg.Done()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case n := <-s.apply:
+			if err := s.applyRound(ctx, n); err != nil {
+				if ctx.Err() == nil {
+					s.post(failure{err})
+				}
+				return
+			}
+			s.post(ApplyDone{N: n})
+		}
+	}
+}
+
+// applyRound moves the replica and the view to n, then trims the stage.
+func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
+	start := time.Now()
+	apply := func(ctx context.Context) (uint64, []uint64, error) {
+		changed, err := s.replica.ApplyRound(ctx, n, s.stage.Batches(s.replica.Applied(), n))
+		return s.replica.Applied(), changed, err
+	}
+	s.mu.Lock()
+	view := s.view
+	s.mu.Unlock()
+	var err error
+	if view != nil {
+		err = view.Advance(ctx, apply)
+	} else {
+		_, _, err = apply(ctx)
+	}
+	if err != nil {
+		return fmt.Errorf("apply validated point %d: %w", n, err)
+	}
+	if err := s.stage.Trim(n); err != nil {
+		return fmt.Errorf("trim the staging store after %d: %w", n, err)
+	}
+	s.mu.Lock()
+	close(s.applied)
+	s.applied = make(chan struct{})
+	s.mu.Unlock()
+	s.log.Debug("applied validated point", "applied_seq", n, "took", time.Since(start))
+	return nil
+}
+
+// driver owns the Follower core: it steps it with the events of the
+// fetcher, the link and the applier, and carries out its actions.
+func (s *Secondary) driver(ctx context.Context) {
+	defer s.wg.Done()
+	f := NewFollower(s.cfg.ID, s.replica.Applied(), s.stage.Durable())
+	failed := false
+	for {
+		var ev any
+		select {
+		case <-ctx.Done():
+			return
+		case ev = <-s.events:
+		}
+		if failed {
+			continue
+		}
+		var acts []FollowerAction
+		switch ev := ev.(type) {
+		case connected:
+			// The link sent the hello itself; the core's hello is moot.
+			continue
+		case failure:
+			s.fail(ev.err)
+			failed = true
+			continue
+		case *wire.CoordinateResponse:
+			switch {
+			case ev.GetOpened() != nil:
+				o := ev.GetOpened()
+				if b := o.GetBlockCount(); b != 0 && b != s.replica.BlockCount() {
+					s.fail(fmt.Errorf("the intermediate's volume has %d blocks, the replica %d", b, s.replica.BlockCount()))
+					failed = true
+					continue
+				}
+				// A secondary restarted between the phases learns the
+				// last validated point here and finishes it.
+				s.noteValidated(o.GetValidatedSeq())
+				acts = f.Step(ValidateMsg{N: o.GetValidatedSeq()})
+			case ev.GetPrepare() != nil:
+				acts = f.Step(PrepareMsg{N: ev.GetPrepare().GetSeq()})
+			case ev.GetValidate() != nil:
+				s.noteValidated(ev.GetValidate().GetSeq())
+				acts = f.Step(ValidateMsg{N: ev.GetValidate().GetSeq()})
+			}
+		case Staged:
+			acts = f.Step(ev)
+		case ApplyDone:
+			acts = f.Step(ev)
+		}
+		for _, a := range acts {
+			switch a := a.(type) {
+			case SendPrepared:
+				s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Prepared{Prepared: &wire.PreparedSeq{Seq: a.N}}})
+			case SendApplied:
+				s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Applied{Applied: &wire.AppliedSeq{Seq: a.N}}})
+			case SendHello:
+			case StartApply:
+				s.apply <- a.N // at most one in flight: never blocks
+			case Violation:
+				s.fail(a.Err)
+				failed = true
+			}
+		}
+	}
+}
+
+// independent is the test-only driver of Config.IndependentApply: it
+// applies what is staged, IndependentApplyDelay after staging it.
+func (s *Secondary) independent(ctx context.Context) {
+	defer s.wg.Done()
+	type point struct {
+		n  uint64
+		at time.Time
+	}
+	var (
+		pending  []point
+		applying bool
+		tick     = time.NewTicker(10 * time.Millisecond)
+	)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-s.events:
+			switch ev := ev.(type) {
+			case Staged:
+				pending = append(pending, point{ev.Durable, time.Now()})
+			case ApplyDone:
+				applying = false
+			case failure:
+				s.fail(ev.err)
+				return
+			}
+		case <-tick.C:
+		}
+		if applying {
+			continue
+		}
+		var n uint64
+		for len(pending) > 0 && time.Since(pending[0].at) >= s.cfg.IndependentApplyDelay {
+			n, pending = pending[0].n, pending[1:]
+		}
+		if n > s.replica.Applied() {
+			applying = true
+			s.apply <- n
+		}
+	}
+}
+
+// reporter sends the secondary's report to the leader when it changed.
+func (s *Secondary) reporter(ctx context.Context) {
+	defer s.wg.Done()
+	tick := time.NewTicker(s.cfg.ReportInterval)
+	defer tick.Stop()
+	var last *wire.SecondaryReport
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		st := s.Status()
+		rep := &wire.SecondaryReport{State: st.State, Reason: st.Reason, FetchedSeq: st.FetchedSeq}
+		if last != nil && last.GetState() == rep.GetState() && last.GetReason() == rep.GetReason() && last.GetFetchedSeq() == rep.GetFetchedSeq() {
+			continue
+		}
+		last = rep
+		s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Report{Report: rep}})
+	}
+}
+
+func (s *Secondary) send(m *wire.CoordinateRequest) {
+	if s.link != nil {
+		s.link.Send(m)
+	}
+}
+
+func (s *Secondary) noteValidated(n uint64) {
+	s.mu.Lock()
+	s.validated = max(s.validated, n)
+	s.mu.Unlock()
+}
+
+// fail stops following (fail-stop): the replica and its mount stay at the
+// last applied point; the state says why.
+func (s *Secondary) fail(err error) {
+	s.mu.Lock()
+	if s.state == StateFailed {
+		s.mu.Unlock()
+		return
+	}
+	s.state, s.reason = StateFailed, err.Error()
+	s.mu.Unlock()
+	s.log.Error("secondary stopped following (fail-stop); the replica stays at its applied point",
+		"applied_seq", s.replica.Applied(), "err", err)
+}
+
+// Status returns the secondary's state.
+func (s *Secondary) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{
+		ID:         s.cfg.ID,
+		Volume:     s.cfg.Volume,
+		Group:      s.cfg.Group,
+		State:      s.state,
+		Reason:     s.reason,
+		Connected:  s.connected,
+		AppliedSeq: s.replica.Applied(),
+		DurableSeq: s.stage.Durable(),
+		FetchedSeq: s.stage.Fetched(),
+		BlockCount: s.replica.BlockCount(),
+	}
+	if s.validated > st.AppliedSeq {
+		st.ValidatedSeq = s.validated
+	}
+	return st
+}
+
+// WaitApplied waits until the replica is at n or beyond, ctx ends, or the
+// secondary failed.
+func (s *Secondary) WaitApplied(ctx context.Context, n uint64) error {
+	for {
+		s.mu.Lock()
+		ch, state, reason := s.applied, s.state, s.reason
+		s.mu.Unlock()
+		if s.replica.Applied() >= n {
+			return nil
+		}
+		if state == StateFailed {
+			return fmt.Errorf("secondary %q failed: %s", s.cfg.ID, reason)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for secondary %q to apply %d (at %d): %w", s.cfg.ID, n, s.replica.Applied(), ctx.Err())
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// Close stops following and closes the staging store and the replica. The
+// view (the mount) must be unmounted before.
+func (s *Secondary) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	cancel, link := s.cancel, s.link
+	s.mu.Unlock()
+	var errs []error
+	if link != nil {
+		if err := link.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if cancel != nil {
+		cancel()
+	}
+	// The driver may be blocked posting to itself; drain while waiting.
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	for waiting := true; waiting; {
+		select {
+		case <-done:
+			waiting = false
+		case <-s.events:
+		}
+	}
+	errs = append(errs, s.closeStores())
+	return errors.Join(errs...)
+}
+
+func (s *Secondary) closeStores() error {
+	return errors.Join(s.stage.Close(), s.replica.Close())
+}
