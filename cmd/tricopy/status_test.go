@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -174,9 +175,54 @@ func TestStatusJSONSchema(t *testing.T) {
 		t.Errorf("problems: %v", doc["problems"])
 	}
 	v.Report(&wire.PrimaryReport{State: "PAIR"})
+	// A secondary of a that stages everything it is asked at once.
+	var linkp atomic.Pointer[client.Link]
+	send := func(m *wire.CoordinateRequest) {
+		for linkp.Load() == nil {
+			time.Sleep(time.Millisecond)
+		}
+		linkp.Load().Send(m)
+	}
+	link, err := cl.Coordinate(ctx, client.CoordinateOptions{
+		Hello: func() *wire.SecondaryHello {
+			return &wire.SecondaryHello{Group: client.DefaultGroup, Secondary: "sa", Volume: "a", Addr: "127.0.0.1:7399"}
+		},
+		OnMessage: func(m *wire.CoordinateResponse) {
+			switch {
+			case m.GetPrepare() != nil:
+				send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Prepared{Prepared: m.GetPrepare()}})
+			case m.GetValidate() != nil:
+				send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Applied{Applied: m.GetValidate()}})
+			case m.GetOpened() != nil:
+				send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Report{Report: &wire.SecondaryReport{State: "PAIR"}}})
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	linkp.Store(link)
+	defer link.Close()
 	submit(1)
 	submit(2)
+	var doc2 map[string]any
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		doc2 = runStatusJSON(-1)
+		if doc2["validated_seq"] == float64(3) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the secondary never applied seq 3: %v", doc2)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	doc = runStatusJSON(0)
+	if sec, _ := lookup(doc, "volumes[].secondaries[]"); fmt.Sprint(sec) != fmt.Sprint(map[string]any{
+		"id": "sa", "addr": "127.0.0.1:7399", "state": "PAIR", "connected": true, "fetched_seq": 0.0,
+		"prepared_seq": 3.0, "applied_seq": 3.0, "lag_batches": 0.0, "lag_bytes": 0.0, "lag_seconds": 0.0,
+	}) {
+		t.Errorf("the secondary in status: %v", sec)
+	}
 	for _, f := range documentedFields(t) {
 		if f == "nodes[].error" || f == "volumes[].reason" || f == "volumes[].secondaries[].reason" {
 			continue // documented as omitted when empty

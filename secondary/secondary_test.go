@@ -1,0 +1,285 @@
+package secondary_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/tricopy/tricopy/intermediate"
+	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/intermediate/wire"
+	"github.com/tricopy/tricopy/secondary"
+)
+
+// The tests of this file run the follower loop against a real one-node
+// intermediate over TCP, with primaries played by the client's Submit.
+
+type testWriter struct {
+	mu sync.Mutex
+	t  testing.TB
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
+func testLog(t testing.TB) *slog.Logger {
+	if os.Getenv("TRICOPY_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(&testWriter{t: t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+func reserveAddr(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// startNode starts a one-node intermediate that trims its journal often.
+func startNode(t *testing.T) (*intermediate.Node, string) {
+	t.Helper()
+	raftAddr, addr := reserveAddr(t), reserveAddr(t)
+	n, err := intermediate.Open(context.Background(), intermediate.Config{
+		ID: "i1", Dir: t.TempDir(), Listen: addr, RaftAddr: raftAddr,
+		Cluster:          []intermediate.Peer{{ID: "i1", RaftAddr: raftAddr}},
+		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
+		LeaderLeaseTimeout: 250 * time.Millisecond, TrimInterval: 50 * time.Millisecond,
+		CoordinatorTick: 20 * time.Millisecond, Logger: testLog(t).With("component", "intermediate"),
+	})
+	if err != nil {
+		t.Fatalf("start intermediate: %v", err)
+	}
+	t.Cleanup(func() { n.Close() })
+	waitUntil(t, 10*time.Second, "the node to lead", n.IsLeader)
+	return n, addr
+}
+
+func waitUntil(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func newClient(t *testing.T, addr string) *client.Client {
+	t.Helper()
+	cl, err := client.New(client.Config{Addrs: []string{addr}, Backoff: 20 * time.Millisecond, Logger: testLog(t).With("component", "client")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cl.Close() })
+	return cl
+}
+
+const testBlocks = 256
+
+// openVolume opens a primary's Submit stream of volume name.
+func openVolume(t *testing.T, cl *client.Client, name string) *client.Volume {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	v, err := cl.OpenVolume(ctx, client.VolumeOptions{Name: name, Epoch: 1, BlockCount: testBlocks})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { v.Close() })
+	return v
+}
+
+// submitRandom submits n batches of 1 to 4 random blocks and returns the
+// last seq.
+func submitRandom(t *testing.T, v *client.Volume, rng *rand.Rand, n int) uint64 {
+	t.Helper()
+	var last uint64
+	for range n {
+		var blocks []*wire.Block
+		for range 1 + rng.IntN(4) {
+			data := make([]byte, wire.BlockSize)
+			for i := range data {
+				data[i] = byte(rng.Uint32())
+			}
+			blocks = append(blocks, &wire.Block{Index: uint64(rng.IntN(testBlocks)), Data: data})
+		}
+		ack, err := v.Submit(context.Background(), blocks)
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = ack.Seq
+	}
+	return last
+}
+
+func openSecondary(t *testing.T, cl *client.Client, dir, volume string) *secondary.Secondary {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := secondary.Open(ctx, secondary.Config{
+		Volume: volume, Dir: dir, Addr: "127.0.0.1:1", Intermediate: cl,
+		ReportInterval: 20 * time.Millisecond, Logger: testLog(t).With("component", "secondary"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Start(nil); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func waitApplied(t *testing.T, s *secondary.Secondary, n uint64) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := s.WaitApplied(ctx, n); err != nil {
+		t.Fatalf("%v; status %+v", err, s.Status())
+	}
+}
+
+// sameAsIntermediate fails t unless the replica of s equals the
+// intermediate volume of its volume, which must be at the replica's point.
+func sameAsIntermediate(t *testing.T, n *intermediate.Node, s *secondary.Secondary) {
+	t.Helper()
+	st := s.Status()
+	want, got := make([]byte, wire.BlockSize), make([]byte, wire.BlockSize)
+	for i := range uint64(testBlocks) {
+		if err := n.FSM().ReadVolumeBlock(st.Volume, i, want); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Replica().ReadBlock(i, got); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(want, got) {
+			t.Fatalf("replica of %s at %d: block %d differs from the intermediate volume", st.Volume, st.AppliedSeq, i)
+		}
+	}
+}
+
+// TestFollow runs two secondaries of two volumes against a real
+// intermediate: both reach the same validated point, equal to their
+// intermediate volumes; one restarted in the middle of the stream (and once
+// more while its volume moves) catches up; the status says PAIR.
+func TestFollow(t *testing.T) {
+	n, addr := startNode(t)
+	cl := newClient(t, addr)
+	rng := rand.New(rand.NewPCG(1, 2))
+	va, vb := openVolume(t, cl, "a"), openVolume(t, cl, "b")
+	dirA, dirB := t.TempDir(), t.TempDir()
+	sa, sb := openSecondary(t, cl, dirA, "a"), openSecondary(t, cl, dirB, "b")
+	defer func() { sb.Close() }()
+	for range 4 {
+		submitRandom(t, va, rng, 20)
+		last := submitRandom(t, vb, rng, 20)
+		waitApplied(t, sa, last)
+		waitApplied(t, sb, last)
+		// Restart a's secondary; writes go on meanwhile.
+		if err := sa.Close(); err != nil {
+			t.Fatal(err)
+		}
+		submitRandom(t, va, rng, 5)
+		sa = openSecondary(t, cl, dirA, "a")
+	}
+	last := submitRandom(t, va, rng, 3)
+	waitApplied(t, sa, last)
+	waitApplied(t, sb, last)
+	// Quiet now: both end at the same point, the group's validated one.
+	waitUntil(t, 10*time.Second, "both secondaries at the validated point", func() bool {
+		v := n.FSM().Validated()
+		return sa.Status().AppliedSeq == v && sb.Status().AppliedSeq == v
+	})
+	sameAsIntermediate(t, n, sa)
+	sameAsIntermediate(t, n, sb)
+	for _, s := range []*secondary.Secondary{sa, sb} {
+		if st := s.Status(); st.State != secondary.StatePair || !st.Connected || st.DurableSeq < st.AppliedSeq {
+			t.Errorf("status %+v", st)
+		}
+	}
+	st, err := cl.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.GetSecondaries()) != 2 || st.GetHeldBy() != "" {
+		t.Errorf("intermediate status: secondaries %v, held by %q", st.GetSecondaries(), st.GetHeldBy())
+	}
+	for _, sec := range st.GetSecondaries() {
+		if sec.GetState() != secondary.StatePair || sec.GetAppliedSeq() != st.GetValidatedSeq() || sec.GetLagBatches() != 0 {
+			t.Errorf("secondary in status: %v (validated %d)", sec, st.GetValidatedSeq())
+		}
+	}
+	if err := sa.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestCompacted: a secondary whose position the journal no longer holds
+// stops with FAILED, naming the cause, without touching its replica.
+func TestCompacted(t *testing.T) {
+	n, addr := startNode(t)
+	cl := newClient(t, addr)
+	v := openVolume(t, cl, "c")
+	last := submitRandom(t, v, rand.New(rand.NewPCG(3, 4)), 10)
+	// The primary holds everything durably: the journal may be trimmed.
+	v.Report(&wire.PrimaryReport{State: "PAIR", DurableSeq: last})
+	submitRandom(t, v, rand.New(rand.NewPCG(5, 6)), 1) // carries the report
+	waitUntil(t, 10*time.Second, "the journal to be trimmed", func() bool { return n.FSM().Stats().JournalStart > 1 })
+	s := openSecondary(t, cl, t.TempDir(), "c")
+	defer s.Close()
+	waitUntil(t, 10*time.Second, "the secondary to fail", func() bool { return s.Status().State == secondary.StateFailed })
+	st := s.Status()
+	if !strings.Contains(st.Reason, secondary.ErrCompacted.Error()) || st.AppliedSeq != 0 {
+		t.Fatalf("status %+v: want FAILED for a compacted journal at applied 0", st)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := s.WaitApplied(ctx, last); err == nil || errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitApplied on a failed secondary: %v, want the failure", err)
+	}
+}
+
+// TestOpenRefusals: a data directory holding another volume's replica is
+// refused, naming both.
+func TestOpenRefusals(t *testing.T) {
+	_, addr := startNode(t)
+	cl := newClient(t, addr)
+	openVolume(t, cl, "a")
+	dir := t.TempDir()
+	r, err := secondary.CreateReplica(filepath.Join(dir, "replica"), "other", testBlocks, secondary.ReplicaOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	_, err = secondary.Open(context.Background(), secondary.Config{Volume: "a", Dir: dir, Intermediate: cl, Logger: testLog(t)})
+	if err == nil || !strings.Contains(err.Error(), `"other"`) {
+		t.Fatalf("Open over another volume's replica: %v", err)
+	}
+	if _, err := secondary.Open(context.Background(), secondary.Config{Volume: "a/b", Dir: dir, Intermediate: cl}); err == nil {
+		t.Fatal("Open with a bad volume name succeeded")
+	}
+	// A volume that never registers: Open waits until ctx ends.
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = secondary.Open(ctx, secondary.Config{Volume: "never", Dir: t.TempDir(), Intermediate: cl, Logger: testLog(t)})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Open of an unregistered volume: %v, want the deadline", err)
+	}
+}
