@@ -33,6 +33,11 @@ const (
 	stageDirName   = "stage"
 )
 
+// DefaultRoundStep bounds the staged bytes one atomic step of a round
+// applies (and holds in memory) when Config.RoundStep is zero; see
+// Secondary.applyRound.
+const DefaultRoundStep = 64 << 20
+
 // DefaultReportInterval is how often, at most, a secondary sends its report
 // to the leader when Config.ReportInterval is zero.
 const DefaultReportInterval = 250 * time.Millisecond
@@ -75,6 +80,10 @@ type Config struct {
 	// ReportInterval bounds how often the secondary reports its state to
 	// the leader; default DefaultReportInterval.
 	ReportInterval time.Duration
+	// RoundStep bounds the staged bytes of one atomic step of a round
+	// (a long round is applied in steps); default DefaultRoundStep, at most
+	// DefaultMaxRoundBytes.
+	RoundStep int64
 	// FS is the file system of Dir; default blockdev.OSFS.
 	FS blockdev.FS
 	// Logger receives the secondary's logs; default slog.Default().
@@ -110,6 +119,12 @@ func (c Config) withDefaults() (Config, error) {
 		c.ReportInterval = DefaultReportInterval
 	case c.ReportInterval < 0:
 		return c, fmt.Errorf("secondary config: ReportInterval: negative (%s)", c.ReportInterval)
+	}
+	switch {
+	case c.RoundStep == 0:
+		c.RoundStep = DefaultRoundStep
+	case c.RoundStep < 0 || c.RoundStep > DefaultMaxRoundBytes:
+		return c, fmt.Errorf("secondary config: RoundStep: %d is not between 1 and %d", c.RoundStep, DefaultMaxRoundBytes)
 	}
 	if c.IndependentApplyDelay < 0 {
 		return c, fmt.Errorf("secondary config: IndependentApplyDelay: negative (%s)", c.IndependentApplyDelay)
@@ -395,23 +410,32 @@ func (s *Secondary) applier(ctx context.Context) {
 }
 
 // applyRound moves the replica and the view to n, then trims the stage.
+//
+// A round holding more than Config.RoundStep bytes of staged batches (a
+// secondary catching up after an outage) is applied in steps that end at
+// seqs below n, each atomic like a round: every such point is a prefix of
+// the global order, so a consistent cut, and every secondary prepared it
+// (it is below the validated n), so the replicas can all reach it; the
+// secondary reports APPLIED only for n.
 func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 	start := time.Now()
-	apply := func(ctx context.Context) (uint64, []uint64, error) {
-		changed, err := s.replica.ApplyRound(ctx, n, s.stage.Batches(s.replica.Applied(), n))
-		return s.replica.Applied(), changed, err
-	}
 	s.mu.Lock()
 	view := s.view
 	s.mu.Unlock()
-	var err error
-	if view != nil {
-		err = view.Advance(ctx, apply)
-	} else {
-		_, _, err = apply(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("apply validated point %d: %w", n, err)
+	for _, step := range s.stage.Steps(s.replica.Applied(), n, s.cfg.RoundStep) {
+		apply := func(ctx context.Context) (uint64, []uint64, error) {
+			changed, err := s.replica.ApplyRound(ctx, step, s.stage.Batches(s.replica.Applied(), step))
+			return s.replica.Applied(), changed, err
+		}
+		var err error
+		if view != nil {
+			err = view.Advance(ctx, apply)
+		} else {
+			_, _, err = apply(ctx)
+		}
+		if err != nil {
+			return fmt.Errorf("apply validated point %d (step to %d): %w", n, step, err)
+		}
 	}
 	if err := s.stage.Trim(n); err != nil {
 		return fmt.Errorf("trim the staging store after %d: %w", n, err)

@@ -132,11 +132,16 @@ func submitRandom(t *testing.T, v *client.Volume, rng *rand.Rand, n int) uint64 
 
 func openSecondary(t *testing.T, cl *client.Client, dir, volume string) *secondary.Secondary {
 	t.Helper()
+	return openSecondaryStep(t, cl, dir, volume, 0)
+}
+
+func openSecondaryStep(t *testing.T, cl *client.Client, dir, volume string, step int64) *secondary.Secondary {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	s, err := secondary.Open(ctx, secondary.Config{
 		Volume: volume, Dir: dir, Addr: "127.0.0.1:1", Intermediate: cl,
-		ReportInterval: 20 * time.Millisecond, Logger: testLog(t).With("component", "secondary"),
+		ReportInterval: 20 * time.Millisecond, RoundStep: step, Logger: testLog(t).With("component", "secondary"),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -282,4 +287,26 @@ func TestOpenRefusals(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Open of an unregistered volume: %v, want the deadline", err)
 	}
+}
+
+// TestLongRoundInSteps: a secondary that was down while its volume moved a
+// lot catches up with rounds applied in steps of at most RoundStep bytes
+// (the replica's round limit is never hit) and ends equal to the
+// intermediate volume.
+func TestLongRoundInSteps(t *testing.T) {
+	n, addr := startNode(t)
+	cl := newClient(t, addr)
+	rng := rand.New(rand.NewPCG(9, 9))
+	v := openVolume(t, cl, "a")
+	dir := t.TempDir()
+	s := openSecondaryStep(t, cl, dir, "a", 3*wire.BlockSize)
+	waitApplied(t, s, submitRandom(t, v, rng, 3))
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	last := submitRandom(t, v, rng, 60)
+	s = openSecondaryStep(t, cl, dir, "a", 3*wire.BlockSize)
+	defer s.Close()
+	waitApplied(t, s, last)
+	sameAsIntermediate(t, n, s)
 }

@@ -941,6 +941,41 @@ func (s *Stage) Batches(after, upTo uint64) iter.Seq2[*wire.CommittedBatch, erro
 	}
 }
 
+// Steps splits the range after < seq <= upTo into steps of at most
+// maxBytes of staged records each (a step holds at least one batch, whatever
+// its size), and returns the seq each step ends at, in increasing order; the
+// last is upTo. An empty range gives no step. The applier applies a long
+// range (a restart after a long outage, a catch-up) step by step, so that a
+// round never holds more than maxBytes in memory.
+func (s *Stage) Steps(after, upTo uint64, maxBytes int64) []uint64 {
+	if upTo <= after {
+		return nil
+	}
+	s.state.Lock()
+	segs := slices.Clone(s.segs)
+	s.state.Unlock()
+	var (
+		steps []uint64
+		size  int64
+		last  uint64 // seq of the last batch counted in the current step
+	)
+	for _, seg := range segs {
+		i := sort.Search(len(seg.entries), func(i int) bool { return seg.entries[i].seq > after })
+		for _, e := range seg.entries[i:] {
+			if e.seq > upTo {
+				break
+			}
+			if size > 0 && size+e.size > maxBytes {
+				steps = append(steps, last)
+				size = 0
+			}
+			size += e.size
+			last = e.seq
+		}
+	}
+	return append(steps, upTo)
+}
+
 // readBatches reads the batch records at entries of the segment file path
 // and yields their batches. It returns false if the iteration must stop.
 func (s *Stage) readBatches(path string, entries []recPos, yield func(*wire.CommittedBatch, error) bool) bool {

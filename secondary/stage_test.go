@@ -1288,3 +1288,29 @@ func TestStageReopenAfterProcessCrash(t *testing.T) {
 		must(t, s.Close())
 	}
 }
+
+// TestStageSteps: Steps cuts a range into steps of at most maxBytes of
+// records, each of at least one batch, ending at the range's end.
+func TestStageSteps(t *testing.T) {
+	s := mustOpen(t, testOptions(blockdev.NewMemFS()))
+	must(t, s.Append([]*wire.CommittedBatch{makeBatch(2, 0), makeBatch(4, 1, 2), makeBatch(5, 3), makeBatch(9, 4)}))
+	must(t, s.MarkFetched(12))
+	must(t, s.Sync())
+	one := oneBlockRecord
+	for _, tc := range []struct {
+		after, upTo uint64
+		max         int64
+		want        []uint64
+	}{
+		{0, 12, 1 << 30, []uint64{12}},
+		{0, 12, one, []uint64{2, 4, 5, 12}}, // the 2-block batch alone exceeds one
+		{2, 9, 3 * one, []uint64{5, 9}},
+		{9, 12, one, []uint64{12}},
+		{12, 12, one, nil},
+		{0, 3, 1, []uint64{3}},
+	} {
+		if got := s.Steps(tc.after, tc.upTo, tc.max); !slices.Equal(got, tc.want) {
+			t.Errorf("Steps(%d, %d, %d) = %v, want %v", tc.after, tc.upTo, tc.max, got, tc.want)
+		}
+	}
+}

@@ -37,6 +37,7 @@ figures, ratios and the targets they are held to.`,
 	c.AddCommand(newBenchFSCmd(a))
 	c.AddCommand(newBenchSubmitCmd(a))
 	c.AddCommand(newBenchMirrorCmd(a))
+	c.AddCommand(newBenchLagCmd(a))
 	return c
 }
 

@@ -6,6 +6,7 @@ package benchutil
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 )
@@ -41,4 +42,18 @@ func WriteJSON(path string, results any) error {
 		return fmt.Errorf("write results to %s: %w", path, err)
 	}
 	return nil
+}
+
+// Printer writes formatted text to W and keeps the first error in Err, so
+// that a report is written without checking every line.
+type Printer struct {
+	W   io.Writer
+	Err error
+}
+
+// F writes one formatted piece unless an earlier write failed.
+func (p *Printer) F(format string, args ...any) {
+	if p.Err == nil {
+		_, p.Err = fmt.Fprintf(p.W, format, args...)
+	}
 }

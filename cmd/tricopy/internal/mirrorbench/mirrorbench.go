@@ -270,6 +270,27 @@ func (b *bench) measureMount(ctx context.Context, nodes int) (_ MountResult, err
 // mount makes the target: a formatted volume under dir, mirrored when nodes
 // is not 0, mounted in this process. closeFn unmounts and stops everything.
 func (b *bench) mount(ctx context.Context, dir string, nodes int) (mnt string, closeFn func() error, err error) {
+	blocks := uint64(b.opts.SeqSize+256<<20) / blockdev.BlockSize
+	if nodes == 0 {
+		return MountPrimary(ctx, dir, blocks, nil, b.log)
+	}
+	inter, err := replbench.StartIntermediate(ctx, filepath.Join(dir, "intermediate"), nodes,
+		replbench.Options{Logger: b.log, ElectionTimeout: b.opts.ElectionTimeout})
+	if err != nil {
+		return "", nil, err
+	}
+	mnt, closeMount, err := MountPrimary(ctx, dir, blocks, inter.Addrs(), b.log)
+	if err != nil {
+		return "", nil, errors.Join(err, inter.Close())
+	}
+	return mnt, func() error { return errors.Join(closeMount(), inter.Close()) }, nil
+}
+
+// MountPrimary creates and formats a volume of blocks blocks in dir/volume
+// and mounts it at dir/mnt: local-only when addrs is empty, else mirrored
+// (volume "bench") to the intermediate at addrs, once its initial copy is
+// done. closeFn unmounts it and closes everything it opened.
+func MountPrimary(ctx context.Context, dir string, blocks uint64, addrs []string, log *slog.Logger) (mnt string, closeFn func() error, err error) {
 	var closers []func() error
 	closeAll := func() error {
 		var errs []error
@@ -288,8 +309,7 @@ func (b *bench) mount(ctx context.Context, dir string, nodes int) (mnt string, c
 	if err := os.MkdirAll(mnt, 0o755); err != nil {
 		return "", nil, err
 	}
-	blocks := uint64(b.opts.SeqSize+256<<20) / blockdev.BlockSize
-	vol, err := blockdev.Create(filepath.Join(dir, "volume"), blocks, blockdev.Options{Logger: b.log})
+	vol, err := blockdev.Create(filepath.Join(dir, "volume"), blocks, blockdev.Options{Logger: log})
 	if err != nil {
 		return "", nil, err
 	}
@@ -301,19 +321,13 @@ func (b *bench) mount(ctx context.Context, dir string, nodes int) (mnt string, c
 		return "", nil, err
 	}
 	var dev fusefs.Device = fusefs.LocalDevice(vol)
-	if nodes > 0 {
-		inter, err := replbench.StartIntermediate(ctx, filepath.Join(dir, "intermediate"), nodes,
-			replbench.Options{Logger: b.log, ElectionTimeout: b.opts.ElectionTimeout})
-		if err != nil {
-			return "", nil, err
-		}
-		closers = append(closers, inter.Close)
-		cl, err := client.New(client.Config{Addrs: inter.Addrs(), Logger: b.log})
+	if len(addrs) > 0 {
+		cl, err := client.New(client.Config{Addrs: addrs, Logger: log})
 		if err != nil {
 			return "", nil, err
 		}
 		closers = append(closers, cl.Close)
-		m, err := mirror.Open(ctx, mirror.Config{Name: "bench", Local: vol, Dir: vol.Dir(), Client: cl, Logger: b.log})
+		m, err := mirror.Open(ctx, mirror.Config{Name: "bench", Local: vol, Dir: vol.Dir(), Client: cl, Logger: log})
 		if err != nil {
 			return "", nil, err
 		}
@@ -328,7 +342,7 @@ func (b *bench) mount(ctx context.Context, dir string, nodes int) (mnt string, c
 		}
 		dev = mirrordev.Device{M: m}
 	}
-	srv, err := fusefs.Mount(ctx, dev, fusefs.MountOptions{Mountpoint: mnt, Name: "mirrorbench", Logger: b.log})
+	srv, err := fusefs.Mount(ctx, dev, fusefs.MountOptions{Mountpoint: mnt, Name: "mirrorbench", Logger: log})
 	if err != nil {
 		return "", nil, err
 	}
@@ -390,38 +404,27 @@ func compare(local, m *MountResult, raw *RawResult) []Comparison {
 
 // WriteMarkdown writes the results as markdown tables.
 func (r *Results) WriteMarkdown(w io.Writer) error {
-	p := &printer{w: w}
-	p.f("## Mirrored mount vs local mount and raw Raft Apply\n\n")
-	p.f("%s, kernel %s, %s; fio jobs bounded by %s, sequential file %d MiB.\n\n",
+	p := &benchutil.Printer{W: w}
+	p.F("## Mirrored mount vs local mount and raw Raft Apply\n\n")
+	p.F("%s, kernel %s, %s; fio jobs bounded by %s, sequential file %d MiB.\n\n",
 		r.Time.Format(time.RFC3339), r.Kernel, r.FioVersion, r.Runtime, r.SeqSize>>20)
-	p.f("| mount | 4 KiB write p50 | fsync p50 | write+fsync p50 | seq 1 MiB MB/s | 16 × fsync'd 4 KiB ops/s |\n")
-	p.f("| --- | ---: | ---: | ---: | ---: | ---: |\n")
+	p.F("| mount | 4 KiB write p50 | fsync p50 | write+fsync p50 | seq 1 MiB MB/s | 16 × fsync'd 4 KiB ops/s |\n")
+	p.F("| --- | ---: | ---: | ---: | ---: | ---: |\n")
 	for _, m := range r.Mounts {
-		p.f("| %s | %s | %s | %s | %.1f | %.0f |\n", m.Target, m.Fsync.ClatP50, m.Fsync.SyncP50, m.WriteFsyncP50(),
+		p.F("| %s | %s | %s | %s | %.1f | %.0f |\n", m.Target, m.Fsync.ClatP50, m.Fsync.SyncP50, m.WriteFsyncP50(),
 			m.Seq.BytesPerSec/1e6, m.Parallel.IOPS)
 	}
-	p.f("\n| raw Apply | 4 KiB × 1 p50 | 1 MiB × 1 MB/s | 4 KiB × 16 ops/s |\n| --- | ---: | ---: | ---: |\n")
+	p.F("\n| raw Apply | 4 KiB × 1 p50 | 1 MiB × 1 MB/s | 4 KiB × 16 ops/s |\n| --- | ---: | ---: | ---: |\n")
 	for _, raw := range r.Raw {
-		p.f("| %d node(s) | %s | %.1f | %.0f |\n", raw.Nodes, raw.Small.Latency.P50, raw.Large.MBPerSec, raw.Parallel.OpsPerSec)
+		p.F("| %d node(s) | %s | %.1f | %.0f |\n", raw.Nodes, raw.Small.Latency.P50, raw.Large.MBPerSec, raw.Parallel.OpsPerSec)
 	}
-	p.f("\n| nodes | figure | ours | bound | target | verdict |\n| ---: | --- | ---: | ---: | --- | --- |\n")
+	p.F("\n| nodes | figure | ours | bound | target | verdict |\n| ---: | --- | ---: | ---: | --- | --- |\n")
 	for _, c := range r.Comparisons {
 		verdict := "met"
 		if !c.Passed {
 			verdict = "**missed**"
 		}
-		p.f("| %d | %s (%s) | %.1f | %.1f | %s | %s |\n", c.Nodes, c.Name, c.Unit, c.Ours, c.Bound, c.Target, verdict)
+		p.F("| %d | %s (%s) | %.1f | %.1f | %s | %s |\n", c.Nodes, c.Name, c.Unit, c.Ours, c.Bound, c.Target, verdict)
 	}
-	return p.err
-}
-
-type printer struct {
-	w   io.Writer
-	err error
-}
-
-func (p *printer) f(format string, args ...any) {
-	if p.err == nil {
-		_, p.err = fmt.Fprintf(p.w, format, args...)
-	}
+	return p.Err
 }
