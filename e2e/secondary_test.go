@@ -523,3 +523,63 @@ func TestSecondaryKill(t *testing.T) {
 	}
 	t.Logf("%d kills, %d samples at one validated point, %d pairs, all on both replicas", kills, samples, w.n.Load())
 }
+
+// TestSecondaryInitialCopy: a secondary that joins a volume holding 500 MB
+// of data, whose journal was trimmed, starts with a copy of the
+// intermediate volume (taken while the primary keeps writing), then follows
+// the journal; once everything stopped, its replica is byte-identical to
+// the primary volume and fsck-clean.
+func TestSecondaryInitialCopy(t *testing.T) {
+	requireFUSE(t)
+	base := t.TempDir()
+	nodes := startIntermediates(t, filepath.Join(base, "inter"), 1)
+	addrs := nodeAddrs(nodes)
+	prim := mirrorSpec{volume: "a", data: filepath.Join(base, "data", "a"), mnt: filepath.Join(base, "primary", "a"), addrs: addrs, size: "1GiB"}
+	pm := startMirrored(t, prim)
+	waitState(t, addrs, "PAIR", pairTimeout, "a")
+	const files, fileSize = 50, 10 << 20
+	start := time.Now()
+	for i := range files {
+		name := fmt.Sprintf("big-%02d", i)
+		if err := writeSynced(filepath.Join(prim.mnt, name), fileData(uint64(i), name, fileSize)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("wrote %d MB on the primary in %v", files*fileSize>>20, time.Since(start).Round(time.Millisecond))
+	pollStatus(t, time.Minute, "the journal to be trimmed", addrs, func(doc mirrorStatusDoc, _ int) bool {
+		return doc.JournalBytes < 64<<20
+	})
+	// The writer goes on while the secondary copies.
+	if err := os.MkdirAll(filepath.Join(prim.mnt, "during"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	w := startWriter(filepath.Join(prim.mnt, "during"), 11, 0)
+	spec := secondarySpec{volume: "a", data: filepath.Join(base, "secdata", "a"), mnt: filepath.Join(base, "secondary", "a"),
+		listen: freeAddr(t), addrs: addrs}
+	start = time.Now()
+	sm := startSecondary(t, spec)
+	t.Logf("secondary mounted after %v", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(sm.stderr.String(), "initial copy done") {
+		t.Fatalf("the secondary did not start with a copy:\n%s", clip(sm.stderr.String()))
+	}
+	w.finish(t)
+	if w.err != nil || len(w.acked) == 0 {
+		t.Fatalf("the writer during the copy: %d files, error %v", len(w.acked), w.err)
+	}
+	waitAll(t, addrs)
+	got := readTree(t, spec.mnt)
+	for i := range files {
+		name := fmt.Sprintf("big-%02d", i)
+		if !bytes.Equal(got[name], fileData(uint64(i), name, fileSize)) {
+			t.Fatalf("replica: %s differs from what the primary wrote", name)
+		}
+	}
+	pm.stop(t)
+	waitAll(t, addrs)
+	sm.stop(t)
+	replica := filepath.Join(spec.data, "replica")
+	compareVolumes(t, prim.data, replica)
+	img := filepath.Join(base, "fsck-a")
+	copyIntermediateVolume(t, replica, img)
+	fsckClean(t, img)
+}

@@ -223,7 +223,8 @@ func (r *volumeRecord) dropBatches(n int) {
 }
 
 func (r *volumeRecord) info() VolumeInfo {
-	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq, Session: r.session}
+	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq,
+		Session: r.session, TrimmedSeq: r.trimmedSeq}
 }
 
 // seqOf returns the seq of the volume's batch volumeSeq, or 0 when the
@@ -329,6 +330,7 @@ type VolumeInfo struct {
 	LastVolumeSeq uint64 // the volume seq of the volume's last committed batch
 	LastSeq       uint64 // the seq of the volume's last committed batch
 	Session       uint64 // the Raft index of the latest RegisterVolume: the open Submit session
+	TrimmedSeq    uint64 // the journal no longer holds the volume's batches with seq <= it
 }
 
 // FSMStats are the state machine's counters.

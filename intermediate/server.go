@@ -561,6 +561,7 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 	for _, v := range n.fsm.Volumes() {
 		vs := &wire.VolumeStatus{
 			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
+			TrimmedSeq: v.TrimmedSeq,
 		}
 		n.reports.fill(vs)
 		resp.Volumes = append(resp.Volumes, vs)

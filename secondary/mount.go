@@ -50,6 +50,9 @@ func NewMount(ctx context.Context, replica *Replica, opts fusefs.MountOptions) (
 // tryMount mounts the replica if it holds a filesystem. A replica without
 // one is no error.
 func (m *Mount) tryMount(ctx context.Context) error {
+	if !m.replica.Exposable() {
+		return nil // a copy at a point not validated yet
+	}
 	srv, err := fusefs.MountReplica(ctx, m.replica, m.opts, m.replica.Applied())
 	switch {
 	case errors.Is(err, fusefs.ErrNoFilesystem):

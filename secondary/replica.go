@@ -115,6 +115,9 @@ type Replica struct {
 	// applied is the seq N the replica is at, durably. Only ApplyRound,
 	// holding mu, writes it.
 	applied atomic.Uint64
+	// copied is set while the replica holds a copy whose applied seq is
+	// not a validated point (replicaFlagCopied); the next round clears it.
+	copied atomic.Bool
 
 	// mu serialises ApplyRound and Close, and guards the fields below.
 	mu     sync.Mutex
@@ -143,6 +146,54 @@ func CreateReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Rep
 }
 
 func createReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Replica, error) {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = blockdev.OSFS{}
+	}
+	switch _, err := fsys.Stat(LabelReplicaDir, filepath.Clean(dir)); {
+	case err == nil:
+		return nil, blockdev.ErrExists
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	}
+	b, err := buildReplica(dir, volume, blocks, opts)
+	if err != nil {
+		return nil, err
+	}
+	r, err := b.finish(context.Background(), 0, false)
+	if err != nil {
+		return nil, err
+	}
+	r.logger.Info("created replica", "blocks", blocks)
+	return r, nil
+}
+
+// ReplicaBuilder builds a replica aside, from a copy of the volume's blocks
+// and the batches after it, and puts it in place of the replica directory
+// (an initial copy). Create it with BuildReplica; end with Finish or Abort.
+// It is not safe for concurrent use.
+type ReplicaBuilder struct {
+	dir, tmp string
+	volume   string
+	blocks   uint64
+	fsys     blockdev.FS
+	opts     ReplicaOptions
+	vol      *blockdev.FileVolume
+}
+
+// BuildReplica starts building a replica of blocks zero blocks of volume
+// for dir, in a directory beside it (".new-" and dir's base name; a
+// leftover of an interrupted build is removed). dir itself is untouched
+// until Finish.
+func BuildReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*ReplicaBuilder, error) {
+	b, err := buildReplica(dir, volume, blocks, opts)
+	if err != nil {
+		return nil, fmt.Errorf("build replica %q: %w", dir, err)
+	}
+	return b, nil
+}
+
+func buildReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*ReplicaBuilder, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -159,12 +210,6 @@ func createReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Rep
 		return nil, errors.New("the root directory cannot hold a replica")
 	}
 	fsys := opts.FS
-	switch _, err := fsys.Stat(LabelReplicaDir, dir); {
-	case err == nil:
-		return nil, blockdev.ErrExists
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, err
-	}
 	if err := blockdev.MkdirAllDurable(fsys, LabelReplicaDir, parent); err != nil {
 		return nil, err
 	}
@@ -176,27 +221,89 @@ func createReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Rep
 	if err != nil {
 		return nil, err
 	}
-	h := replicaHeader{volume: volume, blocks: blocks}
-	b := &blockdev.Batch{Writes: []blockdev.Write{{Index: blocks, Data: h.encode()}}}
-	if err := vol.Apply(context.Background(), b, blockdev.ApplyOptions{Sync: true}); err != nil {
-		vol.Close()
+	return &ReplicaBuilder{dir: dir, tmp: tmp, volume: volume, blocks: blocks, fsys: fsys, opts: opts, vol: vol}, nil
+}
+
+// WriteBlocks writes len(data)/BlockSize blocks from block first (a chunk
+// of the copy), as one batch, without syncing.
+func (b *ReplicaBuilder) WriteBlocks(ctx context.Context, first uint64, data []byte) error {
+	n := uint64(len(data) / blockdev.BlockSize)
+	if len(data)%blockdev.BlockSize != 0 || first > b.blocks || n > b.blocks-first {
+		return fmt.Errorf("build replica %q: write %d bytes at block %d of %d: %w", b.dir, len(data), first, b.blocks, blockdev.ErrOutOfRange)
+	}
+	batch := &blockdev.Batch{Writes: make([]blockdev.Write, n)}
+	for i := range n {
+		batch.Writes[i] = blockdev.Write{Index: first + i, Data: data[i*blockdev.BlockSize : (i+1)*blockdev.BlockSize]}
+	}
+	if err := b.vol.Apply(ctx, batch, blockdev.ApplyOptions{}); err != nil {
+		return fmt.Errorf("build replica %q: %w", b.dir, err)
+	}
+	return nil
+}
+
+// ApplyBatch applies a committed batch of the volume (checked as
+// ApplyRound checks them), without syncing.
+func (b *ReplicaBuilder) ApplyBatch(ctx context.Context, cb *wire.CommittedBatch) error {
+	if v := cb.GetBatch().GetVolume(); v != b.volume {
+		return fmt.Errorf("build replica %q: %w: batch seq %d is for volume %q", b.dir, wire.ErrBadRequest, cb.GetSeq(), v)
+	}
+	if err := wire.CheckBatch(cb.GetBatch(), b.blocks); err != nil {
+		return fmt.Errorf("build replica %q: batch seq %d: %w", b.dir, cb.GetSeq(), err)
+	}
+	batch := &blockdev.Batch{}
+	for _, blk := range cb.GetBatch().GetBlocks() {
+		batch.Writes = append(batch.Writes, blockdev.Write{Index: blk.GetIndex(), Data: blk.GetData()})
+	}
+	if err := b.vol.Apply(ctx, batch, blockdev.ApplyOptions{}); err != nil {
+		return fmt.Errorf("build replica %q: %w", b.dir, err)
+	}
+	return nil
+}
+
+// Finish records that the blocks are the volume at seq n, a copy: the
+// replica is not to be exposed (Exposable is false) until a round moves it
+// to a validated point. It makes the replica durable, replaces the replica
+// directory with it (a crash leaves the old directory, the new one, or
+// none, never a mix; none means build again) and opens it.
+func (b *ReplicaBuilder) Finish(ctx context.Context, n uint64) (*Replica, error) {
+	r, err := b.finish(ctx, n, true)
+	if err != nil {
+		return nil, fmt.Errorf("build replica %q: %w", b.dir, err)
+	}
+	r.logger.Info("built replica from a copy", "blocks", b.blocks, "applied_seq", n)
+	return r, nil
+}
+
+func (b *ReplicaBuilder) finish(ctx context.Context, n uint64, copied bool) (*Replica, error) {
+	h := replicaHeader{volume: b.volume, blocks: b.blocks, applied: n, copied: copied}
+	batch := &blockdev.Batch{Writes: []blockdev.Write{{Index: b.blocks, Data: h.encode()}}}
+	err := b.vol.Apply(ctx, batch, blockdev.ApplyOptions{Sync: true})
+	if cerr := b.vol.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, fmt.Errorf("write header: %w", err)
 	}
-	if err := vol.Close(); err != nil {
+	if err := removeAll(b.fsys, b.dir); err != nil {
+		return nil, fmt.Errorf("remove the replica it replaces: %w", err)
+	}
+	if err := b.fsys.Rename(LabelReplicaDir, b.tmp, b.dir); err != nil {
 		return nil, err
 	}
-	if err := fsys.Rename(LabelReplicaDir, tmp, dir); err != nil {
-		return nil, err
-	}
-	if err := fsys.SyncDir(LabelReplicaDir, parent); err != nil {
+	parent := filepath.Dir(b.dir)
+	if err := b.fsys.SyncDir(LabelReplicaDir, parent); err != nil {
 		return nil, fmt.Errorf("sync directory %q: %w", parent, err)
 	}
-	r, err := openReplica(dir, opts)
-	if err != nil {
-		return nil, err
+	return openReplica(b.dir, b.opts)
+}
+
+// Abort drops what was built.
+func (b *ReplicaBuilder) Abort() error {
+	b.vol.Close()
+	if err := removeAll(b.fsys, b.tmp); err != nil {
+		return fmt.Errorf("build replica %q: remove %q: %w", b.dir, b.tmp, err)
 	}
-	r.logger.Info("created replica", "blocks", blocks)
-	return r, nil
+	return nil
 }
 
 // removeAll removes name and, if it is a directory, everything in it. A
@@ -263,7 +370,8 @@ func openReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 		maxRound: opts.MaxRoundBytes,
 	}
 	r.applied.Store(h.applied)
-	r.logger.Info("opened replica", "blocks", h.blocks, "applied_seq", h.applied)
+	r.copied.Store(h.copied)
+	r.logger.Info("opened replica", "blocks", h.blocks, "applied_seq", h.applied, "copied", h.copied)
 	return r, nil
 }
 
@@ -296,6 +404,11 @@ func (r *Replica) Volume() string { return r.volume }
 // ApplyRound it stays at the N before the round, even if readers see the
 // round (see ApplyRound).
 func (r *Replica) Applied() uint64 { return r.applied.Load() }
+
+// Exposable reports whether the replica's applied seq is a validated point
+// that may be shown: false for a replica built from a copy until a round
+// (ApplyRound, also one to its own seq) validated it.
+func (r *Replica) Exposable() bool { return !r.copied.Load() }
 
 // BlockCount returns the number of blocks of the volume, without the
 // header. It implements blockdev.Reader.
@@ -332,7 +445,7 @@ func (r *Replica) ReadBlocks(first uint64, p []byte) error {
 	return nil
 }
 
-// ApplyRound moves the replica to seq n and returns the indices of the
+// ApplyRound moves the replica to seq n, a validated point, and returns the indices of the
 // blocks it wrote (each once, in no particular order), which is what a
 // read-only filesystem over the replica must drop from its caches. It applies every batch from
 // batches with Applied() < seq <= n, in seq order, together with the
@@ -341,7 +454,7 @@ func (r *Replica) ReadBlocks(first uint64, p []byte) error {
 // is n. batches must yield the volume's batches in increasing seq order,
 // none above n (Stage.Batches(r.Applied(), n) does); those at or below
 // Applied() are skipped (a VALIDATE re-sent after a restart), though
-// checked like the others. n == Applied() does nothing; n below it is
+// checked like the others. n == Applied() does nothing (on a replica built from a copy it records that n is validated: Exposable turns true); n below it is
 // refused with ErrStaleRound. A round without batches only moves N.
 //
 // Every batch must be of the replica's volume and pass wire.CheckBatch
@@ -383,7 +496,7 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 	switch {
 	case n < applied:
 		return nil, fmt.Errorf("%w: replica at seq %d", ErrStaleRound, applied)
-	case n == applied:
+	case n == applied && !r.copied.Load():
 		return nil, nil
 	}
 	round, err := r.collect(ctx, applied, n, batches)
@@ -410,6 +523,7 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 		return nil, fmt.Errorf("%w: %w", blockdev.ErrFailed, err)
 	}
 	r.applied.Store(n)
+	r.copied.Store(false)
 	r.logger.Debug("applied round", "applied_seq", n, "previous", applied,
 		"batches", round.batches, "skipped", round.skipped, "writes", len(round.writes)-1)
 	return changed, nil
@@ -512,11 +626,17 @@ const (
 	replicaCRCOff  = blockdev.BlockSize - 4
 )
 
+// replicaFlagCopied is the header flag of a replica built from a copy
+// (ReplicaBuilder): its applied seq is not a validated point yet, so it is
+// not exposed. The next round clears it.
+const replicaFlagCopied = 1
+
 // replicaHeader is the decoded header block of a replica.
 type replicaHeader struct {
 	volume  string
 	blocks  uint64 // blocks of the volume, without the header
 	applied uint64 // the seq N the blocks are at
+	copied  bool   // replicaFlagCopied
 }
 
 // encode returns the header block.
@@ -524,6 +644,9 @@ func (h replicaHeader) encode() []byte {
 	p := make([]byte, blockdev.BlockSize)
 	copy(p, replicaMagic)
 	binary.LittleEndian.PutUint32(p[8:], replicaVersion)
+	if h.copied {
+		binary.LittleEndian.PutUint32(p[12:], replicaFlagCopied)
+	}
 	binary.LittleEndian.PutUint64(p[16:], h.blocks)
 	binary.LittleEndian.PutUint64(p[24:], h.applied)
 	binary.LittleEndian.PutUint16(p[32:], uint16(len(h.volume)))
@@ -553,9 +676,11 @@ func decodeReplicaHeader(p []byte) (replicaHeader, error) {
 	if v := binary.LittleEndian.Uint32(p[8:]); v != replicaVersion {
 		return h, fmt.Errorf("replica header: version %d, want %d: %w", v, replicaVersion, blockdev.ErrVersion)
 	}
-	if flags := binary.LittleEndian.Uint32(p[12:]); flags != 0 {
+	flags := binary.LittleEndian.Uint32(p[12:])
+	if flags&^replicaFlagCopied != 0 {
 		return h, corrupt("unknown flags %#x", flags)
 	}
+	h.copied = flags&replicaFlagCopied != 0
 	h.blocks = binary.LittleEndian.Uint64(p[16:])
 	if h.blocks == 0 || h.blocks >= blockdev.MaxBlocks {
 		return h, corrupt("block count %d", h.blocks)

@@ -721,7 +721,7 @@ func TestReplicaHeaderCorruption(t *testing.T) {
 		want error
 	}{
 		{"version 2", func(p []byte) { p[8] = 2 }, blockdev.ErrVersion},
-		{"flags", func(p []byte) { p[12] = 1 }, blockdev.ErrCorrupt},
+		{"flags", func(p []byte) { p[12] = 2 }, blockdev.ErrCorrupt},
 		{"fewer blocks", func(p []byte) { p[16] = testBlocks - 1 }, blockdev.ErrCorrupt},
 		{"more blocks", func(p []byte) { p[16] = testBlocks + 1 }, blockdev.ErrCorrupt},
 		{"no blocks", func(p []byte) { p[16] = 0 }, blockdev.ErrCorrupt},
@@ -874,4 +874,76 @@ func TestReplicaConcurrentReaders(t *testing.T) {
 func (r *Replica) applyRoundErr(ctx context.Context, n uint64, batches iter.Seq2[*wire.CommittedBatch, error]) error {
 	_, err := r.ApplyRound(ctx, n, batches)
 	return err
+}
+
+// TestReplicaBuilder: a replica built from a copy replaces the replica
+// directory whole, is at the copy's seq and not exposable, stays so across
+// a reopen, and becomes exposable with a round to its own seq (or past it).
+func TestReplicaBuilder(t *testing.T) {
+	fsys := blockdev.NewMemFS()
+	opts := ReplicaOptions{FS: fsys, Logger: quietLogger}
+	dir := "/data/replica"
+	old, err := CreateReplica(dir, testVolume, testBlocks, opts)
+	must(t, err)
+	must(t, old.Close())
+	b, err := BuildReplica(dir, testVolume, testBlocks, opts)
+	must(t, err)
+	data := make([]byte, 2*blockdev.BlockSize)
+	data[0], data[blockdev.BlockSize] = 1, 2
+	must(t, b.WriteBlocks(context.Background(), 3, data))
+	must(t, b.ApplyBatch(context.Background(), makeBatch(7, 4, 9)))
+	if err := b.ApplyBatch(context.Background(), sealed("other", 7, &wire.Block{Index: 1, Data: filled(1)})); !errors.Is(err, wire.ErrBadRequest) {
+		t.Fatalf("ApplyBatch of another volume: %v", err)
+	}
+	if err := b.WriteBlocks(context.Background(), testBlocks-1, data); !errors.Is(err, blockdev.ErrOutOfRange) {
+		t.Fatalf("WriteBlocks past the end: %v", err)
+	}
+	r, err := b.Finish(context.Background(), 7)
+	must(t, err)
+	check := func(r *Replica) {
+		t.Helper()
+		if r.Applied() != 7 || r.Exposable() {
+			t.Fatalf("built replica: applied %d, exposable %v; want 7, false", r.Applied(), r.Exposable())
+		}
+		p := make([]byte, blockdev.BlockSize)
+		must(t, r.ReadBlock(3, p))
+		if p[0] != 1 {
+			t.Fatal("block 3 is not the copy's")
+		}
+		must(t, r.ReadBlock(4, p))
+		if !bytes.Equal(p, blockData(7, 4)) {
+			t.Fatal("block 4 is not the batch's")
+		}
+	}
+	check(r)
+	must(t, r.Close())
+	r, err = OpenReplica(dir, opts)
+	must(t, err)
+	check(r)
+	// A round to its own seq validates it: only the header changes.
+	changed, err := r.ApplyRound(context.Background(), 7, batchesOf())
+	must(t, err)
+	if len(changed) != 0 || !r.Exposable() || r.Applied() != 7 {
+		t.Fatalf("after the validating round: changed %v, exposable %v, applied %d", changed, r.Exposable(), r.Applied())
+	}
+	must(t, r.Close())
+	r, err = OpenReplica(dir, opts)
+	must(t, err)
+	if !r.Exposable() {
+		t.Fatal("exposable lost at reopen")
+	}
+	must(t, r.Close())
+	// Abort leaves the replica as it was and no leftover.
+	b, err = BuildReplica(dir, testVolume, testBlocks, opts)
+	must(t, err)
+	must(t, b.Abort())
+	if _, err := fsys.Stat(LabelReplicaDir, "/data/"+newReplicaPrefix+"replica"); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("leftover after Abort: %v", err)
+	}
+	r, err = OpenReplica(dir, opts)
+	must(t, err)
+	if r.Applied() != 7 || !r.Exposable() {
+		t.Fatal("Abort changed the replica")
+	}
+	must(t, r.Close())
 }

@@ -53,6 +53,7 @@ type Intermediate interface {
 	Status(ctx context.Context) (*wire.StatusResponse, error)
 	Fetch(ctx context.Context, volume string, afterSeq uint64, fn func(*wire.FetchResponse) error) error
 	Coordinate(ctx context.Context, opts client.CoordinateOptions) (*client.Link, error)
+	ReadVolume(ctx context.Context, volume string, blockCount uint64, fn func(*wire.ReadVolumeResponse) error) error
 }
 
 // View is what moves with the replica at each round: the read-only mount
@@ -176,8 +177,8 @@ type Secondary struct {
 	replica *Replica
 	stage   *Stage
 
-	events chan any    // to the driver
-	apply  chan uint64 // driver → applier: StartApply(N)
+	events chan any      // to the driver
+	apply  chan applyReq // driver → applier
 
 	mu        sync.Mutex
 	state     string
@@ -231,13 +232,24 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 		replica.Close()
 		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
 	}
+	if replica.Applied() == 0 && stage.Fetched() == 0 {
+		// A new secondary of a volume whose journal no longer holds its
+		// first batches starts with a copy of the intermediate volume.
+		if vol, ok := volumeStatus(ctx, cfg); ok && vol.GetTrimmedSeq() > 0 {
+			replica, err = initialCopy(ctx, cfg, log, replica, stage)
+			if err != nil {
+				stage.Close()
+				return nil, fmt.Errorf("secondary %q: initial copy: %w", cfg.ID, err)
+			}
+		}
+	}
 	s := &Secondary{
 		cfg:     cfg,
 		log:     log,
 		replica: replica,
 		stage:   stage,
 		events:  make(chan any, 256),
-		apply:   make(chan uint64, 1),
+		apply:   make(chan applyReq, 2),
 		state:   StatePair,
 		applied: make(chan struct{}),
 	}
@@ -256,6 +268,21 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 	}
 	log.Info("opened secondary", "applied_seq", replica.Applied(), "durable_seq", stage.Durable(), "blocks", replica.BlockCount())
 	return s, nil
+}
+
+// volumeStatus asks the intermediate for the volume's record; ok is false
+// when it cannot say (unreachable, not registered).
+func volumeStatus(ctx context.Context, cfg Config) (*wire.VolumeStatus, bool) {
+	st, err := cfg.Intermediate.Status(ctx)
+	if err != nil {
+		return nil, false
+	}
+	for _, v := range st.GetVolumes() {
+		if v.GetName() == cfg.Volume {
+			return v, true
+		}
+	}
+	return nil, false
 }
 
 // waitVolume waits until the intermediate knows the volume and returns its
@@ -397,17 +424,32 @@ func (s *Secondary) applier(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case n := <-s.apply:
-			if err := s.applyRound(ctx, n); err != nil {
+		case req := <-s.apply:
+			if err := s.applyRound(ctx, req.n); err != nil {
 				if ctx.Err() == nil {
 					s.post(failure{err})
 				}
 				return
 			}
-			s.post(ApplyDone{N: n})
+			if req.expose {
+				s.post(exposed{})
+			} else {
+				s.post(ApplyDone{N: req.n})
+			}
 		}
 	}
 }
+
+// applyReq asks the applier to apply validated point n (the Follower's
+// StartApply), or, with expose, only to record that the point a replica
+// built from a copy is at was validated, so that it may be shown.
+type applyReq struct {
+	n      uint64
+	expose bool
+}
+
+// exposed tells the driver an expose request is done.
+type exposed struct{}
 
 // applyRound moves the replica and the view to n, then trims the stage.
 //
@@ -422,7 +464,11 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 	s.mu.Lock()
 	view := s.view
 	s.mu.Unlock()
-	for _, step := range s.stage.Steps(s.replica.Applied(), n, s.cfg.RoundStep) {
+	steps := s.stage.Steps(s.replica.Applied(), n, s.cfg.RoundStep)
+	if len(steps) == 0 && !s.replica.Exposable() {
+		steps = []uint64{n} // a copy at a point now validated: only the header changes
+	}
+	for _, step := range steps {
 		apply := func(ctx context.Context) (uint64, []uint64, error) {
 			changed, err := s.replica.ApplyRound(ctx, step, s.stage.Batches(s.replica.Applied(), step))
 			return s.replica.Applied(), changed, err
@@ -453,7 +499,15 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 func (s *Secondary) driver(ctx context.Context) {
 	defer s.wg.Done()
 	f := NewFollower(s.cfg.ID, s.replica.Applied(), s.stage.Durable())
-	failed := false
+	failed, exposing := false, false
+	// expose asks the applier to show a replica built from a copy once the
+	// point it is at is validated (a round past it does that too).
+	expose := func(validated uint64) {
+		if !exposing && !s.replica.Exposable() && f.Applying() == 0 && validated == s.replica.Applied() {
+			exposing = true
+			s.apply <- applyReq{n: s.replica.Applied(), expose: true}
+		}
+	}
 	for {
 		var ev any
 		select {
@@ -468,6 +522,9 @@ func (s *Secondary) driver(ctx context.Context) {
 		switch ev := ev.(type) {
 		case connected:
 			// The link sent the hello itself; the core's hello is moot.
+			continue
+		case exposed:
+			exposing = false
 			continue
 		case failure:
 			s.fail(ev.err)
@@ -486,11 +543,13 @@ func (s *Secondary) driver(ctx context.Context) {
 				// last validated point here and finishes it.
 				s.noteValidated(o.GetValidatedSeq())
 				acts = f.Step(ValidateMsg{N: o.GetValidatedSeq()})
+				expose(o.GetValidatedSeq())
 			case ev.GetPrepare() != nil:
 				acts = f.Step(PrepareMsg{N: ev.GetPrepare().GetSeq()})
 			case ev.GetValidate() != nil:
 				s.noteValidated(ev.GetValidate().GetSeq())
 				acts = f.Step(ValidateMsg{N: ev.GetValidate().GetSeq()})
+				expose(ev.GetValidate().GetSeq())
 			}
 		case Staged:
 			acts = f.Step(ev)
@@ -505,7 +564,7 @@ func (s *Secondary) driver(ctx context.Context) {
 				s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Applied{Applied: &wire.AppliedSeq{Seq: a.N}}})
 			case SendHello:
 			case StartApply:
-				s.apply <- a.N // at most one in flight: never blocks
+				s.apply <- applyReq{n: a.N} // at most one round and one expose in flight: never blocks
 			case Violation:
 				s.fail(a.Err)
 				failed = true
@@ -553,7 +612,7 @@ func (s *Secondary) independent(ctx context.Context) {
 		}
 		if n > s.replica.Applied() {
 			applying = true
-			s.apply <- n
+			s.apply <- applyReq{n: n}
 		}
 	}
 }

@@ -97,9 +97,14 @@ const testBlocks = 256
 // openVolume opens a primary's Submit stream of volume name.
 func openVolume(t *testing.T, cl *client.Client, name string) *client.Volume {
 	t.Helper()
+	return openVolumeN(t, cl, name, testBlocks)
+}
+
+func openVolumeN(t *testing.T, cl *client.Client, name string, blocks uint64) *client.Volume {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	v, err := cl.OpenVolume(ctx, client.VolumeOptions{Name: name, Epoch: 1, BlockCount: testBlocks})
+	v, err := cl.OpenVolume(ctx, client.VolumeOptions{Name: name, Epoch: 1, BlockCount: blocks})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -119,7 +124,7 @@ func submitRandom(t *testing.T, v *client.Volume, rng *rand.Rand, n int) uint64 
 			for i := range data {
 				data[i] = byte(rng.Uint32())
 			}
-			blocks = append(blocks, &wire.Block{Index: uint64(rng.IntN(testBlocks)), Data: data})
+			blocks = append(blocks, &wire.Block{Index: uint64(rng.IntN(int(v.BlockCount()))), Data: data})
 		}
 		ack, err := v.Submit(context.Background(), blocks)
 		if err != nil {
@@ -167,7 +172,7 @@ func sameAsIntermediate(t *testing.T, n *intermediate.Node, s *secondary.Seconda
 	t.Helper()
 	st := s.Status()
 	want, got := make([]byte, wire.BlockSize), make([]byte, wire.BlockSize)
-	for i := range uint64(testBlocks) {
+	for i := range s.Replica().BlockCount() {
 		if err := n.FSM().ReadVolumeBlock(st.Volume, i, want); err != nil {
 			t.Fatal(err)
 		}
@@ -219,10 +224,21 @@ func TestFollow(t *testing.T) {
 			t.Errorf("status %+v", st)
 		}
 	}
-	st, err := cl.Status(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The leader learns the applied points from APPLIED messages, a moment
+	// after the secondaries.
+	var st *wire.StatusResponse
+	waitUntil(t, 10*time.Second, "the leader to see both secondaries at the validated point", func() bool {
+		var err error
+		if st, err = cl.Status(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		for _, sec := range st.GetSecondaries() {
+			if sec.GetAppliedSeq() != st.GetValidatedSeq() {
+				return false
+			}
+		}
+		return true
+	})
 	if len(st.GetSecondaries()) != 2 || st.GetHeldBy() != "" {
 		t.Errorf("intermediate status: secondaries %v, held by %q", st.GetSecondaries(), st.GetHeldBy())
 	}
@@ -236,28 +252,52 @@ func TestFollow(t *testing.T) {
 	}
 }
 
-// TestCompacted: a secondary whose position the journal no longer holds
-// stops with FAILED, naming the cause, without touching its replica.
-func TestCompacted(t *testing.T) {
+// TestInitialCopy: a new secondary of a volume whose journal was trimmed
+// starts with a fuzzy copy of the intermediate volume, taken while the
+// primary keeps writing, plus the batches of the copy's interval; it is not
+// exposable until a validated round, then follows the journal and ends
+// equal to the intermediate volume.
+func TestInitialCopy(t *testing.T) {
 	n, addr := startNode(t)
 	cl := newClient(t, addr)
-	v := openVolume(t, cl, "c")
-	last := submitRandom(t, v, rand.New(rand.NewPCG(3, 4)), 10)
+	v := openVolumeN(t, cl, "a", 16384) // 64 chunks of the copy
+	rng := rand.New(rand.NewPCG(3, 4))
+	last := submitRandom(t, v, rng, 200)
 	// The primary holds everything durably: the journal may be trimmed.
 	v.Report(&wire.PrimaryReport{State: "PAIR", DurableSeq: last})
-	submitRandom(t, v, rand.New(rand.NewPCG(5, 6)), 1) // carries the report
-	waitUntil(t, 10*time.Second, "the journal to be trimmed", func() bool { return n.FSM().Stats().JournalStart > 1 })
-	s := openSecondary(t, cl, t.TempDir(), "c")
+	submitRandom(t, v, rng, 1) // carries the report
+	waitUntil(t, 10*time.Second, "the journal to be trimmed", func() bool {
+		vi, _ := n.FSM().Volume("a")
+		return vi.TrimmedSeq > 0
+	})
+	// Keep writing while the secondary copies.
+	stop := make(chan struct{})
+	writer := make(chan uint64)
+	go func() {
+		wrng := rand.New(rand.NewPCG(5, 6))
+		var last uint64
+		defer func() { writer <- last }()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			last = submitRandom(t, v, wrng, 1)
+		}
+	}()
+	s := openSecondary(t, cl, t.TempDir(), "a")
 	defer s.Close()
-	waitUntil(t, 10*time.Second, "the secondary to fail", func() bool { return s.Status().State == secondary.StateFailed })
-	st := s.Status()
-	if !strings.Contains(st.Reason, secondary.ErrCompacted.Error()) || st.AppliedSeq != 0 {
-		t.Fatalf("status %+v: want FAILED for a compacted journal at applied 0", st)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	if err := s.WaitApplied(ctx, last); err == nil || errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("WaitApplied on a failed secondary: %v, want the failure", err)
+	close(stop)
+	last = <-writer
+	last = max(last, submitRandom(t, v, rng, 5))
+	waitApplied(t, s, last)
+	waitUntil(t, 10*time.Second, "the secondary at the validated point", func() bool {
+		return s.Status().AppliedSeq == n.FSM().Validated() && s.Replica().Exposable()
+	})
+	sameAsIntermediate(t, n, s)
+	if st := s.Status(); st.State != secondary.StatePair {
+		t.Fatalf("status %+v", st)
 	}
 }
 

@@ -71,6 +71,9 @@ var (
 	errHandshakeTimeout = errors.New("submit open timed out")
 	// errAborted cancels a stream whose open raced with a cancellation.
 	errAborted = errors.New("stream aborted")
+	// errCallerStop marks an error of a caller's callback, which ends a
+	// call without a retry.
+	errCallerStop = errors.New("stopped by the caller")
 )
 
 // Config configures a Client. Zero fields take the defaults named on them.
@@ -303,7 +306,7 @@ func retryable(err error) bool {
 	if errors.As(err, &we) {
 		return we.Code == wire.ErrorCode_ERROR_CODE_NOT_LEADER || we.Code == wire.ErrorCode_ERROR_CODE_FAILED
 	}
-	for _, permanent := range []error{errProtocol, errBadAddress, ErrClosed, ErrBroken, wire.ErrTooLarge} {
+	for _, permanent := range []error{errProtocol, errBadAddress, ErrClosed, ErrBroken, wire.ErrTooLarge, errCallerStop} {
 		if errors.Is(err, permanent) {
 			return false
 		}

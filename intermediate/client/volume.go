@@ -207,6 +207,9 @@ func (c *Client) forget(v *Volume) {
 // Name returns the volume's name.
 func (v *Volume) Name() string { return v.name }
 
+// BlockCount returns the volume's size in blocks.
+func (v *Volume) BlockCount() uint64 { return v.blockCount }
+
 // OpenedAt returns the volume seq and the seq of the volume's last committed
 // batch when OpenVolume opened it: the intermediate held nothing of the
 // volume after them then.

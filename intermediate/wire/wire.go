@@ -134,3 +134,30 @@ func DecodeEntry(p []byte) (*Entry, error) {
 	}
 	return e, nil
 }
+
+// ChunkCRC is the CRC-32C of a ReadVolumeResponse: its first block and
+// block count (little-endian uint64 and uint32), then its data.
+func ChunkCRC(r *ReadVolumeResponse) uint32 {
+	var hdr [12]byte
+	binary.LittleEndian.PutUint64(hdr[:], r.GetFirstBlock())
+	binary.LittleEndian.PutUint32(hdr[8:], r.GetBlockCount())
+	h := crc32.Update(0, castagnoli, hdr[:])
+	return crc32.Update(h, castagnoli, r.GetData())
+}
+
+// CheckChunk checks a ReadVolumeResponse of a volume of blockCount blocks:
+// its range, its data length and its CRC.
+func CheckChunk(r *ReadVolumeResponse, blockCount uint64) error {
+	n := uint64(r.GetBlockCount())
+	switch {
+	case n == 0 && !r.GetDone():
+		return fmt.Errorf("%w: chunk at block %d holds no block", ErrBadRequest, r.GetFirstBlock())
+	case r.GetFirstBlock() > blockCount || n > blockCount-r.GetFirstBlock():
+		return fmt.Errorf("%w: chunk of %d blocks at block %d, outside the volume of %d blocks", ErrBadRequest, n, r.GetFirstBlock(), blockCount)
+	case len(r.GetData()) != 0 && uint64(len(r.GetData())) != n*BlockSize:
+		return fmt.Errorf("%w: chunk of %d blocks at block %d carries %d bytes", ErrBadRequest, n, r.GetFirstBlock(), len(r.GetData()))
+	case ChunkCRC(r) != r.GetCrc():
+		return fmt.Errorf("%w: chunk at block %d", ErrBadCRC, r.GetFirstBlock())
+	}
+	return nil
+}

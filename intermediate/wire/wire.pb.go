@@ -1378,12 +1378,16 @@ type VolumeStatus struct {
 	// The latest PrimaryReport of the volume's primary, as the leader knows
 	// it; state is empty when no primary reported since the leader took
 	// over. connected says whether the primary's Submit stream is open now.
-	State         string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
-	Connected     bool   `protobuf:"varint,7,opt,name=connected,proto3" json:"connected,omitempty"`
-	DirtyRegions  uint64 `protobuf:"varint,8,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"`
-	ResyncDone    uint64 `protobuf:"varint,9,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`
-	ResyncTotal   uint64 `protobuf:"varint,10,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
-	Reason        string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	State        string `protobuf:"bytes,6,opt,name=state,proto3" json:"state,omitempty"`
+	Connected    bool   `protobuf:"varint,7,opt,name=connected,proto3" json:"connected,omitempty"`
+	DirtyRegions uint64 `protobuf:"varint,8,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"`
+	ResyncDone   uint64 `protobuf:"varint,9,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`
+	ResyncTotal  uint64 `protobuf:"varint,10,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	Reason       string `protobuf:"bytes,11,opt,name=reason,proto3" json:"reason,omitempty"`
+	// trimmed_seq: the journal no longer holds the volume's batches with
+	// seq <= trimmed_seq; a new secondary then starts with a copy of the
+	// intermediate volume (ReadVolume).
+	TrimmedSeq    uint64 `protobuf:"varint,12,opt,name=trimmed_seq,json=trimmedSeq,proto3" json:"trimmed_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1493,6 +1497,13 @@ func (x *VolumeStatus) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *VolumeStatus) GetTrimmedSeq() uint64 {
+	if x != nil {
+		return x.TrimmedSeq
+	}
+	return 0
 }
 
 // ServerStatus is one member of the Raft configuration.
@@ -1813,6 +1824,161 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// ReadVolumeRequest asks the leader for every block of a volume's
+// intermediate volume.
+type ReadVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadVolumeRequest) Reset() {
+	*x = ReadVolumeRequest{}
+	mi := &file_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadVolumeRequest) ProtoMessage() {}
+
+func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
+func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReadVolumeRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ReadVolumeRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+// ReadVolumeResponse is one chunk of consecutive blocks of an intermediate
+// volume, in block order from block 0. The copy is fuzzy: the volume takes
+// batches while it is read. Each block read holds every batch of the volume
+// with seq <= start_seq and none with seq > end_seq, so the copy plus the
+// volume's batches in (start_seq, end_seq], applied in order, is the volume
+// exactly at end_seq.
+type ReadVolumeResponse struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	FirstBlock uint64                 `protobuf:"varint,1,opt,name=first_block,json=firstBlock,proto3" json:"first_block,omitempty"`
+	BlockCount uint32                 `protobuf:"varint,2,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	// data: block_count blocks, or empty when every one of them is zero.
+	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
+	// crc: CRC-32C over first_block and block_count (little-endian uint64
+	// and uint32) and data (wire.ChunkCRC).
+	Crc           uint32 `protobuf:"varint,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	StartSeq      uint64 `protobuf:"varint,5,opt,name=start_seq,json=startSeq,proto3" json:"start_seq,omitempty"` // on the first chunk
+	EndSeq        uint64 `protobuf:"varint,6,opt,name=end_seq,json=endSeq,proto3" json:"end_seq,omitempty"`       // on the last chunk, with done
+	Done          bool   `protobuf:"varint,7,opt,name=done,proto3" json:"done,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadVolumeResponse) Reset() {
+	*x = ReadVolumeResponse{}
+	mi := &file_wire_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadVolumeResponse) ProtoMessage() {}
+
+func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
+func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
+	if x != nil {
+		return x.FirstBlock
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetBlockCount() uint32 {
+	if x != nil {
+		return x.BlockCount
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *ReadVolumeResponse) GetCrc() uint32 {
+	if x != nil {
+		return x.Crc
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetStartSeq() uint64 {
+	if x != nil {
+		return x.StartSeq
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetEndSeq() uint64 {
+	if x != nil {
+		return x.EndSeq
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetDone() bool {
+	if x != nil {
+		return x.Done
+	}
+	return false
+}
+
 // CoordinateRequest is one message of a Coordinate stream from a
 // secondary. The first message is hello; later ones are prepared, applied
 // or report, in any order and any number of times (all idempotent).
@@ -1831,7 +1997,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +2009,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +2022,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -1949,7 +2115,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2127,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2140,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2030,7 +2196,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2042,7 +2208,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2055,7 +2221,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -2076,7 +2242,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2088,7 +2254,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2101,7 +2267,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -2127,7 +2293,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2139,7 +2305,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2152,7 +2318,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -2207,7 +2373,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2385,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2398,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -2303,7 +2469,7 @@ type CoordinateOpened struct {
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2481,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2494,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -2373,7 +2539,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2385,7 +2551,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2398,7 +2564,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -2546,7 +2712,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2724,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2737,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -2605,7 +2771,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2617,7 +2783,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2630,7 +2796,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -2651,7 +2817,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2663,7 +2829,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2676,7 +2842,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -2697,7 +2863,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2709,7 +2875,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2722,7 +2888,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -2749,7 +2915,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2761,7 +2927,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2774,7 +2940,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -2805,7 +2971,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2817,7 +2983,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2830,7 +2996,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -2865,7 +3031,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2877,7 +3043,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2890,7 +3056,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -2919,7 +3085,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2931,7 +3097,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2944,7 +3110,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -3073,7 +3239,7 @@ const file_wire_proto_rawDesc = "" +
 	"lagSeconds\x12\x1f\n" +
 	"\vresync_done\x18\r \x01(\x04R\n" +
 	"resyncDone\x12!\n" +
-	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\"\xd2\x02\n" +
+	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\"\xf3\x02\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -3089,7 +3255,9 @@ const file_wire_proto_rawDesc = "" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\n" +
 	" \x01(\x04R\vresyncTotal\x12\x16\n" +
-	"\x06reason\x18\v \x01(\tR\x06reason\"x\n" +
+	"\x06reason\x18\v \x01(\tR\x06reason\x12\x1f\n" +
+	"\vtrimmed_seq\x18\f \x01(\x04R\n" +
+	"trimmedSeq\"x\n" +
 	"\fServerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1f\n" +
@@ -3109,7 +3277,20 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"\x84\x02\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"A\n" +
+	"\x11ReadVolumeRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\"\xc6\x01\n" +
+	"\x12ReadVolumeResponse\x12\x1f\n" +
+	"\vfirst_block\x18\x01 \x01(\x04R\n" +
+	"firstBlock\x12\x1f\n" +
+	"\vblock_count\x18\x02 \x01(\rR\n" +
+	"blockCount\x12\x12\n" +
+	"\x04data\x18\x03 \x01(\fR\x04data\x12\x10\n" +
+	"\x03crc\x18\x04 \x01(\rR\x03crc\x12\x1b\n" +
+	"\tstart_seq\x18\x05 \x01(\x04R\bstartSeq\x12\x17\n" +
+	"\aend_seq\x18\x06 \x01(\x04R\x06endSeq\x12\x12\n" +
+	"\x04done\x18\a \x01(\bR\x04done\"\x84\x02\n" +
 	"\x11CoordinateRequest\x127\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1f.tricopy.wire.v1.SecondaryHelloH\x00R\x05hello\x12:\n" +
 	"\bprepared\x18\x02 \x01(\v2\x1c.tricopy.wire.v1.PreparedSeqH\x00R\bprepared\x127\n" +
@@ -3197,7 +3378,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xdd\x03\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xb6\x04\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -3205,7 +3386,9 @@ const file_wire_proto_rawDesc = "" +
 	"\x04Join\x12\x1c.tricopy.wire.v1.JoinRequest\x1a\x1d.tricopy.wire.v1.JoinResponse\x12I\n" +
 	"\x06Remove\x12\x1e.tricopy.wire.v1.RemoveRequest\x1a\x1f.tricopy.wire.v1.RemoveResponse\x12Y\n" +
 	"\n" +
-	"Coordinate\x12\".tricopy.wire.v1.CoordinateRequest\x1a#.tricopy.wire.v1.CoordinateResponse(\x010\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"Coordinate\x12\".tricopy.wire.v1.CoordinateRequest\x1a#.tricopy.wire.v1.CoordinateResponse(\x010\x01\x12W\n" +
+	"\n" +
+	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -3220,7 +3403,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),             // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),              // 1: tricopy.wire.v1.Block
@@ -3246,22 +3429,24 @@ var file_wire_proto_goTypes = []any{
 	(*RemoveRequest)(nil),      // 21: tricopy.wire.v1.RemoveRequest
 	(*RemoveResponse)(nil),     // 22: tricopy.wire.v1.RemoveResponse
 	(*ErrorDetail)(nil),        // 23: tricopy.wire.v1.ErrorDetail
-	(*CoordinateRequest)(nil),  // 24: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),     // 25: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),        // 26: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),         // 27: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),    // 28: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil), // 29: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),   // 30: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),              // 31: tricopy.wire.v1.Entry
-	(*RegisterSecondary)(nil),  // 32: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),    // 33: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),    // 34: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),        // 35: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),        // 36: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),     // 37: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),           // 38: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),           // 39: tricopy.wire.v1.NodeAddr
+	(*ReadVolumeRequest)(nil),  // 24: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil), // 25: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),  // 26: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),     // 27: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),        // 28: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),         // 29: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),    // 30: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil), // 31: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),   // 32: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),              // 33: tricopy.wire.v1.Entry
+	(*RegisterSecondary)(nil),  // 34: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),    // 35: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),    // 36: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),        // 37: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),        // 38: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),     // 39: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),           // 40: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),           // 41: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -3278,36 +3463,38 @@ var file_wire_proto_depIdxs = []int32{
 	18, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
 	0,  // 13: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	25, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	26, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	27, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	28, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	30, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	26, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	27, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	36, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	37, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	38, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	39, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	35, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	32, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	33, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	34, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	27, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	28, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	29, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	30, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	32, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	28, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	29, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	38, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	39, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	40, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	41, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	37, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	34, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	35, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	36, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
 	2,  // 29: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
 	3,  // 30: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
 	11, // 31: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
 	14, // 32: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
 	19, // 33: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
 	21, // 34: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	24, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	7,  // 36: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 37: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 38: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	20, // 39: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	22, // 40: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	29, // 41: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	36, // [36:42] is the sub-list for method output_type
-	30, // [30:36] is the sub-list for method input_type
+	26, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	24, // 36: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	7,  // 37: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 38: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 39: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	20, // 40: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	22, // 41: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	31, // 42: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	25, // 43: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	37, // [37:44] is the sub-list for method output_type
+	30, // [30:37] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -3327,18 +3514,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[23].OneofWrappers = []any{
+	file_wire_proto_msgTypes[25].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[28].OneofWrappers = []any{
+	file_wire_proto_msgTypes[30].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[30].OneofWrappers = []any{
+	file_wire_proto_msgTypes[32].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -3354,7 +3541,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   41,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

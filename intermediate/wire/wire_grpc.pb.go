@@ -31,6 +31,7 @@ const (
 	Intermediate_Join_FullMethodName       = "/tricopy.wire.v1.Intermediate/Join"
 	Intermediate_Remove_FullMethodName     = "/tricopy.wire.v1.Intermediate/Remove"
 	Intermediate_Coordinate_FullMethodName = "/tricopy.wire.v1.Intermediate/Coordinate"
+	Intermediate_ReadVolume_FullMethodName = "/tricopy.wire.v1.Intermediate/ReadVolume"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -51,6 +52,9 @@ type IntermediateClient interface {
 	Remove(ctx context.Context, in *RemoveRequest, opts ...grpc.CallOption) (*RemoveResponse, error)
 	// Coordinate is a secondary's PREPARE/VALIDATE stream with the leader.
 	Coordinate(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CoordinateRequest, CoordinateResponse], error)
+	// ReadVolume streams the whole intermediate volume of a volume (leader
+	// only): a new secondary's initial copy.
+	ReadVolume(ctx context.Context, in *ReadVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error)
 }
 
 type intermediateClient struct {
@@ -136,6 +140,25 @@ func (c *intermediateClient) Coordinate(ctx context.Context, opts ...grpc.CallOp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_CoordinateClient = grpc.BidiStreamingClient[CoordinateRequest, CoordinateResponse]
 
+func (c *intermediateClient) ReadVolume(ctx context.Context, in *ReadVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Intermediate_ServiceDesc.Streams[3], Intermediate_ReadVolume_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadVolumeRequest, ReadVolumeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_ReadVolumeClient = grpc.ServerStreamingClient[ReadVolumeResponse]
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -154,6 +177,9 @@ type IntermediateServer interface {
 	Remove(context.Context, *RemoveRequest) (*RemoveResponse, error)
 	// Coordinate is a secondary's PREPARE/VALIDATE stream with the leader.
 	Coordinate(grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]) error
+	// ReadVolume streams the whole intermediate volume of a volume (leader
+	// only): a new secondary's initial copy.
+	ReadVolume(*ReadVolumeRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -181,6 +207,9 @@ func (UnimplementedIntermediateServer) Remove(context.Context, *RemoveRequest) (
 }
 func (UnimplementedIntermediateServer) Coordinate(grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]) error {
 	return status.Error(codes.Unimplemented, "method Coordinate not implemented")
+}
+func (UnimplementedIntermediateServer) ReadVolume(*ReadVolumeRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadVolume not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -282,6 +311,17 @@ func _Intermediate_Coordinate_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_CoordinateServer = grpc.BidiStreamingServer[CoordinateRequest, CoordinateResponse]
 
+func _Intermediate_ReadVolume_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadVolumeRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IntermediateServer).ReadVolume(m, &grpc.GenericServerStream[ReadVolumeRequest, ReadVolumeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_ReadVolumeServer = grpc.ServerStreamingServer[ReadVolumeResponse]
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -319,6 +359,11 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 			Handler:       _Intermediate_Coordinate_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
+		},
+		{
+			StreamName:    "ReadVolume",
+			Handler:       _Intermediate_ReadVolume_Handler,
+			ServerStreams: true,
 		},
 	},
 	Metadata: "wire.proto",

@@ -244,3 +244,54 @@ func TestWireCheckVolumeName(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckChunk: sealed chunks pass; a flipped byte, a wrong length or a
+// range outside the volume is refused.
+func TestCheckChunk(t *testing.T) {
+	data := make([]byte, 2*BlockSize)
+	data[5] = 7
+	c := &ReadVolumeResponse{FirstBlock: 6, BlockCount: 2, Data: data}
+	c.Crc = ChunkCRC(c)
+	if err := CheckChunk(c, 8); err != nil {
+		t.Fatal(err)
+	}
+	zero := &ReadVolumeResponse{FirstBlock: 0, BlockCount: 4}
+	zero.Crc = ChunkCRC(zero)
+	if err := CheckChunk(zero, 8); err != nil {
+		t.Fatalf("zero chunk: %v", err)
+	}
+	if err := CheckChunk(c, 7); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("chunk past the end: %v", err)
+	}
+	c.Data[100] ^= 1
+	if err := CheckChunk(c, 8); !errors.Is(err, ErrBadCRC) {
+		t.Errorf("flipped byte: %v", err)
+	}
+	short := &ReadVolumeResponse{FirstBlock: 0, BlockCount: 2, Data: make([]byte, BlockSize)}
+	short.Crc = ChunkCRC(short)
+	if err := CheckChunk(short, 8); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("short data: %v", err)
+	}
+}
+
+// FuzzCheckChunk: any bytes decoded as a chunk are checked without a
+// panic, and a chunk that passes lies inside the volume.
+func FuzzCheckChunk(f *testing.F) {
+	c := &ReadVolumeResponse{FirstBlock: 1, BlockCount: 1, Data: make([]byte, BlockSize), StartSeq: 3}
+	c.Crc = ChunkCRC(c)
+	p, err := proto.Marshal(c)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(p, uint64(4))
+	f.Add([]byte{}, uint64(0))
+	f.Fuzz(func(t *testing.T, p []byte, blocks uint64) {
+		var r ReadVolumeResponse
+		if proto.Unmarshal(p, &r) != nil {
+			return
+		}
+		if CheckChunk(&r, blocks) == nil && r.GetFirstBlock()+uint64(r.GetBlockCount()) > blocks {
+			t.Fatalf("chunk %d+%d passes for a volume of %d blocks", r.GetFirstBlock(), r.GetBlockCount(), blocks)
+		}
+	})
+}
