@@ -1,9 +1,11 @@
-// Package secondary is the secondary site: the follower loop that fetches
-// the committed batches of its volumes from the intermediate, the durable
-// staging store that holds them until VALIDATE, the applier that moves a
-// volume to a validated seq atomically for its readers, and promote. It is
-// built by the secondaries issue; so far it holds the staging store and the
-// replica volume.
+// Package secondary is the secondary site: the follower loop (Secondary:
+// a fetcher that stages the committed batches of its volume, a driver that
+// steps the Follower core of PREPARE/VALIDATE, an applier that moves the
+// replica and its read-only Mount to each validated seq atomically for its
+// readers), the durable staging store (Stage), the replica volume
+// (Replica) and the initial copy from the intermediate volume
+// (ReplicaBuilder). docs/ARCHITECTURE.md ("Secondaries") describes the
+// protocol; this documentation the formats.
 //
 // # Staging store
 //
@@ -103,7 +105,9 @@
 //
 //	0    magic       "TRIREPH\x00"
 //	8    version     uint32, 1
-//	12   flags       uint32, 0 (none defined)
+//	12   flags       uint32: bit 0 "copied" (the blocks are an initial copy
+//	                 at applied, which is not a validated point yet: not
+//	                 exposed until a round validates it); no other bit set
 //	16   blocks      uint64, the volume's block count: the FileVolume's - 1
 //	24   applied     uint64, the seq N the replica is at: every batch of the
 //	                 volume with seq <= N is in the blocks, none after
