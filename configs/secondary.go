@@ -96,3 +96,38 @@ var (
 	_ Config = (*Secondary)(nil)
 	_ Config = (*Wait)(nil)
 )
+
+// SecondaryRemove is the configuration of `tricopy secondary remove`.
+type SecondaryRemove struct {
+	// Intermediate lists client addresses of the cluster.
+	Intermediate []string `key:"intermediate" meta:"ADDRS" help:"comma-separated client addresses of intermediate nodes (any member will do); required"`
+	// Name is the ID of the secondary to remove.
+	Name string `key:"name" meta:"ID" help:"name of the secondary to take out of the group (its --name, by default its volume); required"`
+	// Group is the consistency group.
+	Group string `key:"group" meta:"G" help:"consistency group of the secondary"`
+	// Timeout bounds the request.
+	Timeout time.Duration `key:"timeout" meta:"DURATION" help:"give up after this long"`
+	// Common holds the keys every command has.
+	Common
+}
+
+// DefaultSecondaryRemove returns the defaults of `tricopy secondary remove`.
+func DefaultSecondaryRemove() SecondaryRemove {
+	return SecondaryRemove{Common: DefaultCommon(), Group: DefaultGroup, Timeout: DefaultTimeout}
+}
+
+// Validate implements Config.
+func (c *SecondaryRemove) Validate() error {
+	if err := c.Common.Validate(); err != nil {
+		return err
+	}
+	if err := validateAddrs("intermediate", c.Intermediate); err != nil {
+		return err
+	}
+	if err := validateName("name", c.Name); err != nil {
+		return err
+	}
+	return validateName("group", c.Group)
+}
+
+var _ Config = (*SecondaryRemove)(nil)

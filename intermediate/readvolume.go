@@ -106,3 +106,37 @@ func (s *service) ReadVolume(req *wire.ReadVolumeRequest, stream wire.Intermedia
 	n.log.Info("served a volume copy", "volume", vol.Name, "blocks", vol.BlockCount, "start_seq", start, "end_seq", end)
 	return stream.Send(done)
 }
+
+// RemoveSecondary takes a secondary out of the group (a RemoveSecondary
+// entry): from then on the coordinator and journal trimming stop waiting
+// for it. A secondary that connects again registers again.
+func (s *service) RemoveSecondary(ctx context.Context, req *wire.RemoveSecondaryRequest) (*wire.RemoveSecondaryResponse, error) {
+	n := s.n
+	if err := s.checkGroup(req.GetGroup()); err != nil {
+		return nil, err
+	}
+	if req.GetId() == "" {
+		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "remove secondary: id: empty")
+	}
+	if err := s.checkFailed(); err != nil {
+		return nil, err
+	}
+	if !n.IsLeader() {
+		return nil, n.notLeader("removing a secondary goes to the leader")
+	}
+	res, err := n.apply(ctx, &wire.Entry{Op: &wire.Entry_RemoveSecondary{RemoveSecondary: &wire.RemoveSecondary{Id: req.GetId()}}})
+	if err != nil {
+		return nil, err
+	}
+	sr, _ := res.(*SecondaryResult)
+	if sr == nil {
+		return nil, fmt.Errorf("remove secondary %q: unexpected state machine response %T", req.GetId(), res)
+	}
+	if sr.Err != nil {
+		return nil, sr.Err
+	}
+	if sr.Removed {
+		n.log.Info("removed secondary", "secondary", req.GetId(), "volume", sr.Secondary.Volume)
+	}
+	return &wire.RemoveSecondaryResponse{Removed: sr.Removed, Volume: sr.Secondary.Volume}, nil
+}

@@ -350,3 +350,44 @@ func TestLongRoundInSteps(t *testing.T) {
 	waitApplied(t, s, last)
 	sameAsIntermediate(t, n, s)
 }
+
+// TestRemoveSecondary: a secondary that is down holds the group's validated
+// point (status names it); once removed, the point moves on and the other
+// secondary applies everything.
+func TestRemoveSecondary(t *testing.T) {
+	n, addr := startNode(t)
+	cl := newClient(t, addr)
+	rng := rand.New(rand.NewPCG(7, 7))
+	va, vb := openVolume(t, cl, "a"), openVolume(t, cl, "b")
+	sa := openSecondary(t, cl, t.TempDir(), "a")
+	defer sa.Close()
+	sb := openSecondary(t, cl, t.TempDir(), "b")
+	waitApplied(t, sa, submitRandom(t, vb, rng, 3))
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	held := n.FSM().Validated()
+	last := submitRandom(t, va, rng, 5)
+	time.Sleep(300 * time.Millisecond)
+	if v := n.FSM().Validated(); v != held {
+		t.Fatalf("validated moved from %d to %d while secondary b was down", held, v)
+	}
+	st, err := cl.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetHeldBy() != "b" {
+		t.Fatalf("held_by %q, want b", st.GetHeldBy())
+	}
+	removed, volume, err := cl.RemoveSecondary(context.Background(), "b")
+	if err != nil || !removed || volume != "b" {
+		t.Fatalf("RemoveSecondary: %v %q %v", removed, volume, err)
+	}
+	waitApplied(t, sa, last)
+	if removed, _, err := cl.RemoveSecondary(context.Background(), "b"); err != nil || removed {
+		t.Fatalf("RemoveSecondary again: %v %v, want nothing removed", removed, err)
+	}
+	if len(n.FSM().Secondaries()) != 1 {
+		t.Fatalf("secondaries after the removal: %v", n.FSM().Secondaries())
+	}
+}

@@ -27,7 +27,7 @@ const independentApplyEnv = "TRICOPY_TEST_INDEPENDENT_APPLY"
 
 func newSecondaryCmd(a *app) *cobra.Command {
 	cfg := configs.DefaultSecondary()
-	return newCommand(a, commandSpec{
+	c := newCommand(a, commandSpec{
 		use:   "secondary",
 		short: "Follow one volume asynchronously and serve a live read-only mount of its replica",
 		long: `Secondary follows volume --volume of the group at the intermediate cluster
@@ -61,6 +61,44 @@ JSON).`,
 		example: `  tricopy secondary --volume a --data /var/lib/tricopy/secondary/a --mountpoint /srv/replica/a --intermediate 10.0.1.1:7100 --listen 10.0.2.1:7300
   tricopy secondary --config configs/secondary.example.yaml`,
 	}, &cfg, runSecondary)
+	c.AddCommand(newSecondaryRemoveCmd(a))
+	return c
+}
+
+func newSecondaryRemoveCmd(a *app) *cobra.Command {
+	cfg := configs.DefaultSecondaryRemove()
+	return newCommand(a, commandSpec{
+		use:   "remove",
+		short: "Take a secondary out of its group",
+		long: `Remove asks the leader (found through any of --intermediate) to take secondary
+--name out of the group: the group's validated point and the journal's trimming
+stop waiting for it. Use it for a secondary that is gone for good; a secondary
+that is only down holds the validated point on purpose. Stop the secondary's
+process first: a secondary that connects again registers again. Removing a
+secondary that is not registered succeeds and says so.`,
+		example: `  tricopy secondary remove --intermediate 10.0.1.1:7100 --name a`,
+	}, &cfg, runSecondaryRemove)
+}
+
+// runSecondaryRemove is `tricopy secondary remove`.
+func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *configs.SecondaryRemove) error {
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	if err != nil {
+		return &configs.Error{Key: "intermediate", Err: err}
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	removed, volume, err := cl.RemoveSecondary(ctx, cfg.Name)
+	if err != nil {
+		return fmt.Errorf("remove secondary %s: %w", cfg.Name, err)
+	}
+	if removed {
+		fmt.Fprintf(a.stdout, "removed secondary %s of volume %s\n", cfg.Name, volume)
+	} else {
+		fmt.Fprintf(a.stdout, "no secondary %s in group %s: nothing to remove\n", cfg.Name, cfg.Group)
+	}
+	return nil
 }
 
 // runSecondary is `tricopy secondary`.

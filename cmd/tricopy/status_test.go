@@ -260,6 +260,23 @@ func TestStatusJSONSchema(t *testing.T) {
 	}
 }
 
+// TestSecondaryRemoveCLI: removing a secondary that is not registered
+// succeeds and says so; a missing --name is a usage error.
+func TestSecondaryRemoveCLI(t *testing.T) {
+	addr := startIntermediate(t)
+	r := runCmd(t, nil, "secondary", "remove", "--intermediate", addr, "--name", "ghost")
+	r.expect(t, 0)
+	if !strings.Contains(r.stdout, "no secondary ghost") {
+		t.Errorf("secondary remove of an unknown secondary: %q", r.stdout)
+	}
+	runCmd(t, nil, "secondary", "remove", "--intermediate", addr).expect(t, 2, "name")
+	r = runCmd(t, nil, "wait", "--intermediate", addr, "--timeout", "5s")
+	r.expect(t, 0)
+	if !strings.Contains(r.stdout, "no secondary") {
+		t.Errorf("wait without secondaries: %q", r.stdout)
+	}
+}
+
 // TestStatusUnreachable: no node answers: exit 1, the JSON says why.
 func TestStatusUnreachable(t *testing.T) {
 	r := runCmd(t, nil, "status", "--intermediate", freeAddr(t), "--json", "--timeout", "2s")

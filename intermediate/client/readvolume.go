@@ -58,3 +58,18 @@ func (c *Client) ReadVolume(ctx context.Context, volume string, blockCount uint6
 	}
 	return err
 }
+
+// RemoveSecondary asks the leader to take secondary id out of the group;
+// removed is false when no such secondary was registered. It follows
+// NOT_LEADER redirects and retries transient failures until ctx ends.
+func (c *Client) RemoveSecondary(ctx context.Context, id string) (removed bool, volume string, err error) {
+	err = c.leaderCall(ctx, fmt.Sprintf("remove secondary %s", id), func(ctx context.Context, cl wire.IntermediateClient) error {
+		resp, err := cl.RemoveSecondary(ctx, &wire.RemoveSecondaryRequest{Group: c.cfg.Group, Id: id})
+		if err != nil {
+			return err
+		}
+		removed, volume = resp.GetRemoved(), resp.GetVolume()
+		return nil
+	})
+	return removed, volume, err
+}

@@ -1824,6 +1824,113 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// RemoveSecondaryRequest names the secondary to take out of the group.
+type RemoveSecondaryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecondaryRequest) Reset() {
+	*x = RemoveSecondaryRequest{}
+	mi := &file_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecondaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecondaryRequest) ProtoMessage() {}
+
+func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecondaryRequest.ProtoReflect.Descriptor instead.
+func (*RemoveSecondaryRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *RemoveSecondaryRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *RemoveSecondaryRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+// RemoveSecondaryResponse answers RemoveSecondaryRequest. removed is false
+// when no secondary of that ID was registered (removing twice is harmless).
+type RemoveSecondaryResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Removed       bool                   `protobuf:"varint,1,opt,name=removed,proto3" json:"removed,omitempty"`
+	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"` // the removed secondary's volume
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveSecondaryResponse) Reset() {
+	*x = RemoveSecondaryResponse{}
+	mi := &file_wire_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveSecondaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveSecondaryResponse) ProtoMessage() {}
+
+func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveSecondaryResponse.ProtoReflect.Descriptor instead.
+func (*RemoveSecondaryResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RemoveSecondaryResponse) GetRemoved() bool {
+	if x != nil {
+		return x.Removed
+	}
+	return false
+}
+
+func (x *RemoveSecondaryResponse) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
 // ReadVolumeRequest asks the leader for every block of a volume's
 // intermediate volume.
 type ReadVolumeRequest struct {
@@ -1836,7 +1943,7 @@ type ReadVolumeRequest struct {
 
 func (x *ReadVolumeRequest) Reset() {
 	*x = ReadVolumeRequest{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1848,7 +1955,7 @@ func (x *ReadVolumeRequest) String() string {
 func (*ReadVolumeRequest) ProtoMessage() {}
 
 func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1861,7 +1968,7 @@ func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReadVolumeRequest) GetGroup() string {
@@ -1902,7 +2009,7 @@ type ReadVolumeResponse struct {
 
 func (x *ReadVolumeResponse) Reset() {
 	*x = ReadVolumeResponse{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2021,7 @@ func (x *ReadVolumeResponse) String() string {
 func (*ReadVolumeResponse) ProtoMessage() {}
 
 func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2034,7 @@ func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
@@ -1997,7 +2104,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2009,7 +2116,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2022,7 +2129,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -2115,7 +2222,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2127,7 +2234,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2140,7 +2247,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2196,7 +2303,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2208,7 +2315,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2221,7 +2328,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -2242,7 +2349,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2254,7 +2361,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2267,7 +2374,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -2293,7 +2400,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2305,7 +2412,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2318,7 +2425,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -2373,7 +2480,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2385,7 +2492,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2398,7 +2505,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -2469,7 +2576,7 @@ type CoordinateOpened struct {
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2588,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2601,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -2539,7 +2646,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2658,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2671,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -2712,7 +2819,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2724,7 +2831,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2737,7 +2844,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -2771,7 +2878,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2783,7 +2890,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2796,7 +2903,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -2817,7 +2924,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2829,7 +2936,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2842,7 +2949,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -2863,7 +2970,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2875,7 +2982,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2888,7 +2995,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -2915,7 +3022,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2927,7 +3034,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2940,7 +3047,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -2971,7 +3078,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2983,7 +3090,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2996,7 +3103,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -3031,7 +3138,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3043,7 +3150,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3056,7 +3163,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{39}
+	return file_wire_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -3085,7 +3192,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3097,7 +3204,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3110,7 +3217,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{40}
+	return file_wire_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -3277,7 +3384,13 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"A\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\">\n" +
+	"\x16RemoveSecondaryRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"K\n" +
+	"\x17RemoveSecondaryResponse\x12\x18\n" +
+	"\aremoved\x18\x01 \x01(\bR\aremoved\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\"A\n" +
 	"\x11ReadVolumeRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\"\xc6\x01\n" +
@@ -3378,7 +3491,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xb6\x04\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x9c\x05\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -3388,7 +3501,8 @@ const file_wire_proto_rawDesc = "" +
 	"\n" +
 	"Coordinate\x12\".tricopy.wire.v1.CoordinateRequest\x1a#.tricopy.wire.v1.CoordinateResponse(\x010\x01\x12W\n" +
 	"\n" +
-	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12d\n" +
+	"\x0fRemoveSecondary\x12'.tricopy.wire.v1.RemoveSecondaryRequest\x1a(.tricopy.wire.v1.RemoveSecondaryResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -3403,50 +3517,52 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 41)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
 var file_wire_proto_goTypes = []any{
-	(ErrorCode)(0),             // 0: tricopy.wire.v1.ErrorCode
-	(*Block)(nil),              // 1: tricopy.wire.v1.Block
-	(*Batch)(nil),              // 2: tricopy.wire.v1.Batch
-	(*SubmitRequest)(nil),      // 3: tricopy.wire.v1.SubmitRequest
-	(*SubmitOpen)(nil),         // 4: tricopy.wire.v1.SubmitOpen
-	(*PrimaryReport)(nil),      // 5: tricopy.wire.v1.PrimaryReport
-	(*SubmitBatches)(nil),      // 6: tricopy.wire.v1.SubmitBatches
-	(*SubmitResponse)(nil),     // 7: tricopy.wire.v1.SubmitResponse
-	(*SubmitOpened)(nil),       // 8: tricopy.wire.v1.SubmitOpened
-	(*SubmitAcks)(nil),         // 9: tricopy.wire.v1.SubmitAcks
-	(*SubmitAck)(nil),          // 10: tricopy.wire.v1.SubmitAck
-	(*FetchRequest)(nil),       // 11: tricopy.wire.v1.FetchRequest
-	(*FetchResponse)(nil),      // 12: tricopy.wire.v1.FetchResponse
-	(*CommittedBatch)(nil),     // 13: tricopy.wire.v1.CommittedBatch
-	(*StatusRequest)(nil),      // 14: tricopy.wire.v1.StatusRequest
-	(*StatusResponse)(nil),     // 15: tricopy.wire.v1.StatusResponse
-	(*SecondaryStatus)(nil),    // 16: tricopy.wire.v1.SecondaryStatus
-	(*VolumeStatus)(nil),       // 17: tricopy.wire.v1.VolumeStatus
-	(*ServerStatus)(nil),       // 18: tricopy.wire.v1.ServerStatus
-	(*JoinRequest)(nil),        // 19: tricopy.wire.v1.JoinRequest
-	(*JoinResponse)(nil),       // 20: tricopy.wire.v1.JoinResponse
-	(*RemoveRequest)(nil),      // 21: tricopy.wire.v1.RemoveRequest
-	(*RemoveResponse)(nil),     // 22: tricopy.wire.v1.RemoveResponse
-	(*ErrorDetail)(nil),        // 23: tricopy.wire.v1.ErrorDetail
-	(*ReadVolumeRequest)(nil),  // 24: tricopy.wire.v1.ReadVolumeRequest
-	(*ReadVolumeResponse)(nil), // 25: tricopy.wire.v1.ReadVolumeResponse
-	(*CoordinateRequest)(nil),  // 26: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),     // 27: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),        // 28: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),         // 29: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),    // 30: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil), // 31: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),   // 32: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),              // 33: tricopy.wire.v1.Entry
-	(*RegisterSecondary)(nil),  // 34: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),    // 35: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),    // 36: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),        // 37: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),        // 38: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),     // 39: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),           // 40: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),           // 41: tricopy.wire.v1.NodeAddr
+	(ErrorCode)(0),                  // 0: tricopy.wire.v1.ErrorCode
+	(*Block)(nil),                   // 1: tricopy.wire.v1.Block
+	(*Batch)(nil),                   // 2: tricopy.wire.v1.Batch
+	(*SubmitRequest)(nil),           // 3: tricopy.wire.v1.SubmitRequest
+	(*SubmitOpen)(nil),              // 4: tricopy.wire.v1.SubmitOpen
+	(*PrimaryReport)(nil),           // 5: tricopy.wire.v1.PrimaryReport
+	(*SubmitBatches)(nil),           // 6: tricopy.wire.v1.SubmitBatches
+	(*SubmitResponse)(nil),          // 7: tricopy.wire.v1.SubmitResponse
+	(*SubmitOpened)(nil),            // 8: tricopy.wire.v1.SubmitOpened
+	(*SubmitAcks)(nil),              // 9: tricopy.wire.v1.SubmitAcks
+	(*SubmitAck)(nil),               // 10: tricopy.wire.v1.SubmitAck
+	(*FetchRequest)(nil),            // 11: tricopy.wire.v1.FetchRequest
+	(*FetchResponse)(nil),           // 12: tricopy.wire.v1.FetchResponse
+	(*CommittedBatch)(nil),          // 13: tricopy.wire.v1.CommittedBatch
+	(*StatusRequest)(nil),           // 14: tricopy.wire.v1.StatusRequest
+	(*StatusResponse)(nil),          // 15: tricopy.wire.v1.StatusResponse
+	(*SecondaryStatus)(nil),         // 16: tricopy.wire.v1.SecondaryStatus
+	(*VolumeStatus)(nil),            // 17: tricopy.wire.v1.VolumeStatus
+	(*ServerStatus)(nil),            // 18: tricopy.wire.v1.ServerStatus
+	(*JoinRequest)(nil),             // 19: tricopy.wire.v1.JoinRequest
+	(*JoinResponse)(nil),            // 20: tricopy.wire.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 21: tricopy.wire.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 22: tricopy.wire.v1.RemoveResponse
+	(*ErrorDetail)(nil),             // 23: tricopy.wire.v1.ErrorDetail
+	(*RemoveSecondaryRequest)(nil),  // 24: tricopy.wire.v1.RemoveSecondaryRequest
+	(*RemoveSecondaryResponse)(nil), // 25: tricopy.wire.v1.RemoveSecondaryResponse
+	(*ReadVolumeRequest)(nil),       // 26: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil),      // 27: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),       // 28: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),          // 29: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),             // 30: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),              // 31: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),         // 32: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil),      // 33: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),        // 34: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),                   // 35: tricopy.wire.v1.Entry
+	(*RegisterSecondary)(nil),       // 36: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),         // 37: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),         // 38: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),             // 39: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),             // 40: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),          // 41: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),                // 42: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),                // 43: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -3463,38 +3579,40 @@ var file_wire_proto_depIdxs = []int32{
 	18, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
 	0,  // 13: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	27, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	28, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	29, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	30, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	32, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	28, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	29, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	38, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	39, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	40, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	41, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	37, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	34, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	35, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	36, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	29, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	30, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	31, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	32, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	34, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	30, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	31, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	40, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	41, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	42, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	43, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	39, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	36, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	37, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	38, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
 	2,  // 29: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
 	3,  // 30: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
 	11, // 31: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
 	14, // 32: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
 	19, // 33: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
 	21, // 34: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	26, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	24, // 36: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
-	7,  // 37: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 38: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 39: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	20, // 40: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	22, // 41: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	31, // 42: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	25, // 43: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	37, // [37:44] is the sub-list for method output_type
-	30, // [30:37] is the sub-list for method input_type
+	28, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	26, // 36: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	24, // 37: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
+	7,  // 38: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 39: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 40: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	20, // 41: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	22, // 42: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	33, // 43: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	27, // 44: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	25, // 45: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
+	38, // [38:46] is the sub-list for method output_type
+	30, // [30:38] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -3514,18 +3632,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[25].OneofWrappers = []any{
+	file_wire_proto_msgTypes[27].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[30].OneofWrappers = []any{
+	file_wire_proto_msgTypes[32].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[32].OneofWrappers = []any{
+	file_wire_proto_msgTypes[34].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -3541,7 +3659,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   41,
+			NumMessages:   43,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,13 +25,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Intermediate_Submit_FullMethodName     = "/tricopy.wire.v1.Intermediate/Submit"
-	Intermediate_Fetch_FullMethodName      = "/tricopy.wire.v1.Intermediate/Fetch"
-	Intermediate_Status_FullMethodName     = "/tricopy.wire.v1.Intermediate/Status"
-	Intermediate_Join_FullMethodName       = "/tricopy.wire.v1.Intermediate/Join"
-	Intermediate_Remove_FullMethodName     = "/tricopy.wire.v1.Intermediate/Remove"
-	Intermediate_Coordinate_FullMethodName = "/tricopy.wire.v1.Intermediate/Coordinate"
-	Intermediate_ReadVolume_FullMethodName = "/tricopy.wire.v1.Intermediate/ReadVolume"
+	Intermediate_Submit_FullMethodName          = "/tricopy.wire.v1.Intermediate/Submit"
+	Intermediate_Fetch_FullMethodName           = "/tricopy.wire.v1.Intermediate/Fetch"
+	Intermediate_Status_FullMethodName          = "/tricopy.wire.v1.Intermediate/Status"
+	Intermediate_Join_FullMethodName            = "/tricopy.wire.v1.Intermediate/Join"
+	Intermediate_Remove_FullMethodName          = "/tricopy.wire.v1.Intermediate/Remove"
+	Intermediate_Coordinate_FullMethodName      = "/tricopy.wire.v1.Intermediate/Coordinate"
+	Intermediate_ReadVolume_FullMethodName      = "/tricopy.wire.v1.Intermediate/ReadVolume"
+	Intermediate_RemoveSecondary_FullMethodName = "/tricopy.wire.v1.Intermediate/RemoveSecondary"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -55,6 +56,9 @@ type IntermediateClient interface {
 	// ReadVolume streams the whole intermediate volume of a volume (leader
 	// only): a new secondary's initial copy.
 	ReadVolume(ctx context.Context, in *ReadVolumeRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error)
+	// RemoveSecondary takes a secondary out of the group (leader only): the
+	// validated point and the journal stop waiting for it.
+	RemoveSecondary(ctx context.Context, in *RemoveSecondaryRequest, opts ...grpc.CallOption) (*RemoveSecondaryResponse, error)
 }
 
 type intermediateClient struct {
@@ -159,6 +163,16 @@ func (c *intermediateClient) ReadVolume(ctx context.Context, in *ReadVolumeReque
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_ReadVolumeClient = grpc.ServerStreamingClient[ReadVolumeResponse]
 
+func (c *intermediateClient) RemoveSecondary(ctx context.Context, in *RemoveSecondaryRequest, opts ...grpc.CallOption) (*RemoveSecondaryResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RemoveSecondaryResponse)
+	err := c.cc.Invoke(ctx, Intermediate_RemoveSecondary_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -180,6 +194,9 @@ type IntermediateServer interface {
 	// ReadVolume streams the whole intermediate volume of a volume (leader
 	// only): a new secondary's initial copy.
 	ReadVolume(*ReadVolumeRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error
+	// RemoveSecondary takes a secondary out of the group (leader only): the
+	// validated point and the journal stop waiting for it.
+	RemoveSecondary(context.Context, *RemoveSecondaryRequest) (*RemoveSecondaryResponse, error)
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -210,6 +227,9 @@ func (UnimplementedIntermediateServer) Coordinate(grpc.BidiStreamingServer[Coord
 }
 func (UnimplementedIntermediateServer) ReadVolume(*ReadVolumeRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReadVolume not implemented")
+}
+func (UnimplementedIntermediateServer) RemoveSecondary(context.Context, *RemoveSecondaryRequest) (*RemoveSecondaryResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RemoveSecondary not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -322,6 +342,24 @@ func _Intermediate_ReadVolume_Handler(srv interface{}, stream grpc.ServerStream)
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_ReadVolumeServer = grpc.ServerStreamingServer[ReadVolumeResponse]
 
+func _Intermediate_RemoveSecondary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RemoveSecondaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntermediateServer).RemoveSecondary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Intermediate_RemoveSecondary_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntermediateServer).RemoveSecondary(ctx, req.(*RemoveSecondaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -340,6 +378,10 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Remove",
 			Handler:    _Intermediate_Remove_Handler,
+		},
+		{
+			MethodName: "RemoveSecondary",
+			Handler:    _Intermediate_RemoveSecondary_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
