@@ -8,8 +8,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -193,6 +195,74 @@ func TestSecondaryFollows(t *testing.T) {
 		img := filepath.Join(s.base, "fsck-"+v)
 		copyIntermediateVolume(t, replica, img)
 		fsckClean(t, img)
+	}
+}
+
+// replicaCheck is the answer of a secondary's GET /v1/fsck.
+type replicaCheck struct {
+	AppliedSeq uint64 `json:"applied_seq"`
+	Report     struct {
+		Clean    bool     `json:"clean"`
+		Problems []string `json:"problems"`
+	} `json:"report"`
+}
+
+// checkReplica asks the secondary listening at addr to fsck its replica.
+func checkReplica(addr string) (replicaCheck, error) {
+	var c replicaCheck
+	resp, err := http.Get("http://" + addr + "/v1/fsck")
+	if err != nil {
+		return c, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return c, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return c, fmt.Errorf("GET /v1/fsck: %s: %s", resp.Status, body)
+	}
+	return c, json.Unmarshal(body, &c)
+}
+
+// fsckLoop checks the replicas of the secondaries listening at addrs, one
+// after the other, until stop is closed, and returns how many checks found
+// a clean filesystem and every problem found. A secondary that does not
+// answer (restarting) is skipped.
+func fsckLoop(addrs []string, stop <-chan struct{}) (done <-chan struct{}, result func() (clean int, problems []string)) {
+	var (
+		mu     sync.Mutex
+		clean  int
+		probs  []string
+		doneCh = make(chan struct{})
+	)
+	go func() {
+		defer close(doneCh)
+		for {
+			for _, a := range addrs {
+				select {
+				case <-stop:
+					return
+				case <-time.After(200 * time.Millisecond):
+				}
+				c, err := checkReplica(a)
+				if err != nil {
+					continue
+				}
+				mu.Lock()
+				if c.Report.Clean {
+					clean++
+				} else {
+					probs = append(probs, fmt.Sprintf("%s at seq %d: %v", a, c.AppliedSeq, c.Report.Problems))
+				}
+				mu.Unlock()
+			}
+		}
+	}()
+	return doneCh, func() (int, []string) {
+		mu.Lock()
+		defer mu.Unlock()
+		return clean, probs
 	}
 }
 
@@ -427,6 +497,8 @@ func TestSecondaryConsistentCut(t *testing.T) {
 func dependentWrites(t *testing.T, env map[string][]string, sameN bool) (samples int, violations []string) {
 	s := startSite(t, env)
 	w := startDependentWriter(s.prim["a"].mnt, s.prim["b"].mnt)
+	stopFsck := make(chan struct{})
+	fsckDone, fsckResult := fsckLoop([]string{s.sec["a"].listen, s.sec["b"].listen}, stopFsck)
 	deadline := time.Now().Add(15 * time.Second)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -450,7 +522,16 @@ func dependentWrites(t *testing.T, env map[string][]string, sameN bool) (samples
 	}
 	wg.Wait()
 	w.finish(t)
-	t.Logf("writer wrote %d blob/index pairs; %d stable samples", w.n.Load(), samples)
+	close(stopFsck)
+	<-fsckDone
+	clean, problems := fsckResult()
+	if len(problems) > 0 {
+		t.Fatalf("fsck found a damaged replica: %v", problems)
+	}
+	if clean < 4 {
+		t.Fatalf("only %d replica checks ran", clean)
+	}
+	t.Logf("writer wrote %d blob/index pairs; %d stable samples; %d clean fscks of the replicas", w.n.Load(), samples, clean)
 	if w.n.Load() < 20 {
 		t.Fatalf("the writer wrote only %d pairs", w.n.Load())
 	}
@@ -484,8 +565,11 @@ func TestSecondaryKill(t *testing.T) {
 		samples    int
 		violations []string
 	)
+	fsckDone, fsckResult := fsckLoop([]string{s.sec["a"].listen, s.sec["b"].listen}, stopCheck)
+	var backwards []string
 	go func() {
 		defer close(checked)
+		var seen [2]uint64 // the highest point each mount showed
 		for {
 			select {
 			case <-stopCheck:
@@ -493,6 +577,14 @@ func TestSecondaryKill(t *testing.T) {
 			default:
 			}
 			c := readCut(s.sec["a"].mnt, s.sec["b"].mnt)
+			for i, n := range c.before {
+				if c.err == nil && n < seen[i] {
+					backwards = append(backwards, fmt.Sprintf("mount %d went back from %d to %d", i, seen[i], n))
+				}
+				if c.err == nil {
+					seen[i] = max(seen[i], n)
+				}
+			}
 			if !c.stable() || c.lines == 0 || c.before[0] != c.before[1] {
 				time.Sleep(5 * time.Millisecond)
 				continue
@@ -512,7 +604,14 @@ func TestSecondaryKill(t *testing.T) {
 	time.Sleep(time.Second)
 	close(stopCheck)
 	<-checked
+	<-fsckDone
 	w.finish(t)
+	if clean, problems := fsckResult(); len(problems) > 0 || clean == 0 {
+		t.Fatalf("fsck of the replicas: %d clean, problems %v", clean, problems)
+	}
+	if len(backwards) > 0 {
+		t.Fatalf("a replica's applied point went back: %v", backwards)
+	}
 	if len(violations) > 0 {
 		t.Fatalf("%d violations in %d samples; first: %s", len(violations), samples, violations[0])
 	}

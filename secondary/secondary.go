@@ -180,6 +180,10 @@ type Secondary struct {
 	events chan any      // to the driver
 	apply  chan applyReq // driver → applier
 
+	// applyMu is held by the applier for each round, and by Check: a
+	// check sees one applied point.
+	applyMu sync.Mutex
+
 	mu        sync.Mutex
 	state     string
 	reason    string
@@ -460,6 +464,8 @@ type exposed struct{}
 // (it is below the validated n), so the replicas can all reach it; the
 // secondary reports APPLIED only for n.
 func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
+	s.applyMu.Lock()
+	defer s.applyMu.Unlock()
 	start := time.Now()
 	s.mu.Lock()
 	view := s.view
