@@ -5,6 +5,7 @@ package benchutil
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -56,4 +57,37 @@ func (p *Printer) F(format string, args ...any) {
 	if p.Err == nil {
 		_, p.Err = fmt.Fprintf(p.W, format, args...)
 	}
+}
+
+// MakeRunDir creates dir if needed and a fresh directory in it, named
+// with prefix, for one run of a benchmark.
+func MakeRunDir(dir, prefix string) (string, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", fmt.Errorf("create benchmark dir: %w", err)
+	}
+	runDir, err := os.MkdirTemp(dir, prefix)
+	if err != nil {
+		return "", fmt.Errorf("create benchmark dir: %w", err)
+	}
+	return runDir, nil
+}
+
+// RemoveRunDir removes a run directory made by MakeRunDir and joins a
+// failure to *err; defer it.
+func RemoveRunDir(runDir string, err *error) {
+	if rerr := os.RemoveAll(runDir); rerr != nil {
+		*err = errors.Join(*err, fmt.Errorf("remove benchmark dir: %w", rerr))
+	}
+}
+
+// Report writes a benchmark's markdown to w with markdown, and its results
+// as JSON to jsonPath when it is set.
+func Report(w io.Writer, markdown func(io.Writer) error, jsonPath string, results any) error {
+	if err := markdown(w); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	if jsonPath != "" {
+		return WriteJSON(jsonPath, results)
+	}
+	return nil
 }

@@ -9,11 +9,12 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil/benchtest"
 )
 
 func readSample(t testing.TB, name string) []byte {
@@ -262,27 +263,6 @@ func TestRunWithoutFio(t *testing.T) {
 	}
 }
 
-// requireBench skips a test that needs root, /dev/fuse and fio, unless
-// TRICOPY_REQUIRE_FUSE is set, where it fails instead.
-func requireBench(t testing.TB) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if _, err := os.Stat("/dev/fuse"); err != nil {
-		why = "no /dev/fuse"
-	} else if _, err := exec.LookPath("fio"); err != nil {
-		why = "no fio (apt-get install fio)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("TRICOPY_REQUIRE_FUSE") != "" {
-		t.Fatalf("benchmark test cannot run (%s) but TRICOPY_REQUIRE_FUSE is set", why)
-	}
-	t.Skipf("benchmark test needs root, /dev/fuse and fio: %s", why)
-}
-
 // hookHandler is a slog handler that writes to the test log and calls
 // hook with every message.
 type hookHandler struct {
@@ -346,7 +326,7 @@ func TestRunSmall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs fio and FUSE mounts for about 40s")
 	}
-	requireBench(t)
+	benchtest.Require(t, "fio")
 	dir := t.TempDir()
 	jsonPath := filepath.Join(t.TempDir(), "results.json")
 	var out bytes.Buffer
@@ -407,7 +387,7 @@ func TestRunCancel(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs fio and FUSE mounts")
 	}
-	requireBench(t)
+	benchtest.Require(t, "fio")
 	dir := t.TempDir()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

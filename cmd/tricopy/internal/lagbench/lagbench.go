@@ -175,18 +175,11 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
-	}
-	runDir, err := os.MkdirTemp(opts.Dir, "lagbench-")
+	runDir, err := benchutil.MakeRunDir(opts.Dir, "lagbench-")
 	if err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
+		return nil, err
 	}
-	defer func() {
-		if rerr := os.RemoveAll(runDir); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove benchmark dir: %w", rerr))
-		}
-	}()
+	defer benchutil.RemoveRunDir(runDir, &err)
 	b := &bench{opts: opts, log: opts.Logger, dir: runDir}
 	defer func() { err = errors.Join(err, b.close()) }()
 	if err := b.start(ctx); err != nil {
@@ -218,15 +211,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	} else {
 		res.CatchUpPassed = true
 	}
-	if err := res.WriteMarkdown(w); err != nil {
-		return res, fmt.Errorf("write results: %w", err)
-	}
-	if opts.JSONPath != "" {
-		if err := benchutil.WriteJSON(opts.JSONPath, res); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
+	return res, benchutil.Report(w, res.WriteMarkdown, opts.JSONPath, res)
 }
 
 type bench struct {

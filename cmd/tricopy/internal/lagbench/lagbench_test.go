@@ -1,7 +1,6 @@
 package lagbench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil/benchtest"
 )
 
 func TestRecord(t *testing.T) {
@@ -41,23 +42,6 @@ func TestMarkdown(t *testing.T) {
 	}
 }
 
-func requireFUSE(t testing.TB) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if _, err := os.Stat("/dev/fuse"); err != nil {
-		why = "no /dev/fuse"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("TRICOPY_REQUIRE_FUSE") != "" {
-		t.Fatalf("benchmark test cannot run (%s) but TRICOPY_REQUIRE_FUSE is set", why)
-	}
-	t.Skipf("benchmark test needs root and /dev/fuse: %s", why)
-}
-
 type testWriter struct{ t testing.TB }
 
 func (w *testWriter) Write(p []byte) (int, error) {
@@ -71,7 +55,7 @@ func TestRunSmall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs FUSE mounts, a Raft node and a secondary for about 10s")
 	}
-	requireFUSE(t)
+	benchtest.Require(t)
 	dir := t.TempDir()
 	jsonPath := filepath.Join(t.TempDir(), "results.json")
 	var out bytes.Buffer
@@ -103,21 +87,5 @@ func TestRunSmall(t *testing.T) {
 	if err := json.Unmarshal(data, &decoded); err != nil || len(decoded.Loads) != 2 {
 		t.Fatalf("JSON results: %v\n%s", err, data)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		t.Errorf("left behind: %s", e.Name())
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir) {
-			t.Errorf("mount left behind: %s", fields[4])
-		}
-	}
+	benchtest.NothingLeft(t, dir)
 }

@@ -171,18 +171,11 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
-	}
-	runDir, err := os.MkdirTemp(opts.Dir, "mirrorbench-")
+	runDir, err := benchutil.MakeRunDir(opts.Dir, "mirrorbench-")
 	if err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
+		return nil, err
 	}
-	defer func() {
-		if rerr := os.RemoveAll(runDir); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove benchmark dir: %w", rerr))
-		}
-	}()
+	defer benchutil.RemoveRunDir(runDir, &err)
 	res := &Results{Time: time.Now().UTC(), Kernel: benchutil.KernelRelease(), FioVersion: version,
 		SeqSize: opts.SeqSize, Runtime: opts.Runtime}
 	b := &bench{opts: opts, fio: fio, runDir: runDir, log: opts.Logger}
@@ -205,15 +198,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 		res.Raw = append(res.Raw, raw)
 		res.Comparisons = append(res.Comparisons, compare(&local, &m, &raw)...)
 	}
-	if err := res.WriteMarkdown(w); err != nil {
-		return res, fmt.Errorf("write results: %w", err)
-	}
-	if opts.JSONPath != "" {
-		if err := benchutil.WriteJSON(opts.JSONPath, res); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
+	return res, benchutil.Report(w, res.WriteMarkdown, opts.JSONPath, res)
 }
 
 type bench struct {

@@ -1,18 +1,17 @@
 package mirrorbench
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil/benchtest"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/fsbench"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/replbench"
 )
@@ -51,32 +50,13 @@ func TestCompare(t *testing.T) {
 	}
 }
 
-func requireBench(t testing.TB) {
-	t.Helper()
-	why := ""
-	if os.Geteuid() != 0 {
-		why = "not root"
-	} else if _, err := os.Stat("/dev/fuse"); err != nil {
-		why = "no /dev/fuse"
-	} else if _, err := exec.LookPath("fio"); err != nil {
-		why = "no fio (apt-get install fio)"
-	}
-	if why == "" {
-		return
-	}
-	if os.Getenv("TRICOPY_REQUIRE_FUSE") != "" {
-		t.Fatalf("benchmark test cannot run (%s) but TRICOPY_REQUIRE_FUSE is set", why)
-	}
-	t.Skipf("benchmark test needs root, /dev/fuse and fio: %s", why)
-}
-
 // TestRunSmall runs the whole benchmark with tiny sizes and one-node
 // clusters, and checks it measured everything and left nothing behind.
 func TestRunSmall(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs fio, FUSE mounts and Raft clusters for about 20s")
 	}
-	requireBench(t)
+	benchtest.Require(t, "fio")
 	dir := t.TempDir()
 	jsonPath := filepath.Join(t.TempDir(), "results.json")
 	var out bytes.Buffer
@@ -108,23 +88,7 @@ func TestRunSmall(t *testing.T) {
 	if err := json.Unmarshal(data, &decoded); err != nil || len(decoded.Mounts) != 2 {
 		t.Fatalf("JSON results: %v\n%s", err, data)
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		t.Errorf("left behind: %s", e.Name())
-	}
-	f, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	for sc := bufio.NewScanner(f); sc.Scan(); {
-		if fields := strings.Fields(sc.Text()); len(fields) > 4 && strings.HasPrefix(fields[4], dir) {
-			t.Errorf("mount left behind: %s", fields[4])
-		}
-	}
+	benchtest.NothingLeft(t, dir)
 }
 
 type testWriter struct{ t testing.TB }

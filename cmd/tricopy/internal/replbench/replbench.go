@@ -154,18 +154,11 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(opts.Dir, 0o755); err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
-	}
-	runDir, err := os.MkdirTemp(opts.Dir, "replbench-")
+	runDir, err := benchutil.MakeRunDir(opts.Dir, "replbench-")
 	if err != nil {
-		return nil, fmt.Errorf("create benchmark dir: %w", err)
+		return nil, err
 	}
-	defer func() {
-		if rerr := os.RemoveAll(runDir); rerr != nil {
-			err = errors.Join(err, fmt.Errorf("remove benchmark dir: %w", rerr))
-		}
-	}()
+	defer benchutil.RemoveRunDir(runDir, &err)
 	log := opts.Logger
 
 	res := &Results{
@@ -207,15 +200,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 	}
 
 	res.Machine.LoadAfter = loadAverage()
-	if err := res.WriteMarkdown(w); err != nil {
-		return res, fmt.Errorf("write results: %w", err)
-	}
-	if opts.JSONPath != "" {
-		if err := benchutil.WriteJSON(opts.JSONPath, res); err != nil {
-			return res, err
-		}
-	}
-	return res, nil
+	return res, benchutil.Report(w, res.WriteMarkdown, opts.JSONPath, res)
 }
 
 // runOne starts side's cluster for sc in dir, drives it, stops it and
