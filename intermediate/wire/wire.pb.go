@@ -1220,21 +1220,26 @@ func (x *StatusResponse) GetHeldBy() string {
 
 // SecondaryStatus is one secondary as the intermediate sees it.
 type SecondaryStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
-	Addr          string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`                                   // the secondary's admin listen address
-	Connected     bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`                        // its Coordinate stream is open on this leader
-	State         string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`                                 // from its latest SecondaryReport
-	Reason        string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                               // why state is not PAIR, empty otherwise
-	FetchedSeq    uint64                 `protobuf:"varint,7,opt,name=fetched_seq,json=fetchedSeq,proto3" json:"fetched_seq,omitempty"`    // from its latest SecondaryReport
-	PreparedSeq   uint64                 `protobuf:"varint,8,opt,name=prepared_seq,json=preparedSeq,proto3" json:"prepared_seq,omitempty"` // highest PREPARED (or HELLO durable) heard
-	AppliedSeq    uint64                 `protobuf:"varint,9,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`    // highest APPLIED (or HELLO applied) heard
-	LagBatches    uint64                 `protobuf:"varint,10,opt,name=lag_batches,json=lagBatches,proto3" json:"lag_batches,omitempty"`   // batches of its volume committed after applied_seq
-	LagBytes      uint64                 `protobuf:"varint,11,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`         // their block bytes
-	LagSeconds    float64                `protobuf:"fixed64,12,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`  // age of the oldest of them, 0 when none
-	ResyncDone    uint64                 `protobuf:"varint,13,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`   // regions (or blocks) copied by a running copy
-	ResyncTotal   uint64                 `protobuf:"varint,14,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Volume      string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Addr        string                 `protobuf:"bytes,3,opt,name=addr,proto3" json:"addr,omitempty"`                                   // the secondary's admin listen address
+	Connected   bool                   `protobuf:"varint,4,opt,name=connected,proto3" json:"connected,omitempty"`                        // its Coordinate stream is open on this leader
+	State       string                 `protobuf:"bytes,5,opt,name=state,proto3" json:"state,omitempty"`                                 // from its latest SecondaryReport
+	Reason      string                 `protobuf:"bytes,6,opt,name=reason,proto3" json:"reason,omitempty"`                               // why state is not PAIR, empty otherwise
+	FetchedSeq  uint64                 `protobuf:"varint,7,opt,name=fetched_seq,json=fetchedSeq,proto3" json:"fetched_seq,omitempty"`    // from its latest SecondaryReport
+	PreparedSeq uint64                 `protobuf:"varint,8,opt,name=prepared_seq,json=preparedSeq,proto3" json:"prepared_seq,omitempty"` // highest PREPARED (or HELLO durable) heard
+	AppliedSeq  uint64                 `protobuf:"varint,9,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`    // highest APPLIED (or HELLO applied) heard
+	LagBatches  uint64                 `protobuf:"varint,10,opt,name=lag_batches,json=lagBatches,proto3" json:"lag_batches,omitempty"`   // batches of its volume committed after applied_seq
+	LagBytes    uint64                 `protobuf:"varint,11,opt,name=lag_bytes,json=lagBytes,proto3" json:"lag_bytes,omitempty"`         // their block bytes
+	LagSeconds  float64                `protobuf:"fixed64,12,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`  // age of the oldest of them, 0 when none
+	ResyncDone  uint64                 `protobuf:"varint,13,opt,name=resync_done,json=resyncDone,proto3" json:"resync_done,omitempty"`   // regions (or blocks) copied by a running copy
+	ResyncTotal uint64                 `protobuf:"varint,14,opt,name=resync_total,json=resyncTotal,proto3" json:"resync_total,omitempty"`
+	// suspended: the journal dropped batches this secondary had not applied
+	// (it lagged while the journal filled up); dirty_regions counts the
+	// regions of its intermediate bitmap, which a resync copies.
+	Suspended     bool   `protobuf:"varint,15,opt,name=suspended,proto3" json:"suspended,omitempty"`
+	DirtyRegions  uint64 `protobuf:"varint,16,opt,name=dirty_regions,json=dirtyRegions,proto3" json:"dirty_regions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1363,6 +1368,20 @@ func (x *SecondaryStatus) GetResyncDone() uint64 {
 func (x *SecondaryStatus) GetResyncTotal() uint64 {
 	if x != nil {
 		return x.ResyncTotal
+	}
+	return 0
+}
+
+func (x *SecondaryStatus) GetSuspended() bool {
+	if x != nil {
+		return x.Suspended
+	}
+	return false
+}
+
+func (x *SecondaryStatus) GetDirtyRegions() uint64 {
+	if x != nil {
+		return x.DirtyRegions
 	}
 	return 0
 }
@@ -1824,6 +1843,60 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// ReadRegionsRequest asks for the regions marked in the intermediate bitmap
+// of a secondary.
+type ReadRegionsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Secondary     string                 `protobuf:"bytes,2,opt,name=secondary,proto3" json:"secondary,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadRegionsRequest) Reset() {
+	*x = ReadRegionsRequest{}
+	mi := &file_wire_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadRegionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadRegionsRequest) ProtoMessage() {}
+
+func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadRegionsRequest.ProtoReflect.Descriptor instead.
+func (*ReadRegionsRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ReadRegionsRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *ReadRegionsRequest) GetSecondary() string {
+	if x != nil {
+		return x.Secondary
+	}
+	return ""
+}
+
 // RemoveSecondaryRequest names the secondary to take out of the group.
 type RemoveSecondaryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1835,7 +1908,7 @@ type RemoveSecondaryRequest struct {
 
 func (x *RemoveSecondaryRequest) Reset() {
 	*x = RemoveSecondaryRequest{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1847,7 +1920,7 @@ func (x *RemoveSecondaryRequest) String() string {
 func (*RemoveSecondaryRequest) ProtoMessage() {}
 
 func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1860,7 +1933,7 @@ func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RemoveSecondaryRequest) GetGroup() string {
@@ -1889,7 +1962,7 @@ type RemoveSecondaryResponse struct {
 
 func (x *RemoveSecondaryResponse) Reset() {
 	*x = RemoveSecondaryResponse{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1901,7 +1974,7 @@ func (x *RemoveSecondaryResponse) String() string {
 func (*RemoveSecondaryResponse) ProtoMessage() {}
 
 func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1914,7 +1987,7 @@ func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *RemoveSecondaryResponse) GetRemoved() bool {
@@ -1943,7 +2016,7 @@ type ReadVolumeRequest struct {
 
 func (x *ReadVolumeRequest) Reset() {
 	*x = ReadVolumeRequest{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1955,7 +2028,7 @@ func (x *ReadVolumeRequest) String() string {
 func (*ReadVolumeRequest) ProtoMessage() {}
 
 func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1968,7 +2041,7 @@ func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ReadVolumeRequest) GetGroup() string {
@@ -1999,17 +2072,27 @@ type ReadVolumeResponse struct {
 	Data []byte `protobuf:"bytes,3,opt,name=data,proto3" json:"data,omitempty"`
 	// crc: CRC-32C over first_block and block_count (little-endian uint64
 	// and uint32) and data (wire.ChunkCRC).
-	Crc           uint32 `protobuf:"varint,4,opt,name=crc,proto3" json:"crc,omitempty"`
-	StartSeq      uint64 `protobuf:"varint,5,opt,name=start_seq,json=startSeq,proto3" json:"start_seq,omitempty"` // on the first chunk
-	EndSeq        uint64 `protobuf:"varint,6,opt,name=end_seq,json=endSeq,proto3" json:"end_seq,omitempty"`       // on the last chunk, with done
-	Done          bool   `protobuf:"varint,7,opt,name=done,proto3" json:"done,omitempty"`
+	Crc      uint32 `protobuf:"varint,4,opt,name=crc,proto3" json:"crc,omitempty"`
+	StartSeq uint64 `protobuf:"varint,5,opt,name=start_seq,json=startSeq,proto3" json:"start_seq,omitempty"` // on the first chunk
+	EndSeq   uint64 `protobuf:"varint,6,opt,name=end_seq,json=endSeq,proto3" json:"end_seq,omitempty"`       // on the last chunk, with done
+	Done     bool   `protobuf:"varint,7,opt,name=done,proto3" json:"done,omitempty"`
+	// ReadRegions only, on the first chunk: the journal holds every batch of
+	// the volume after redo_after (the volume's trimmed seq when the read
+	// started); every batch at or below it that the secondary lacks touched
+	// only the regions sent. So the secondary's replica, with the regions
+	// written over it and the volume's batches in (redo_after, end_seq]
+	// applied in order, is the volume exactly at end_seq.
+	RedoAfter uint64 `protobuf:"varint,8,opt,name=redo_after,json=redoAfter,proto3" json:"redo_after,omitempty"`
+	// ReadRegions only, on the last chunk: the highest seq of the batches
+	// whose regions the bitmap held when the read started.
+	MarkedSeq     uint64 `protobuf:"varint,9,opt,name=marked_seq,json=markedSeq,proto3" json:"marked_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReadVolumeResponse) Reset() {
 	*x = ReadVolumeResponse{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2021,7 +2104,7 @@ func (x *ReadVolumeResponse) String() string {
 func (*ReadVolumeResponse) ProtoMessage() {}
 
 func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2034,7 +2117,7 @@ func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
@@ -2086,6 +2169,20 @@ func (x *ReadVolumeResponse) GetDone() bool {
 	return false
 }
 
+func (x *ReadVolumeResponse) GetRedoAfter() uint64 {
+	if x != nil {
+		return x.RedoAfter
+	}
+	return 0
+}
+
+func (x *ReadVolumeResponse) GetMarkedSeq() uint64 {
+	if x != nil {
+		return x.MarkedSeq
+	}
+	return 0
+}
+
 // CoordinateRequest is one message of a Coordinate stream from a
 // secondary. The first message is hello; later ones are prepared, applied
 // or report, in any order and any number of times (all idempotent).
@@ -2104,7 +2201,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2116,7 +2213,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2129,7 +2226,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -2222,7 +2319,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2234,7 +2331,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2247,7 +2344,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2303,7 +2400,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2315,7 +2412,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2328,7 +2425,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -2349,7 +2446,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2361,7 +2458,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2374,7 +2471,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -2400,7 +2497,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2509,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2522,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -2480,7 +2577,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2492,7 +2589,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2505,7 +2602,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -2566,17 +2663,21 @@ func (*CoordinateResponse_Validate) isCoordinateResponse_Msg() {}
 
 // CoordinateOpened answers SecondaryHello.
 type CoordinateOpened struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ValidatedSeq  uint64                 `protobuf:"varint,1,opt,name=validated_seq,json=validatedSeq,proto3" json:"validated_seq,omitempty"` // the recorded validated point
-	CommittedSeq  uint64                 `protobuf:"varint,2,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"`
-	BlockCount    uint64                 `protobuf:"varint,3,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"` // of the secondary's volume, 0 if not registered yet
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ValidatedSeq uint64                 `protobuf:"varint,1,opt,name=validated_seq,json=validatedSeq,proto3" json:"validated_seq,omitempty"` // the recorded validated point
+	CommittedSeq uint64                 `protobuf:"varint,2,opt,name=committed_seq,json=committedSeq,proto3" json:"committed_seq,omitempty"`
+	BlockCount   uint64                 `protobuf:"varint,3,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"` // of the secondary's volume, 0 if not registered yet
+	// resync: the journal no longer holds batches this secondary had not
+	// applied: it must resynchronise (ReadRegions) before it can prepare
+	// anything above its position.
+	Resync        bool `protobuf:"varint,4,opt,name=resync,proto3" json:"resync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2588,7 +2689,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2601,7 +2702,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -2625,6 +2726,13 @@ func (x *CoordinateOpened) GetBlockCount() uint64 {
 	return 0
 }
 
+func (x *CoordinateOpened) GetResync() bool {
+	if x != nil {
+		return x.Resync
+	}
+	return false
+}
+
 // Entry is one typed entry of the intermediate's Raft log. It is framed by
 // wire.EncodeEntry (version byte, protobuf, CRC-32C).
 type Entry struct {
@@ -2639,6 +2747,8 @@ type Entry struct {
 	//	*Entry_RegisterSecondary
 	//	*Entry_RemoveSecondary
 	//	*Entry_RecordValidated
+	//	*Entry_SuspendSecondary
+	//	*Entry_ClearSecondaryBitmap
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2646,7 +2756,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2658,7 +2768,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2671,7 +2781,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -2753,6 +2863,24 @@ func (x *Entry) GetRecordValidated() *RecordValidated {
 	return nil
 }
 
+func (x *Entry) GetSuspendSecondary() *SuspendSecondary {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_SuspendSecondary); ok {
+			return x.SuspendSecondary
+		}
+	}
+	return nil
+}
+
+func (x *Entry) GetClearSecondaryBitmap() *ClearSecondaryBitmap {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_ClearSecondaryBitmap); ok {
+			return x.ClearSecondaryBitmap
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -2789,6 +2917,14 @@ type Entry_RecordValidated struct {
 	RecordValidated *RecordValidated `protobuf:"bytes,8,opt,name=record_validated,json=recordValidated,proto3,oneof"`
 }
 
+type Entry_SuspendSecondary struct {
+	SuspendSecondary *SuspendSecondary `protobuf:"bytes,9,opt,name=suspend_secondary,json=suspendSecondary,proto3,oneof"`
+}
+
+type Entry_ClearSecondaryBitmap struct {
+	ClearSecondaryBitmap *ClearSecondaryBitmap `protobuf:"bytes,10,opt,name=clear_secondary_bitmap,json=clearSecondaryBitmap,proto3,oneof"`
+}
+
 func (*Entry_Submit) isEntry_Op() {}
 
 func (*Entry_RegisterVolume) isEntry_Op() {}
@@ -2805,6 +2941,125 @@ func (*Entry_RemoveSecondary) isEntry_Op() {}
 
 func (*Entry_RecordValidated) isEntry_Op() {}
 
+func (*Entry_SuspendSecondary) isEntry_Op() {}
+
+func (*Entry_ClearSecondaryBitmap) isEntry_Op() {}
+
+// SuspendSecondary suspends a secondary that holds the journal back while
+// the journal fills up: from then on the validated point and trimming no
+// longer wait for it, and every batch of its volume that the journal drops
+// above applied_seq (what it had applied) marks its regions in the
+// secondary's intermediate bitmap. A suspended secondary that says HELLO is
+// resumed at once (a RegisterSecondary of it clears the suspension; the
+// bitmap stays until a resync covered it).
+type SuspendSecondary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	AppliedSeq    uint64                 `protobuf:"varint,2,opt,name=applied_seq,json=appliedSeq,proto3" json:"applied_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SuspendSecondary) Reset() {
+	*x = SuspendSecondary{}
+	mi := &file_wire_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SuspendSecondary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SuspendSecondary) ProtoMessage() {}
+
+func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SuspendSecondary.ProtoReflect.Descriptor instead.
+func (*SuspendSecondary) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *SuspendSecondary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SuspendSecondary) GetAppliedSeq() uint64 {
+	if x != nil {
+		return x.AppliedSeq
+	}
+	return 0
+}
+
+// ClearSecondaryBitmap drops the intermediate bitmap of a secondary once it
+// applied a point at or above up_to_seq, the highest seq the bitmap marks
+// (its resync covered every region); a bitmap that marked a later batch
+// meanwhile is kept.
+type ClearSecondaryBitmap struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	UpToSeq       uint64                 `protobuf:"varint,2,opt,name=up_to_seq,json=upToSeq,proto3" json:"up_to_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ClearSecondaryBitmap) Reset() {
+	*x = ClearSecondaryBitmap{}
+	mi := &file_wire_proto_msgTypes[37]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ClearSecondaryBitmap) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ClearSecondaryBitmap) ProtoMessage() {}
+
+func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[37]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ClearSecondaryBitmap.ProtoReflect.Descriptor instead.
+func (*ClearSecondaryBitmap) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{37}
+}
+
+func (x *ClearSecondaryBitmap) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ClearSecondaryBitmap) GetUpToSeq() uint64 {
+	if x != nil {
+		return x.UpToSeq
+	}
+	return 0
+}
+
 // RegisterSecondary records (or updates) a secondary of the group: from
 // then on the coordinator waits for its PREPARED before it validates, and
 // the journal keeps its volume's batches until it applied them.
@@ -2819,7 +3074,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2831,7 +3086,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2844,7 +3099,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -2878,7 +3133,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3145,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3158,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -2924,7 +3179,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2936,7 +3191,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2949,7 +3204,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -2970,7 +3225,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2982,7 +3237,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2995,7 +3250,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -3022,7 +3277,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3034,7 +3289,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3047,7 +3302,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{39}
+	return file_wire_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -3078,7 +3333,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3090,7 +3345,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3103,7 +3358,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{40}
+	return file_wire_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -3138,7 +3393,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3150,7 +3405,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3163,7 +3418,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{41}
+	return file_wire_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -3192,7 +3447,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3204,7 +3459,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3217,7 +3472,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{42}
+	return file_wire_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -3325,7 +3580,7 @@ const file_wire_proto_rawDesc = "" +
 	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\x12#\n" +
 	"\rvalidated_seq\x18\x0e \x01(\x04R\fvalidatedSeq\x12B\n" +
 	"\vsecondaries\x18\x0f \x03(\v2 .tricopy.wire.v1.SecondaryStatusR\vsecondaries\x12\x17\n" +
-	"\aheld_by\x18\x10 \x01(\tR\x06heldBy\"\xa1\x03\n" +
+	"\aheld_by\x18\x10 \x01(\tR\x06heldBy\"\xe4\x03\n" +
 	"\x0fSecondaryStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
@@ -3346,7 +3601,9 @@ const file_wire_proto_rawDesc = "" +
 	"lagSeconds\x12\x1f\n" +
 	"\vresync_done\x18\r \x01(\x04R\n" +
 	"resyncDone\x12!\n" +
-	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\"\xf3\x02\n" +
+	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\x12\x1c\n" +
+	"\tsuspended\x18\x0f \x01(\bR\tsuspended\x12#\n" +
+	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xf3\x02\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -3384,7 +3641,10 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\">\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"H\n" +
+	"\x12ReadRegionsRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
+	"\tsecondary\x18\x02 \x01(\tR\tsecondary\">\n" +
 	"\x16RemoveSecondaryRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\"K\n" +
@@ -3393,7 +3653,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\"A\n" +
 	"\x11ReadVolumeRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x16\n" +
-	"\x06volume\x18\x02 \x01(\tR\x06volume\"\xc6\x01\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\"\x84\x02\n" +
 	"\x12ReadVolumeResponse\x12\x1f\n" +
 	"\vfirst_block\x18\x01 \x01(\x04R\n" +
 	"firstBlock\x12\x1f\n" +
@@ -3403,7 +3663,11 @@ const file_wire_proto_rawDesc = "" +
 	"\x03crc\x18\x04 \x01(\rR\x03crc\x12\x1b\n" +
 	"\tstart_seq\x18\x05 \x01(\x04R\bstartSeq\x12\x17\n" +
 	"\aend_seq\x18\x06 \x01(\x04R\x06endSeq\x12\x12\n" +
-	"\x04done\x18\a \x01(\bR\x04done\"\x84\x02\n" +
+	"\x04done\x18\a \x01(\bR\x04done\x12\x1d\n" +
+	"\n" +
+	"redo_after\x18\b \x01(\x04R\tredoAfter\x12\x1d\n" +
+	"\n" +
+	"marked_seq\x18\t \x01(\x04R\tmarkedSeq\"\x84\x02\n" +
 	"\x11CoordinateRequest\x127\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1f.tricopy.wire.v1.SecondaryHelloH\x00R\x05hello\x12:\n" +
 	"\bprepared\x18\x02 \x01(\v2\x1c.tricopy.wire.v1.PreparedSeqH\x00R\bprepared\x127\n" +
@@ -3436,12 +3700,13 @@ const file_wire_proto_rawDesc = "" +
 	"\x06opened\x18\x01 \x01(\v2!.tricopy.wire.v1.CoordinateOpenedH\x00R\x06opened\x128\n" +
 	"\aprepare\x18\x02 \x01(\v2\x1c.tricopy.wire.v1.PreparedSeqH\x00R\aprepare\x129\n" +
 	"\bvalidate\x18\x03 \x01(\v2\x1b.tricopy.wire.v1.AppliedSeqH\x00R\bvalidateB\x05\n" +
-	"\x03msg\"}\n" +
+	"\x03msg\"\x95\x01\n" +
 	"\x10CoordinateOpened\x12#\n" +
 	"\rvalidated_seq\x18\x01 \x01(\x04R\fvalidatedSeq\x12#\n" +
 	"\rcommitted_seq\x18\x02 \x01(\x04R\fcommittedSeq\x12\x1f\n" +
 	"\vblock_count\x18\x03 \x01(\x04R\n" +
-	"blockCount\"\xbb\x04\n" +
+	"blockCount\x12\x16\n" +
+	"\x06resync\x18\x04 \x01(\bR\x06resync\"\xec\x05\n" +
 	"\x05Entry\x126\n" +
 	"\x06submit\x18\x01 \x01(\v2\x1c.tricopy.wire.v1.SubmitEntryH\x00R\x06submit\x12J\n" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
@@ -3450,8 +3715,18 @@ const file_wire_proto_rawDesc = "" +
 	"\ftrim_journal\x18\x05 \x01(\v2\x1c.tricopy.wire.v1.TrimJournalH\x00R\vtrimJournal\x12S\n" +
 	"\x12register_secondary\x18\x06 \x01(\v2\".tricopy.wire.v1.RegisterSecondaryH\x00R\x11registerSecondary\x12M\n" +
 	"\x10remove_secondary\x18\a \x01(\v2 .tricopy.wire.v1.RemoveSecondaryH\x00R\x0fremoveSecondary\x12M\n" +
-	"\x10record_validated\x18\b \x01(\v2 .tricopy.wire.v1.RecordValidatedH\x00R\x0frecordValidatedB\x04\n" +
-	"\x02op\"O\n" +
+	"\x10record_validated\x18\b \x01(\v2 .tricopy.wire.v1.RecordValidatedH\x00R\x0frecordValidated\x12P\n" +
+	"\x11suspend_secondary\x18\t \x01(\v2!.tricopy.wire.v1.SuspendSecondaryH\x00R\x10suspendSecondary\x12]\n" +
+	"\x16clear_secondary_bitmap\x18\n" +
+	" \x01(\v2%.tricopy.wire.v1.ClearSecondaryBitmapH\x00R\x14clearSecondaryBitmapB\x04\n" +
+	"\x02op\"C\n" +
+	"\x10SuspendSecondary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
+	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
+	"appliedSeq\"B\n" +
+	"\x14ClearSecondaryBitmap\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1a\n" +
+	"\tup_to_seq\x18\x02 \x01(\x04R\aupToSeq\"O\n" +
 	"\x11RegisterSecondary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
@@ -3491,7 +3766,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x9c\x05\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xf7\x05\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -3502,7 +3777,8 @@ const file_wire_proto_rawDesc = "" +
 	"Coordinate\x12\".tricopy.wire.v1.CoordinateRequest\x1a#.tricopy.wire.v1.CoordinateResponse(\x010\x01\x12W\n" +
 	"\n" +
 	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12d\n" +
-	"\x0fRemoveSecondary\x12'.tricopy.wire.v1.RemoveSecondaryRequest\x1a(.tricopy.wire.v1.RemoveSecondaryResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"\x0fRemoveSecondary\x12'.tricopy.wire.v1.RemoveSecondaryRequest\x1a(.tricopy.wire.v1.RemoveSecondaryResponse\x12Y\n" +
+	"\vReadRegions\x12#.tricopy.wire.v1.ReadRegionsRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -3517,7 +3793,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),                  // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),                   // 1: tricopy.wire.v1.Block
@@ -3543,26 +3819,29 @@ var file_wire_proto_goTypes = []any{
 	(*RemoveRequest)(nil),           // 21: tricopy.wire.v1.RemoveRequest
 	(*RemoveResponse)(nil),          // 22: tricopy.wire.v1.RemoveResponse
 	(*ErrorDetail)(nil),             // 23: tricopy.wire.v1.ErrorDetail
-	(*RemoveSecondaryRequest)(nil),  // 24: tricopy.wire.v1.RemoveSecondaryRequest
-	(*RemoveSecondaryResponse)(nil), // 25: tricopy.wire.v1.RemoveSecondaryResponse
-	(*ReadVolumeRequest)(nil),       // 26: tricopy.wire.v1.ReadVolumeRequest
-	(*ReadVolumeResponse)(nil),      // 27: tricopy.wire.v1.ReadVolumeResponse
-	(*CoordinateRequest)(nil),       // 28: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),          // 29: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),             // 30: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),              // 31: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),         // 32: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil),      // 33: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),        // 34: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),                   // 35: tricopy.wire.v1.Entry
-	(*RegisterSecondary)(nil),       // 36: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),         // 37: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),         // 38: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),             // 39: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),             // 40: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),          // 41: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),                // 42: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),                // 43: tricopy.wire.v1.NodeAddr
+	(*ReadRegionsRequest)(nil),      // 24: tricopy.wire.v1.ReadRegionsRequest
+	(*RemoveSecondaryRequest)(nil),  // 25: tricopy.wire.v1.RemoveSecondaryRequest
+	(*RemoveSecondaryResponse)(nil), // 26: tricopy.wire.v1.RemoveSecondaryResponse
+	(*ReadVolumeRequest)(nil),       // 27: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil),      // 28: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),       // 29: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),          // 30: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),             // 31: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),              // 32: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),         // 33: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil),      // 34: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),        // 35: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),                   // 36: tricopy.wire.v1.Entry
+	(*SuspendSecondary)(nil),        // 37: tricopy.wire.v1.SuspendSecondary
+	(*ClearSecondaryBitmap)(nil),    // 38: tricopy.wire.v1.ClearSecondaryBitmap
+	(*RegisterSecondary)(nil),       // 39: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),         // 40: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),         // 41: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),             // 42: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),             // 43: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),          // 44: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),                // 45: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),                // 46: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -3579,43 +3858,47 @@ var file_wire_proto_depIdxs = []int32{
 	18, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
 	0,  // 13: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	29, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	30, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	31, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	32, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	34, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	30, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	31, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	40, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	41, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	42, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	43, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	39, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	36, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	37, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	38, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
-	2,  // 29: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 30: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 31: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 32: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	19, // 33: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	21, // 34: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	28, // 35: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	26, // 36: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
-	24, // 37: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
-	7,  // 38: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 39: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 40: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	20, // 41: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	22, // 42: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	33, // 43: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	27, // 44: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	25, // 45: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
-	38, // [38:46] is the sub-list for method output_type
-	30, // [30:38] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	30, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	31, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	32, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	33, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	35, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	31, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	32, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	43, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	44, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	45, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	46, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	42, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	39, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	40, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	41, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	37, // 29: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
+	38, // 30: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
+	2,  // 31: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 32: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 33: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 34: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	19, // 35: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	21, // 36: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	29, // 37: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	27, // 38: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	25, // 39: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
+	24, // 40: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
+	7,  // 41: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 42: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 43: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	20, // 44: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	22, // 45: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	34, // 46: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	28, // 47: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	26, // 48: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
+	28, // 49: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	41, // [41:50] is the sub-list for method output_type
+	32, // [32:41] is the sub-list for method input_type
+	32, // [32:32] is the sub-list for extension type_name
+	32, // [32:32] is the sub-list for extension extendee
+	0,  // [0:32] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -3632,18 +3915,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[27].OneofWrappers = []any{
+	file_wire_proto_msgTypes[28].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[32].OneofWrappers = []any{
+	file_wire_proto_msgTypes[33].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[34].OneofWrappers = []any{
+	file_wire_proto_msgTypes[35].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -3652,6 +3935,8 @@ func file_wire_proto_init() {
 		(*Entry_RegisterSecondary)(nil),
 		(*Entry_RemoveSecondary)(nil),
 		(*Entry_RecordValidated)(nil),
+		(*Entry_SuspendSecondary)(nil),
+		(*Entry_ClearSecondaryBitmap)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3659,7 +3944,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   43,
+			NumMessages:   46,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

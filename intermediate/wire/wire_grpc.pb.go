@@ -33,6 +33,7 @@ const (
 	Intermediate_Coordinate_FullMethodName      = "/tricopy.wire.v1.Intermediate/Coordinate"
 	Intermediate_ReadVolume_FullMethodName      = "/tricopy.wire.v1.Intermediate/ReadVolume"
 	Intermediate_RemoveSecondary_FullMethodName = "/tricopy.wire.v1.Intermediate/RemoveSecondary"
+	Intermediate_ReadRegions_FullMethodName     = "/tricopy.wire.v1.Intermediate/ReadRegions"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -59,6 +60,10 @@ type IntermediateClient interface {
 	// RemoveSecondary takes a secondary out of the group (leader only): the
 	// validated point and the journal stop waiting for it.
 	RemoveSecondary(ctx context.Context, in *RemoveSecondaryRequest, opts ...grpc.CallOption) (*RemoveSecondaryResponse, error)
+	// ReadRegions streams the regions of a secondary's intermediate bitmap
+	// from its volume's intermediate volume (leader only): the resync of a
+	// suspended secondary.
+	ReadRegions(ctx context.Context, in *ReadRegionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error)
 }
 
 type intermediateClient struct {
@@ -173,6 +178,25 @@ func (c *intermediateClient) RemoveSecondary(ctx context.Context, in *RemoveSeco
 	return out, nil
 }
 
+func (c *intermediateClient) ReadRegions(ctx context.Context, in *ReadRegionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Intermediate_ServiceDesc.Streams[4], Intermediate_ReadRegions_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[ReadRegionsRequest, ReadVolumeResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_ReadRegionsClient = grpc.ServerStreamingClient[ReadVolumeResponse]
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -197,6 +221,10 @@ type IntermediateServer interface {
 	// RemoveSecondary takes a secondary out of the group (leader only): the
 	// validated point and the journal stop waiting for it.
 	RemoveSecondary(context.Context, *RemoveSecondaryRequest) (*RemoveSecondaryResponse, error)
+	// ReadRegions streams the regions of a secondary's intermediate bitmap
+	// from its volume's intermediate volume (leader only): the resync of a
+	// suspended secondary.
+	ReadRegions(*ReadRegionsRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -230,6 +258,9 @@ func (UnimplementedIntermediateServer) ReadVolume(*ReadVolumeRequest, grpc.Serve
 }
 func (UnimplementedIntermediateServer) RemoveSecondary(context.Context, *RemoveSecondaryRequest) (*RemoveSecondaryResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RemoveSecondary not implemented")
+}
+func (UnimplementedIntermediateServer) ReadRegions(*ReadRegionsRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error {
+	return status.Error(codes.Unimplemented, "method ReadRegions not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -360,6 +391,17 @@ func _Intermediate_RemoveSecondary_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Intermediate_ReadRegions_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(ReadRegionsRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(IntermediateServer).ReadRegions(m, &grpc.GenericServerStream[ReadRegionsRequest, ReadVolumeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Intermediate_ReadRegionsServer = grpc.ServerStreamingServer[ReadVolumeResponse]
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -405,6 +447,11 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "ReadVolume",
 			Handler:       _Intermediate_ReadVolume_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "ReadRegions",
+			Handler:       _Intermediate_ReadRegions_Handler,
 			ServerStreams: true,
 		},
 	},
