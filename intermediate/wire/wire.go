@@ -161,3 +161,7 @@ func CheckChunk(r *ReadVolumeResponse, blockCount uint64) error {
 	}
 	return nil
 }
+
+// RegionBlocks is the number of blocks of one region of a secondary's
+// intermediate bitmap (64 KiB): ReadRegions sends whole regions.
+const RegionBlocks = 16
