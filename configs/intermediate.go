@@ -16,6 +16,8 @@ const (
 	DefaultSnapshotThreshold = 8192
 	// DefaultTrailingLogs is the number of entries kept after a snapshot.
 	DefaultTrailingLogs = 4096
+	// DefaultTrimInterval is how often the leader trims the journal.
+	DefaultTrimInterval = time.Second
 	// DefaultSnapshotInterval is how often Raft checks whether to snapshot.
 	DefaultSnapshotInterval = 2 * time.Minute
 	// DefaultTimeout bounds one client request of status and remove.
@@ -40,6 +42,11 @@ type Intermediate struct {
 	Group string `key:"group" meta:"G" help:"consistency group this cluster serves"`
 	// JournalBudget bounds the journal.
 	JournalBudget Size `key:"journal-budget" meta:"SIZE" help:"most bytes of batches the journal holds; Submit is refused (journal full) beyond it"`
+	// SuspendThreshold is the journal use at which a lagging secondary is
+	// suspended; 0 means half of JournalBudget.
+	SuspendThreshold Size `key:"suspend-threshold" meta:"SIZE" help:"journal bytes past which the secondary that holds the journal back (down or lagging) is suspended: its intermediate bitmap records what the journal then drops for it, and it resynchronises those regions when it returns (0: half of --journal-budget)"`
+	// TrimInterval is how often the leader trims the journal.
+	TrimInterval time.Duration `key:"trim-interval" meta:"DURATION" help:"how often the leader drops the journal's batches every reader has (and checks whether a secondary must be suspended)"`
 	// MaxMessage bounds messages and Raft entries.
 	MaxMessage Size `key:"max-message" meta:"SIZE" help:"largest gRPC message and Raft entry; larger ones are refused"`
 	// SnapshotThreshold is the number of entries between snapshots.
@@ -62,6 +69,7 @@ func DefaultIntermediate() Intermediate {
 		SnapshotThreshold: DefaultSnapshotThreshold,
 		SnapshotInterval:  DefaultSnapshotInterval,
 		TrailingLogs:      DefaultTrailingLogs,
+		TrimInterval:      DefaultTrimInterval,
 	}
 }
 
@@ -90,6 +98,12 @@ func (c *Intermediate) Validate() error {
 	}
 	if err := validateAddr("raft", c.Raft); err != nil {
 		return err
+	}
+	if c.TrimInterval < 10*time.Millisecond {
+		return Invalid("trim-interval", "%v is below the minimum of 10ms", c.TrimInterval)
+	}
+	if c.SuspendThreshold != 0 && c.SuspendThreshold >= c.JournalBudget {
+		return Invalid("suspend-threshold", "%s is not below --journal-budget %s", c.SuspendThreshold, c.JournalBudget)
 	}
 	if len(c.Cluster) > 0 && len(c.Join) > 0 {
 		return Invalid("join", "--join and --cluster exclude each other: --cluster bootstraps a new cluster, --join adds this node to a running one")

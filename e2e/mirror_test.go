@@ -52,11 +52,11 @@ type interNode struct {
 }
 
 // startIntermediates starts n intermediate nodes with their data under
-// base: one single-node cluster for n == 1, a bootstrapped --cluster of n
+// base, with the extra flags: one single-node cluster for n == 1, a bootstrapped --cluster of n
 // nodes otherwise. It returns once every node serves and the cluster has
 // a leader. If t fails, the logs of the earlier runs of restarted nodes
 // are shown too.
-func startIntermediates(t *testing.T, base string, n int) []*interNode {
+func startIntermediates(t *testing.T, base string, n int, extra ...string) []*interNode {
 	t.Helper()
 	var nodes []*interNode
 	var cluster []string
@@ -68,6 +68,7 @@ func startIntermediates(t *testing.T, base string, n int) []*interNode {
 	}
 	for _, nd := range nodes {
 		args := []string{"intermediate", "--node", nd.id, "--data", nd.data, "--listen", nd.listen, "--raft", nd.raft, "--log-format", "text"}
+		args = append(args, extra...)
 		if n > 1 {
 			args = append(args, "--cluster", strings.Join(cluster, ","))
 		}

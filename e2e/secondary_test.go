@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -70,15 +71,17 @@ type secondaryStatusDoc struct {
 	Volumes      []struct {
 		Name        string `json:"name"`
 		Secondaries []struct {
-			ID          string  `json:"id"`
-			Addr        string  `json:"addr"`
-			State       string  `json:"state"`
-			Connected   bool    `json:"connected"`
-			PreparedSeq uint64  `json:"prepared_seq"`
-			AppliedSeq  uint64  `json:"applied_seq"`
-			LagBatches  uint64  `json:"lag_batches"`
-			LagBytes    uint64  `json:"lag_bytes"`
-			LagSeconds  float64 `json:"lag_seconds"`
+			ID           string  `json:"id"`
+			Addr         string  `json:"addr"`
+			State        string  `json:"state"`
+			Connected    bool    `json:"connected"`
+			PreparedSeq  uint64  `json:"prepared_seq"`
+			AppliedSeq   uint64  `json:"applied_seq"`
+			LagBatches   uint64  `json:"lag_batches"`
+			LagBytes     uint64  `json:"lag_bytes"`
+			LagSeconds   float64 `json:"lag_seconds"`
+			Suspended    bool    `json:"suspended"`
+			DirtyRegions uint64  `json:"dirty_regions"`
 		} `json:"secondaries"`
 	} `json:"volumes"`
 }
@@ -95,15 +98,16 @@ type site struct {
 	smounts map[string]*mount
 }
 
-// startSite starts the intermediate, the primaries and the secondaries of
-// the volumes a and b; secEnv gives each secondary's extra environment.
-func startSite(t *testing.T, secEnv map[string][]string) *site {
+// startSite starts the intermediate (with the extra flags), the primaries
+// and the secondaries of the volumes a and b; secEnv gives each secondary's
+// extra environment.
+func startSite(t *testing.T, secEnv map[string][]string, interFlags ...string) *site {
 	t.Helper()
 	requireFUSE(t)
 	base := t.TempDir()
 	s := &site{base: base, prim: map[string]mirrorSpec{}, sec: map[string]secondarySpec{},
 		pmounts: map[string]*mount{}, smounts: map[string]*mount{}}
-	s.nodes = startIntermediates(t, filepath.Join(base, "inter"), 1)
+	s.nodes = startIntermediates(t, filepath.Join(base, "inter"), 1, interFlags...)
 	s.addrs = nodeAddrs(s.nodes)
 	for _, v := range []string{"a", "b"} {
 		s.prim[v] = mirrorSpec{volume: v, data: filepath.Join(base, "data", v), mnt: filepath.Join(base, "primary", v), addrs: s.addrs, size: "256MiB"}
@@ -681,4 +685,96 @@ func TestSecondaryInitialCopy(t *testing.T) {
 	img := filepath.Join(base, "fsck-a")
 	copyIntermediateVolume(t, replica, img)
 	fsckClean(t, img)
+}
+
+// TestSecondaryJournalOverflow: with secondary b down, the primaries write
+// more than the journal budget. Instead of refusing writes, the
+// intermediate suspends b and marks its intermediate bitmap; secondary a
+// keeps following with a low lag. When b returns it resynchronises only the
+// marked regions (counted: at most the dirty regions' bytes) while its
+// mount keeps its last point, then follows again; at the end both replicas
+// equal their primaries and are fsck-clean.
+func TestSecondaryJournalOverflow(t *testing.T) {
+	s := startSite(t, nil, "--journal-budget", "48MiB", "--trim-interval", "100ms")
+	before, err := readApplied(s.sec["b"].mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.smounts["b"].stop(t)
+	// 96 MiB on b, a little on a, all fsync'd: every write must succeed.
+	var maxLag float64
+	for i := range 24 {
+		name := fmt.Sprintf("big-%02d", i)
+		if err := writeSynced(filepath.Join(s.prim["b"].mnt, name), fileData(uint64(i), name, 4<<20)); err != nil {
+			t.Fatalf("write %s on b with its secondary down: %v", name, err)
+		}
+		small := fmt.Sprintf("small-%02d", i)
+		if err := writeSynced(filepath.Join(s.prim["a"].mnt, small), fileData(uint64(i), small, 4096)); err != nil {
+			t.Fatal(err)
+		}
+		if i%6 == 5 {
+			for _, v := range secondaryStatus(t, s.addrs).Volumes {
+				for _, sec := range v.Secondaries {
+					if sec.ID == "a" {
+						maxLag = max(maxLag, sec.LagSeconds)
+					}
+				}
+			}
+		}
+	}
+	// Once the journal dropped everything (with b suspended, nothing holds
+	// it), the bitmap holds every region the resync must copy.
+	pollStatus(t, time.Minute, "the journal to be trimmed", s.addrs, func(doc mirrorStatusDoc, _ int) bool {
+		return doc.JournalBytes < 1<<20
+	})
+	doc := secondaryStatus(t, s.addrs)
+	var dirty uint64
+	for _, v := range doc.Volumes {
+		for _, sec := range v.Secondaries {
+			if sec.ID == "b" {
+				if !sec.Suspended || sec.DirtyRegions == 0 {
+					t.Fatalf("secondary b after the journal filled: %+v", sec)
+				}
+				dirty = sec.DirtyRegions
+			}
+		}
+	}
+	if maxLag > 5 {
+		t.Errorf("secondary a lagged %.1fs while b was suspended", maxLag)
+	}
+	t.Logf("secondary b suspended with %d dirty regions; secondary a's lag at most %.3fs", dirty, maxLag)
+	s.smounts["b"] = startSecondary(t, s.sec["b"])
+	waitAll(t, s.addrs)
+	m := regexp.MustCompile(`resync staged.* region_blocks=(\d+)`).FindStringSubmatch(s.smounts["b"].stderr.String())
+	if m == nil {
+		t.Fatalf("secondary b did not resync:\n%s", clip(s.smounts["b"].stderr.String()))
+	}
+	regionBlocks, _ := strconv.ParseUint(m[1], 10, 64)
+	if regionBlocks*4096 > dirty*regionSize {
+		t.Errorf("resync copied %d blocks, more than the %d dirty regions hold", regionBlocks, dirty)
+	}
+	t.Logf("resync copied %d KiB for %d dirty regions (%d KiB)", regionBlocks*4, dirty, dirty*regionSize>>10)
+	after, err := readApplied(s.sec["b"].mnt)
+	if err != nil || after < before {
+		t.Fatalf("b's mount at %d after the resync, %d before (%v)", after, before, err)
+	}
+	for i := range 24 {
+		name := fmt.Sprintf("big-%02d", i)
+		got, err := os.ReadFile(filepath.Join(s.sec["b"].mnt, name))
+		if err != nil || !bytes.Equal(got, fileData(uint64(i), name, 4<<20)) {
+			t.Fatalf("replica of b: %s wrong after the resync (%v)", name, err)
+		}
+	}
+	for _, v := range []string{"a", "b"} {
+		s.pmounts[v].stop(t)
+	}
+	waitAll(t, s.addrs)
+	for _, v := range []string{"a", "b"} {
+		s.smounts[v].stop(t)
+		replica := filepath.Join(s.sec[v].data, "replica")
+		compareVolumes(t, s.prim[v].data, replica)
+		img := filepath.Join(s.base, "fsck-"+v)
+		copyIntermediateVolume(t, replica, img)
+		fsckClean(t, img)
+	}
 }

@@ -53,6 +53,8 @@ var (
 	errCoordinationLost = errors.New("coordination moved: leadership lost")
 	// errStreamReplaced: a newer stream of the same secondary was opened.
 	errStreamReplaced = errors.New("a newer coordinate stream of the secondary was opened")
+	// errSuspended: the secondary was suspended; its next hello resumes it.
+	errSuspended = errors.New("secondary suspended: the journal dropped batches it had not applied; reconnect to resume and resynchronise")
 )
 
 // coordinator runs the PREPARE/VALIDATE coordinator on the leader (the
@@ -65,7 +67,8 @@ var (
 // ticks, the state machine's changes (valid counter, recorded validated
 // seq, registered secondaries) and the secondaries' messages, and carries
 // out its actions. Each Record runs on a goroutine of its own that proposes
-// the RecordValidated entry, so the driver never waits for Raft. stop
+// the RecordValidated entry, and so does each ClearSecondaryBitmap
+// proposal (coordRun.clearBitmap), so the driver never waits for Raft. stop
 // (leadership lost) and close (Node.Close) cancel the run, detach every
 // stream and wait for the run's goroutines. Stream handlers run on gRPC's
 // goroutines; they attach to the current run and hand it messages through
@@ -98,6 +101,7 @@ func (c *coordinator) start() {
 		log:        c.log,
 		inbox:      make(chan coord.Event, coordInbox),
 		recordDone: make(chan recordResult, 1),
+		clearDone:  make(chan string, 1),
 		links:      map[string]*coordLink{},
 		reports:    map[string]*wire.SecondaryReport{},
 	}
@@ -196,6 +200,7 @@ type coordRun struct {
 	wg         sync.WaitGroup
 	inbox      chan coord.Event
 	recordDone chan recordResult
+	clearDone  chan string // the secondary of a ClearSecondaryBitmap proposal that ended
 
 	// mu guards the fields below; the driver publishes its state into them
 	// after every step.
@@ -323,6 +328,7 @@ type driver struct {
 	members  map[string]bool // the secondaries the coordinator knows
 	recorded uint64          // the validated seq last stepped
 	failed   uint64          // a Record whose proposal failed, retried at the next tick
+	clearing map[string]bool // secondaries with a ClearSecondaryBitmap proposal in flight
 }
 
 // loop is the driver goroutine of a term.
@@ -350,9 +356,12 @@ func (r *coordRun) loop() {
 		}
 	}
 	fsm := n.fsm
-	d := &driver{r: r, members: map[string]bool{}, recorded: fsm.Validated()}
+	d := &driver{r: r, members: map[string]bool{}, recorded: fsm.Validated(), clearing: map[string]bool{}}
 	var ids []string
 	for _, s := range fsm.Secondaries() {
+		if s.Suspended {
+			continue // not a member until its hello resumes it
+		}
 		ids = append(ids, s.ID)
 		d.members[s.ID] = true
 	}
@@ -380,13 +389,20 @@ func (r *coordRun) loop() {
 				d.failed = 0
 			}
 			d.step(coord.Tick{})
+			d.clearBitmaps()
 		case <-changed:
 		case ev := <-r.inbox:
-			if _, ok := ev.(coord.Hello); ok {
+			_, hello := ev.(coord.Hello)
+			if hello {
 				// Its registration was applied before it greeted.
 				d.sync()
 			}
 			d.step(ev)
+			if _, applied := ev.(coord.Applied); applied || hello {
+				d.clearBitmaps()
+			}
+		case id := <-r.clearDone:
+			delete(d.clearing, id)
 		case res := <-r.recordDone:
 			if res.err != nil {
 				r.log.Warn("record validated seq", logKeySeq, res.n, logKeyErr, res.err)
@@ -397,12 +413,21 @@ func (r *coordRun) loop() {
 }
 
 // sync steps what changed in the state machine: the registered
-// secondaries, the valid counter and the recorded validated seq.
+// secondaries (a suspended one is not a member: it leaves, and its stream,
+// if attached, is ended so that it reconnects, which resumes it), the valid
+// counter and the recorded validated seq.
 func (d *driver) sync() {
 	fsm := d.r.c.n.fsm
 	secs := fsm.Secondaries()
 	now := make(map[string]bool, len(secs))
 	for _, s := range secs {
+		if s.Suspended {
+			if l := d.r.link(s.ID); l != nil {
+				d.r.log.Warn("ending the stream of a suspended secondary", logKeySecondary, s.ID)
+				l.detach(errSuspended)
+			}
+			continue
+		}
 		now[s.ID] = true
 		if !d.members[s.ID] {
 			d.members[s.ID] = true
@@ -413,7 +438,7 @@ func (d *driver) sync() {
 	for _, id := range slices.Sorted(maps.Keys(d.members)) {
 		if !now[id] {
 			delete(d.members, id)
-			d.r.log.Info("secondary left the group", logKeySecondary, id)
+			d.r.log.Info("secondary left the group (removed or suspended)", logKeySecondary, id)
 			d.step(coord.Removed{ID: id})
 		}
 	}
@@ -448,6 +473,39 @@ func (d *driver) step(ev coord.Event) {
 	}
 }
 
+// clearBitmaps proposes ClearSecondaryBitmap for every member whose
+// intermediate bitmap is not empty and which applied a point at or above
+// the bitmap's marked seq: its replica holds every batch that marked it (it
+// got there through a resync covering the regions, or staged those batches
+// before the journal dropped them). A failed proposal is retried at the
+// next tick.
+func (d *driver) clearBitmaps() {
+	for _, s := range d.r.c.n.fsm.Secondaries() {
+		if s.Suspended || s.MarkedSeq == 0 || d.clearing[s.ID] {
+			continue
+		}
+		if applied, ok := d.co.Applied(s.ID); ok && applied >= s.MarkedSeq {
+			d.clearing[s.ID] = true
+			d.r.wg.Add(1)
+			go d.r.clearBitmap(s.ID, applied)
+		}
+	}
+}
+
+// clearBitmap proposes ClearSecondaryBitmap{id, upTo} and tells the
+// driver when the proposal ended.
+func (r *coordRun) clearBitmap(id string, upTo uint64) {
+	defer r.wg.Done()
+	entry := &wire.Entry{Op: &wire.Entry_ClearSecondaryBitmap{ClearSecondaryBitmap: &wire.ClearSecondaryBitmap{Id: id, UpToSeq: upTo}}}
+	if _, err := r.c.n.apply(r.ctx, entry); err != nil {
+		r.log.Warn("clear the intermediate bitmap of a secondary", logKeySecondary, id, logKeyApplied, upTo, logKeyErr, err)
+	}
+	select {
+	case r.clearDone <- id:
+	case <-r.ctx.Done():
+	}
+}
+
 // record proposes validated = n and reports the outcome to the driver.
 func (r *coordRun) record(n uint64) {
 	defer r.wg.Done()
@@ -477,18 +535,20 @@ func (d *driver) publish() {
 // outbox keeps the highest PREPARE and the highest VALIDATE not sent yet,
 // which the stream's handler sends.
 type coordLink struct {
-	id   string
-	wake chan struct{} // a message was queued
-	done chan struct{} // closed when the run detached the stream
-	once sync.Once
-	err  error // why it was detached; set before done is closed
+	id string
+	// helloApplied is the applied point of the secondary's hello.
+	helloApplied uint64
+	wake         chan struct{} // a message was queued
+	done         chan struct{} // closed when the run detached the stream
+	once         sync.Once
+	err          error // why it was detached; set before done is closed
 
 	mu                sync.Mutex
 	prepare, validate uint64 // pending, 0 when none
 }
 
-func newCoordLink(id string) *coordLink {
-	return &coordLink{id: id, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newCoordLink(id string, helloApplied uint64) *coordLink {
+	return &coordLink{id: id, helloApplied: helloApplied, wake: make(chan struct{}, 1), done: make(chan struct{})}
 }
 
 // queue adds a PREPARE(prepare) and a VALIDATE(validate) (0: none) to the

@@ -107,7 +107,7 @@ type FSMConfig struct {
 //     entry up to the snapshot.
 //   - Every read method (Stats, Volume, Volumes, NodeAddr, Fetch, Changed,
 //     Failed, ReadVolumeBlock, Validated, Secondaries, Secondary,
-//     JournalLag) may be called from any goroutine at any time. ReadVolumeBlock first waits for the applier to have written
+//     SecondaryBitmap, JournalLag) may be called from any goroutine at any time. ReadVolumeBlock first waits for the applier to have written
 //     every entry applied before the call.
 //   - Close is called once Raft has stopped: it drains the queue, stops
 //     the applier and closes the volumes.
@@ -174,7 +174,7 @@ type fsmState struct {
 	// entries applied.
 	validated uint64
 	// secondaries are the registered secondaries, by ID.
-	secondaries map[string]*SecondaryInfo
+	secondaries map[string]*secondaryRecord
 }
 
 // volumeRecord is the state of one registered volume.
@@ -242,7 +242,7 @@ func (r *volumeRecord) seqOf(volumeSeq uint64) uint64 {
 
 func newState() fsmState {
 	return fsmState{journalStart: 1, volumes: map[string]*volumeRecord{}, nodeAddrs: map[string]string{},
-		secondaries: map[string]*SecondaryInfo{}}
+		secondaries: map[string]*secondaryRecord{}}
 }
 
 // SubmitResult is what Apply returns for a SubmitEntry: one result per
@@ -296,6 +296,21 @@ type SecondaryInfo struct {
 	Volume string
 	// Addr is its admin listen address.
 	Addr string
+	// CoveredFrom is its volume's trimmed seq when it registered: the
+	// journal had dropped the batches up to it, so neither the journal nor
+	// the intermediate bitmap covers them for this secondary (one that
+	// applied less needs a full copy).
+	CoveredFrom uint64
+	// Suspended is set while it is suspended (see SuspendSecondary):
+	// neither trimming nor the validated point waits for it, and each
+	// batch of its volume the journal drops with a seq above ResumeFrom
+	// marks its regions in the secondary's intermediate bitmap.
+	Suspended  bool
+	ResumeFrom uint64
+	// MarkedSeq is the highest seq of a batch that marked the bitmap, 0
+	// when it is empty; DirtyRegions is the number of regions marked.
+	MarkedSeq    uint64
+	DirtyRegions uint64
 }
 
 // SecondaryResult is what Apply returns for a RegisterSecondary or a
@@ -306,9 +321,10 @@ type SecondaryResult struct {
 	// refused, or named no registered secondary).
 	Secondary SecondaryInfo
 	// Created is set when a RegisterSecondary registered a new secondary,
-	// Updated when it changed a registered one's address, Removed when a
-	// RemoveSecondary removed one.
-	Created, Updated, Removed bool
+	// Updated when it changed a registered one's address, Resumed when it
+	// ended a registered one's suspension (its bitmap stays), Removed when
+	// a RemoveSecondary removed one.
+	Created, Updated, Resumed, Removed bool
 	// Err is a *wire.Error: BAD_REQUEST for a malformed ID, volume name or
 	// address, UNKNOWN_VOLUME for a volume not registered, VOLUME_MISMATCH
 	// when the ID is registered for another volume.
@@ -395,6 +411,7 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 
 // Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
 // *EpochResult, *SecondaryResult (RegisterSecondary, RemoveSecondary),
+// *SuspendResult (SuspendSecondary, ClearSecondaryBitmap),
 // *ValidatedResult or nil (NodeAddr, TrimJournal and non-command entries);
 // after a fatal error, an error wrapping wire.ErrFailed.
 func (f *FSM) Apply(l *raft.Log) any {
@@ -441,6 +458,10 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return f.applyRemoveSecondary(l.Index, op.RemoveSecondary)
 	case *wire.Entry_RecordValidated:
 		return f.applyRecordValidated(l.Index, op.RecordValidated)
+	case *wire.Entry_SuspendSecondary:
+		return f.applySuspendSecondary(l.Index, op.SuspendSecondary)
+	case *wire.Entry_ClearSecondaryBitmap:
+		return f.applyClearSecondaryBitmap(l.Index, op.ClearSecondaryBitmap)
 	default:
 		return f.fatal(fmt.Errorf("raft entry %d: %w: operation %T", l.Index, wire.ErrBadEntry, op))
 	}
@@ -670,8 +691,10 @@ func (f *FSM) applySetEpoch(index uint64, se *wire.SetEpoch) any {
 
 // trimJournal drops the journal's batches with seq <= upTo (at most the
 // committed seq). A reader that asks for a dropped batch of its volume is
-// told the journal is compacted. Like every state change it runs on the
-// apply goroutine, driven by TrimJournal entries.
+// told the journal is compacted. Each dropped batch marks its regions in
+// the bitmaps of the suspended secondaries of its volume that may lack it
+// (see suspend.go). Like every state change it runs on the apply
+// goroutine, driven by TrimJournal entries.
 func (f *FSM) trimJournal(upTo uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -681,8 +704,12 @@ func (f *FSM) trimJournal(upTo uint64) {
 	}
 	k := sort.Search(len(f.st.journal), func(i int) bool { return f.st.journal[i].GetSeq() > upTo })
 	dropped := map[string]int{}
+	suspended := f.suspendedOfLocked()
 	for _, cb := range f.st.journal[:k] {
 		rec := f.st.volumes[cb.GetBatch().GetVolume()]
+		if suspended != nil {
+			markDropped(cb, suspended[rec.name])
+		}
 		rec.trimmedSeq = cb.GetSeq()
 		dropped[rec.name]++
 		f.st.journalBytes -= uint64(wire.BatchBytes(cb.GetBatch()))
@@ -727,42 +754,51 @@ func checkSecondaryAddr(addr string) error {
 	return nil
 }
 
-// applyRegisterSecondary registers a secondary, or updates the address of
-// a registered one. Refusals are results, never fatal.
+// applyRegisterSecondary registers a secondary, updates the address of a
+// registered one, and ends the suspension of a suspended one (its bitmap
+// stays). Refusals are results, never fatal.
 func (f *FSM) applyRegisterSecondary(index uint64, rs *wire.RegisterSecondary) any {
 	res := &SecondaryResult{}
-	info := SecondaryInfo{ID: rs.GetId(), Volume: rs.GetVolume(), Addr: rs.GetAddr()}
+	id, volume, addr := rs.GetId(), rs.GetVolume(), rs.GetAddr()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st.appliedIndex = index
-	old := f.st.secondaries[info.ID]
+	old := f.st.secondaries[id]
 	switch {
-	case checkSecondaryID(info.ID) != nil:
-		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary: %v", checkSecondaryID(info.ID))
-	case wire.CheckVolumeName(info.Volume) != nil:
-		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", info.ID, wire.CheckVolumeName(info.Volume))
-	case checkSecondaryAddr(info.Addr) != nil:
-		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", info.ID, checkSecondaryAddr(info.Addr))
-	case old != nil && old.Volume != info.Volume:
-		res.Secondary = *old
-		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "secondary %q is registered for volume %q, not %q", info.ID, old.Volume, info.Volume)
-	case f.st.volumes[info.Volume] == nil:
-		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "register secondary %q: volume %q is not registered", info.ID, info.Volume)
-	case old != nil && old.Addr == info.Addr:
-		res.Secondary = *old
-	default:
-		res.Created, res.Updated = old == nil, old != nil
-		f.st.secondaries[info.ID] = &info
-		res.Secondary = info
+	case checkSecondaryID(id) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary: %v", checkSecondaryID(id))
+	case wire.CheckVolumeName(volume) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", id, wire.CheckVolumeName(volume))
+	case checkSecondaryAddr(addr) != nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "register secondary %q: %v", id, checkSecondaryAddr(addr))
+	case old != nil && old.volume != volume:
+		res.Secondary = old.info()
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "secondary %q is registered for volume %q, not %q", id, old.volume, volume)
+	case f.st.volumes[volume] == nil:
+		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "register secondary %q: volume %q is not registered", id, volume)
+	case old == nil:
+		s := &secondaryRecord{id: id, volume: volume, addr: addr, coveredFrom: f.st.volumes[volume].trimmedSeq}
+		f.st.secondaries[id] = s
+		res.Secondary, res.Created = s.info(), true
 		f.broadcastLocked()
-		f.log.Info("registered secondary", fsmKeySecondary, info.ID, fsmKeyVolume, info.Volume, fsmKeyAddr, info.Addr,
-			fsmKeyIndex, index, fsmKeyCreated, res.Created)
+		f.log.Info("registered secondary", fsmKeySecondary, id, fsmKeyVolume, volume, fsmKeyAddr, addr,
+			fsmKeyIndex, index, fsmKeyCreated, true)
+	default:
+		res.Updated = old.addr != addr
+		res.Resumed = old.suspended
+		old.addr, old.suspended = addr, false
+		res.Secondary = old.info()
+		if res.Updated || res.Resumed {
+			f.broadcastLocked()
+			f.log.Info("registered secondary", fsmKeySecondary, id, fsmKeyVolume, volume, fsmKeyAddr, addr,
+				fsmKeyIndex, index, fsmKeyCreated, false, "resumed", res.Resumed, "dirty_regions", old.regions.count)
+		}
 	}
 	return res
 }
 
-// applyRemoveSecondary takes a secondary out of the group; removing one
-// that is not registered changes nothing.
+// applyRemoveSecondary takes a secondary out of the group, with its
+// bitmap; removing one that is not registered changes nothing.
 func (f *FSM) applyRemoveSecondary(index uint64, rs *wire.RemoveSecondary) any {
 	res := &SecondaryResult{}
 	f.mu.Lock()
@@ -770,9 +806,9 @@ func (f *FSM) applyRemoveSecondary(index uint64, rs *wire.RemoveSecondary) any {
 	f.st.appliedIndex = index
 	if old := f.st.secondaries[rs.GetId()]; old != nil {
 		delete(f.st.secondaries, rs.GetId())
-		res.Secondary, res.Removed = *old, true
+		res.Secondary, res.Removed = old.info(), true
 		f.broadcastLocked()
-		f.log.Info("removed secondary", fsmKeySecondary, old.ID, fsmKeyVolume, old.Volume, fsmKeyIndex, index)
+		f.log.Info("removed secondary", fsmKeySecondary, old.id, fsmKeyVolume, old.volume, fsmKeyIndex, index)
 	}
 	return res
 }
@@ -871,7 +907,7 @@ func (f *FSM) Secondaries() []SecondaryInfo {
 	defer f.mu.RUnlock()
 	out := make([]SecondaryInfo, 0, len(f.st.secondaries))
 	for _, id := range slices.Sorted(maps.Keys(f.st.secondaries)) {
-		out = append(out, *f.st.secondaries[id])
+		out = append(out, f.st.secondaries[id].info())
 	}
 	return out
 }
@@ -881,7 +917,7 @@ func (f *FSM) Secondary(id string) (SecondaryInfo, bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if s := f.st.secondaries[id]; s != nil {
-		return *s, true
+		return s.info(), true
 	}
 	return SecondaryInfo{}, false
 }

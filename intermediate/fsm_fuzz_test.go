@@ -37,6 +37,8 @@ func ftFuzzBase(t testing.TB, fsys blockdev.FS) *ftHarness {
 	h.submit(ftBatch("a", 1, 2, 1))
 	h.apply(ftNodeAddr("n1", "127.0.0.1:1"))
 	h.apply(ftRegisterSecondary("sa", "a", "127.0.0.1:7301"))
+	h.apply(ftRegisterSecondary("sb", "b", ""))
+	h.apply(ftSuspend("sb", 0))
 	h.apply(ftRecordValidated(2))
 	return h
 }
@@ -78,6 +80,14 @@ func FuzzFSMApply(f *testing.F) {
 		ftRecordValidated(3),
 		ftRecordValidated(1),
 		ftRecordValidated(4), // above the valid counter: stops the FSM
+		ftTrim(2),            // marks sb's bitmap
+		ftTrim(3),
+		ftSuspend("sa", 1),
+		ftSuspend("sb", 2),
+		ftSuspend("zz", 0), // unknown: refused
+		ftClear("sb", 2),
+		ftClear("sa", 0),
+		ftRegisterSecondary("sb", "b", ""), // resumes sb
 	} {
 		framed, err := wire.EncodeEntry(e)
 		if err != nil {
@@ -261,6 +271,10 @@ func FuzzSnapshotRestore(f *testing.F) {
 	src.apply(ftRegisterSecondary("s2", "a", ""))
 	src.apply(ftRecordValidated(1))
 	secondaries := ftSnapshot(f, src.f)
+	src.apply(ftSuspend("s1", 0))
+	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 2, Blocks: []*wire.Block{{Index: 0, Data: make([]byte, wire.BlockSize)}}}))
+	src.apply(ftTrim(2))
+	bitmaps := ftSnapshot(f, src.f)
 	empty := ftSnapshot(f, ftNew(f, nil, "/empty").f)
 	v2 := ftNew(f, nil, "/v2")
 	v2.register("a", 2, 1)
@@ -270,7 +284,7 @@ func FuzzSnapshotRestore(f *testing.F) {
 	if err := ftRestore(ftNew(f, nil, "/v2check").f, v2snap); err != nil {
 		f.Fatalf("the version 2 seed: %v", err)
 	}
-	for _, seed := range [][]byte{full, trimmed, secondaries, empty, v2snap} {
+	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, empty, v2snap} {
 		f.Add(byte(ftSnapRaw), seed)
 		f.Add(byte(ftSnapFramed), ftUnframe(seed))
 	}

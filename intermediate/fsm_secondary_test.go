@@ -223,7 +223,7 @@ func TestSnapshotRestoresVersion2(t *testing.T) {
 // validated seq disagree with the rest is refused, naming the problem.
 func TestSnapshotMetaRefusesBadSecondaries(t *testing.T) {
 	base := snapshotMeta{seq: 5, journalStart: 6, volumes: []volumeMeta{{name: "a", epoch: 1, blockCount: 4, lastVolumeSeq: 5, lastSeq: 5, trimmedSeq: 5}},
-		validated: 5, secondaries: []SecondaryInfo{{ID: "s1", Volume: "a"}, {ID: "s2", Volume: "a", Addr: "x"}}}
+		validated: 5, secondaries: []secondaryMeta{{id: "s1", volume: "a"}, {id: "s2", volume: "a", addr: "x"}}}
 	if _, err := decodeMeta(encodeMeta(base, snapVersion), snapVersion); err != nil {
 		t.Fatalf("valid meta: %v", err)
 	}
@@ -233,14 +233,29 @@ func TestSnapshotMetaRefusesBadSecondaries(t *testing.T) {
 		want   string
 	}{
 		{"validated above the counter", func(m *snapshotMeta) { m.validated = 6 }, "validated seq 6 above the counter 5"},
-		{"unsorted", func(m *snapshotMeta) { m.secondaries[0].ID = "s3" }, `secondary "s2" after "s3"`},
-		{"duplicate", func(m *snapshotMeta) { m.secondaries[1].ID = "s1" }, `secondary "s1" after "s1"`},
-		{"unknown volume", func(m *snapshotMeta) { m.secondaries[1].Volume = "b" }, `secondary "s2" follows volume "b", which is not registered`},
-		{"bad id", func(m *snapshotMeta) { m.secondaries[0].ID = "" }, "empty secondary id"},
-		{"long address", func(m *snapshotMeta) { m.secondaries[0].Addr = strings.Repeat("x", MaxSecondaryAddr+1) }, "address of 257 bytes"},
+		{"unsorted", func(m *snapshotMeta) { m.secondaries[0].id = "s3" }, `secondary "s2" after "s3"`},
+		{"duplicate", func(m *snapshotMeta) { m.secondaries[1].id = "s1" }, `secondary "s1" after "s1"`},
+		{"unknown volume", func(m *snapshotMeta) { m.secondaries[1].volume = "b" }, `secondary "s2" follows volume "b", which is not registered`},
+		{"bad id", func(m *snapshotMeta) { m.secondaries[0].id = "" }, "empty secondary id"},
+		{"long address", func(m *snapshotMeta) { m.secondaries[0].addr = strings.Repeat("x", MaxSecondaryAddr+1) }, "address of 257 bytes"},
+		{"marked above the trim", func(m *snapshotMeta) {
+			m.secondaries[0].markedSeq = 6
+			m.secondaries[0].ranges = []RegionRange{{0, 1}}
+		}, "marked up to 6"},
+		{"covered above the trim", func(m *snapshotMeta) { m.secondaries[0].coveredFrom = 6 }, "covered from seq 6"},
+		{"runs without a marked seq", func(m *snapshotMeta) { m.secondaries[0].ranges = []RegionRange{{0, 1}} }, "bitmap of 1 runs marked up to seq 0"},
+		{"marked seq without runs", func(m *snapshotMeta) { m.secondaries[0].markedSeq = 3 }, "bitmap of 0 runs marked up to seq 3"},
+		{"run outside the volume", func(m *snapshotMeta) {
+			m.secondaries[0].markedSeq = 3
+			m.secondaries[0].ranges = []RegionRange{{1, 1}}
+		}, "run 0 of the bitmap, 1 regions from 1"},
+		{"empty run", func(m *snapshotMeta) {
+			m.secondaries[0].markedSeq = 3
+			m.secondaries[0].ranges = []RegionRange{{0, 0}}
+		}, "run 0 of the bitmap, 0 regions"},
 	} {
 		m := base
-		m.secondaries = append([]SecondaryInfo(nil), base.secondaries...)
+		m.secondaries = append([]secondaryMeta(nil), base.secondaries...)
 		tc.change(&m)
 		_, err := decodeMeta(encodeMeta(m, snapVersion), snapVersion)
 		if !errors.Is(err, errBadSnapshot) || !strings.Contains(err.Error(), tc.want) {
@@ -254,12 +269,25 @@ func TestSnapshotMetaRefusesBadSecondaries(t *testing.T) {
 	if _, err := decodeMeta(p, snapVersion); !errors.Is(err, errBadSnapshot) || !strings.Contains(err.Error(), "secondaries in") {
 		t.Fatalf("huge count: %v", err)
 	}
+	// Flags other than suspended are refused (the last secondary ends with
+	// its flags, three seqs and a count of no runs).
+	p = encodeMeta(base, snapVersion)
+	p[len(p)-4-3*8-4] = 2
+	if _, err := decodeMeta(p, snapVersion); !errors.Is(err, errBadSnapshot) || !strings.Contains(err.Error(), "flags 0x2") {
+		t.Fatalf("unknown flag: %v", err)
+	}
 	// Version 2 metas end after the nodes.
 	if _, err := decodeMeta(encodeMeta(snapshotMeta{seq: 0, journalStart: 1}, snapVersionNoSecondaries), snapVersion); err == nil {
 		t.Fatal("a version 2 meta read as version 3")
 	}
 	if _, err := decodeMeta(encodeMeta(base, snapVersion), snapVersionNoSecondaries); err == nil {
-		t.Fatal("a version 3 meta read as version 2")
+		t.Fatal("a version 4 meta read as version 2")
+	}
+	if _, err := decodeMeta(encodeMeta(base, snapVersion), snapVersionNoBitmaps); err == nil {
+		t.Fatal("a version 4 meta read as version 3")
+	}
+	if _, err := decodeMeta(encodeMeta(base, snapVersionNoBitmaps), snapVersion); err == nil {
+		t.Fatal("a version 3 meta read as version 4")
 	}
 }
 

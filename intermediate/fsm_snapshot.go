@@ -19,7 +19,9 @@ package intermediate
 //	header   magic, version, group
 //	meta     seq counter, applied index, journal start, journal batch count,
 //	         the volumes' records, the nodes' client addresses; from
-//	         version 3 on, the validated seq and the registered secondaries
+//	         version 3 on, the validated seq and the registered secondaries;
+//	         from version 4 on, each secondary's suspension, the seq its
+//	         bitmap covers from and its intermediate bitmap (runs of regions)
 //	batch    one frame per journal batch (seq, protobuf Batch), in seq order
 //	image    per volume, by name: name, block count, H; then chunk frames of
 //	         at most chunkBlocks blocks (an all-zero chunk carries no data)
@@ -66,9 +68,13 @@ package intermediate
 // truncated stream (a checksum, a size, an order or a count that is wrong)
 // fails Restore with the old state and volumes untouched.
 //
-// Versions: 3 (this one) added the validated seq and the secondaries to the
-// meta frame. Restore also reads version 2 (no validated seq, no
-// secondaries: a group of that time had none). Version 1 streams (volume
+// Versions: 4 (this one) added the secondaries' suspension and intermediate
+// bitmaps. 3 added the validated seq and the secondaries to the meta frame;
+// Restore still reads it (no secondary of that time was ever suspended; each
+// one's covered-from seq is taken as its volume's trimmed seq, which is
+// conservative: a secondary that applied less is refused ReadRegions and
+// copies the whole volume). Restore also reads version 2 (no validated seq,
+// no secondaries: a group of that time had none). Version 1 streams (volume
 // records without a Submit session) are refused: the Submit entries of
 // their logs carry no sessions either, which this state machine cannot
 // apply.
@@ -98,9 +104,12 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 3
-	// snapVersionNoSecondaries is the previous version, which Restore
-	// still reads: its meta frame ends after the node addresses.
+	snapVersion = 4
+	// snapVersionNoBitmaps is the previous version, which Restore still
+	// reads: its secondaries are ID, volume and address only.
+	snapVersionNoBitmaps = 3
+	// snapVersionNoSecondaries is the version before, which Restore still
+	// reads: its meta frame ends after the node addresses.
 	snapVersionNoSecondaries = 2
 
 	// chunkBlocks is the largest number of blocks in one image chunk.
@@ -148,7 +157,16 @@ type snapshotMeta struct {
 	volumes                                         []volumeMeta    // sorted by name
 	nodes                                           []nodeMeta      // sorted by id
 	validated                                       uint64          // version 3
-	secondaries                                     []SecondaryInfo // sorted by ID; version 3
+	secondaries                                     []secondaryMeta // sorted by ID; version 3
+}
+
+// secondaryMeta is a secondary's record in a snapshot: the bitmap as runs
+// of regions (version 4).
+type secondaryMeta struct {
+	id, volume, addr                   string
+	suspended                          bool
+	coveredFrom, resumeFrom, markedSeq uint64
+	ranges                             []RegionRange
 }
 
 type volumeMeta struct {
@@ -195,7 +213,10 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	}
 	s.meta.validated = f.st.validated
 	for _, id := range slices.Sorted(maps.Keys(f.st.secondaries)) {
-		s.meta.secondaries = append(s.meta.secondaries, *f.st.secondaries[id])
+		sr := f.st.secondaries[id]
+		s.meta.secondaries = append(s.meta.secondaries, secondaryMeta{id: sr.id, volume: sr.volume, addr: sr.addr,
+			suspended: sr.suspended, coveredFrom: sr.coveredFrom, resumeFrom: sr.resumeFrom, markedSeq: sr.markedSeq,
+			ranges: sr.regions.ranges()})
 	}
 	return s, nil
 }
@@ -376,8 +397,8 @@ func (r *restorer) read() (fsmState, error) {
 	if string(magic) != snapMagic {
 		return st, fmt.Errorf("%w: magic %q", errBadSnapshot, magic)
 	}
-	if version != snapVersion && version != snapVersionNoSecondaries {
-		return st, fmt.Errorf("%w: version %d, want %d or %d", errBadSnapshot, version, snapVersionNoSecondaries, snapVersion)
+	if version != snapVersion && version != snapVersionNoBitmaps && version != snapVersionNoSecondaries {
+		return st, fmt.Errorf("%w: version %d, want %d to %d", errBadSnapshot, version, snapVersionNoSecondaries, snapVersion)
 	}
 	if group != r.f.cfg.Group {
 		return st, fmt.Errorf("%w: snapshot of group %q, this node serves %q", errBadSnapshot, group, r.f.cfg.Group)
@@ -399,9 +420,6 @@ func (r *restorer) read() (fsmState, error) {
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
 	}
-	for _, sm := range meta.secondaries {
-		st.secondaries[sm.ID] = &sm
-	}
 
 	if err := r.readJournal(&st, meta); err != nil {
 		return st, err
@@ -410,6 +428,16 @@ func (r *restorer) read() (fsmState, error) {
 		if err := r.readImage(vm); err != nil {
 			return st, fmt.Errorf("image of volume %q: %w", vm.name, err)
 		}
+	}
+	// The bitmaps are built once the images checked out: a bitmap is
+	// bounded by its volume's size, which is real by now.
+	for _, sm := range meta.secondaries {
+		sr := &secondaryRecord{id: sm.id, volume: sm.volume, addr: sm.addr, coveredFrom: sm.coveredFrom,
+			suspended: sm.suspended, resumeFrom: sm.resumeFrom, markedSeq: sm.markedSeq, regions: regionSetOf(sm.ranges)}
+		if version < snapVersion {
+			sr.coveredFrom = st.volumes[sm.volume].trimmedSeq
+		}
+		st.secondaries[sm.id] = sr
 	}
 
 	p, err = r.fr.next(frameEnd, maxSmallFrame)
@@ -645,15 +673,31 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.str(n.id)
 		e.str(n.addr)
 	}
-	if version < snapVersion {
+	if version < snapVersionNoBitmaps {
 		return e.b
 	}
 	e.u64(m.validated)
 	e.u32(uint32(len(m.secondaries)))
 	for _, s := range m.secondaries {
-		e.str(s.ID)
-		e.str(s.Volume)
-		e.str(s.Addr)
+		e.str(s.id)
+		e.str(s.volume)
+		e.str(s.addr)
+		if version < snapVersion {
+			continue
+		}
+		flags := uint32(0)
+		if s.suspended {
+			flags = secondaryFlagSuspended
+		}
+		e.u32(flags)
+		e.u64(s.coveredFrom)
+		e.u64(s.resumeFrom)
+		e.u64(s.markedSeq)
+		e.u32(uint32(len(s.ranges)))
+		for _, r := range s.ranges {
+			e.u64(r.First)
+			e.u64(r.Count)
+		}
 	}
 	return e.b
 }
@@ -665,6 +709,12 @@ const (
 	minVolumeMeta    = 4 + 6*8
 	minNodeMeta      = 4 + 4
 	minSecondaryMeta = 3 * 4
+	// minSecondaryMetaV4 adds flags, three seqs and the count of runs.
+	minSecondaryMetaV4 = minSecondaryMeta + 4 + 3*8 + 4
+	minRegionRange     = 2 * 8
+
+	// secondaryFlagSuspended marks a suspended secondary in its flags.
+	secondaryFlagSuspended = 1
 )
 
 // decodeMeta decodes the metadata frame of a snapshot of the given version
@@ -689,14 +739,34 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	for i := uint32(0); i < nn && d.err == nil; i++ {
 		m.nodes = append(m.nodes, nodeMeta{id: d.str(), addr: d.str()})
 	}
-	if version >= snapVersion {
+	if version >= snapVersionNoBitmaps {
 		m.validated = d.u64()
 		ns := d.u32()
-		if d.err == nil && uint64(ns) > uint64(len(d.b))/minSecondaryMeta {
+		minSize := uint64(minSecondaryMeta)
+		if version >= snapVersion {
+			minSize = minSecondaryMetaV4
+		}
+		if d.err == nil && uint64(ns) > uint64(len(d.b))/minSize {
 			return m, fmt.Errorf("%w: meta claims %d secondaries in %d bytes", errBadSnapshot, ns, len(d.b))
 		}
 		for i := uint32(0); i < ns && d.err == nil; i++ {
-			m.secondaries = append(m.secondaries, SecondaryInfo{ID: d.str(), Volume: d.str(), Addr: d.str()})
+			s := secondaryMeta{id: d.str(), volume: d.str(), addr: d.str()}
+			if version >= snapVersion {
+				flags := d.u32()
+				if flags&^secondaryFlagSuspended != 0 {
+					return m, fmt.Errorf("%w: secondary %q has flags %#x", errBadSnapshot, s.id, flags)
+				}
+				s.suspended = flags&secondaryFlagSuspended != 0
+				s.coveredFrom, s.resumeFrom, s.markedSeq = d.u64(), d.u64(), d.u64()
+				nr := d.u32()
+				if d.err == nil && uint64(nr) > uint64(len(d.b))/minRegionRange {
+					return m, fmt.Errorf("%w: secondary %q claims %d runs of regions in %d bytes", errBadSnapshot, s.id, nr, len(d.b))
+				}
+				for j := uint32(0); j < nr && d.err == nil; j++ {
+					s.ranges = append(s.ranges, RegionRange{First: d.u64(), Count: d.u64()})
+				}
+			}
+			m.secondaries = append(m.secondaries, s)
 		}
 	}
 	if err := d.finish("meta"); err != nil {
@@ -729,20 +799,47 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		return m, fmt.Errorf("%w: validated seq %d above the counter %d", errBadSnapshot, m.validated, m.seq)
 	}
 	for i, s := range m.secondaries {
-		if i > 0 && m.secondaries[i-1].ID >= s.ID {
-			return m, fmt.Errorf("%w: secondary %q after %q", errBadSnapshot, s.ID, m.secondaries[i-1].ID)
+		if i > 0 && m.secondaries[i-1].id >= s.id {
+			return m, fmt.Errorf("%w: secondary %q after %q", errBadSnapshot, s.id, m.secondaries[i-1].id)
 		}
-		if err := checkSecondaryID(s.ID); err != nil {
+		if err := checkSecondaryID(s.id); err != nil {
 			return m, fmt.Errorf("%w: %w", errBadSnapshot, err)
 		}
-		if err := checkSecondaryAddr(s.Addr); err != nil {
-			return m, fmt.Errorf("%w: secondary %q: %w", errBadSnapshot, s.ID, err)
+		if err := checkSecondaryAddr(s.addr); err != nil {
+			return m, fmt.Errorf("%w: secondary %q: %w", errBadSnapshot, s.id, err)
 		}
-		if _, ok := slices.BinarySearchFunc(m.volumes, s.Volume, func(v volumeMeta, name string) int { return strings.Compare(v.name, name) }); !ok {
-			return m, fmt.Errorf("%w: secondary %q follows volume %q, which is not registered", errBadSnapshot, s.ID, s.Volume)
+		k, ok := slices.BinarySearchFunc(m.volumes, s.volume, func(v volumeMeta, name string) int { return strings.Compare(v.name, name) })
+		if !ok {
+			return m, fmt.Errorf("%w: secondary %q follows volume %q, which is not registered", errBadSnapshot, s.id, s.volume)
+		}
+		if err := checkSecondaryMeta(s, m.volumes[k], m.seq); err != nil {
+			return m, err
 		}
 	}
 	return m, nil
+}
+
+// checkSecondaryMeta checks a secondary's suspension and bitmap against
+// its volume's record and the seq counter.
+func checkSecondaryMeta(s secondaryMeta, v volumeMeta, seq uint64) error {
+	if s.coveredFrom > v.trimmedSeq || s.resumeFrom > seq || s.markedSeq > v.trimmedSeq {
+		return fmt.Errorf("%w: secondary %q: covered from seq %d, resume from %d, marked up to %d (volume %q trimmed to %d, counter %d)",
+			errBadSnapshot, s.id, s.coveredFrom, s.resumeFrom, s.markedSeq, v.name, v.trimmedSeq, seq)
+	}
+	if (s.markedSeq == 0) != (len(s.ranges) == 0) {
+		return fmt.Errorf("%w: secondary %q: bitmap of %d runs marked up to seq %d", errBadSnapshot, s.id, len(s.ranges), s.markedSeq)
+	}
+	regions := regionCount(v.blockCount)
+	next := uint64(0)
+	for i, r := range s.ranges {
+		// Runs are as long as possible: a run starts after a gap.
+		if r.Count == 0 || r.First < next || (i > 0 && r.First == next) || r.First >= regions || r.Count > regions-r.First {
+			return fmt.Errorf("%w: secondary %q: run %d of the bitmap, %d regions from %d, after region %d of %d",
+				errBadSnapshot, s.id, i, r.Count, r.First, next, regions)
+		}
+		next = r.First + r.Count
+	}
+	return nil
 }
 
 // frameWriter writes frames: type, length, CRC-32C of both, payload,

@@ -231,6 +231,7 @@ type ftDump struct {
 	Stats        FSMStats // ValidatedSeq included
 	Volumes      []VolumeInfo
 	Secondaries  []SecondaryInfo
+	Bitmaps      map[string][]RegionRange
 	Nodes        map[string]string
 	JournalStart uint64
 	Trimmed      map[string]uint64
@@ -243,6 +244,10 @@ func ftDumpOf(t testing.TB, f *FSM) ftDump {
 	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Secondaries: f.Secondaries(), Fetch: map[string][]string{}, Images: map[string][32]byte{}, Trimmed: map[string]uint64{}}
 	f.mu.RLock()
 	d.Nodes = maps.Clone(f.st.nodeAddrs)
+	d.Bitmaps = map[string][]RegionRange{}
+	for id, s := range f.st.secondaries {
+		d.Bitmaps[id] = s.regions.ranges()
+	}
 	d.JournalStart = f.st.journalStart
 	for name, rec := range f.st.volumes {
 		d.Trimmed[name] = rec.trimmedSeq
@@ -348,8 +353,21 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 		t.Fatalf("validated seq %d above the counter %d", st.validated, st.seq)
 	}
 	for id, s := range st.secondaries {
-		if s.ID != id || st.volumes[s.Volume] == nil || checkSecondaryID(id) != nil {
-			t.Fatalf("secondary %q: %+v (volume registered: %t)", id, s, st.volumes[s.Volume] != nil)
+		if s.id != id || st.volumes[s.volume] == nil || checkSecondaryID(id) != nil {
+			t.Fatalf("secondary %q: %+v (volume registered: %t)", id, s.info(), st.volumes[s.volume] != nil)
+		}
+		rec := st.volumes[s.volume]
+		ranges := s.regions.ranges()
+		var n uint64
+		for _, r := range ranges {
+			n += r.Count
+			if r.Count == 0 || r.First+r.Count > regionCount(rec.blockCount) {
+				t.Fatalf("secondary %q: run %+v outside the %d regions of volume %q", id, r, regionCount(rec.blockCount), s.volume)
+			}
+		}
+		if n != s.regions.count || (s.markedSeq == 0) != (n == 0) || s.markedSeq > rec.trimmedSeq || s.coveredFrom > rec.trimmedSeq {
+			t.Fatalf("secondary %q: %d regions in runs, count %d, marked up to %d, covered from %d, volume trimmed to %d",
+				id, n, s.regions.count, s.markedSeq, s.coveredFrom, rec.trimmedSeq)
 		}
 	}
 	for name, rec := range st.volumes {

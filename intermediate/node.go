@@ -30,7 +30,7 @@ const (
 	DefaultSnapshotInterval  = 2 * time.Minute
 	DefaultApplyTimeout      = 10 * time.Second
 	DefaultPipelineDepth     = 4
-	DefaultTrimInterval      = 5 * time.Second
+	DefaultTrimInterval      = time.Second
 )
 
 // Sentinel errors of package intermediate.
@@ -78,6 +78,12 @@ type Config struct {
 	// JournalBudget bounds the journal's payload bytes; the leader refuses
 	// Submit with wire.ErrJournalFull beyond it.
 	JournalBudget uint64
+	// SuspendThreshold is the journal's payload bytes above which the
+	// leader's trimmer suspends the registered secondary that holds
+	// trimming back the most (one per trim pass), rather than let the
+	// journal fill up: see SuspendSecondary. 0 means half of JournalBudget;
+	// it may not exceed JournalBudget.
+	SuspendThreshold uint64
 	// MaxMessage bounds gRPC messages and Raft entries.
 	MaxMessage int
 	// SnapshotThreshold, SnapshotInterval and TrailingLogs tune Raft's
@@ -125,6 +131,13 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.JournalBudget == 0 {
 		c.JournalBudget = DefaultJournalBudget
+	}
+	if c.SuspendThreshold == 0 {
+		c.SuspendThreshold = c.JournalBudget / 2
+	}
+	if c.SuspendThreshold > c.JournalBudget {
+		return c, fmt.Errorf("suspend threshold %d is above the journal budget %d: secondaries would never be suspended before the journal is full",
+			c.SuspendThreshold, c.JournalBudget)
 	}
 	if c.MaxMessage == 0 {
 		c.MaxMessage = wire.DefaultMaxMessage
@@ -397,9 +410,12 @@ func (n *Node) watchLeader() {
 // leader, it records a TrimJournal entry up to the highest seq no reader
 // needs. The readers are the primaries, which replay after a restart the
 // batches of their volume past their reported durable seq, and the
-// registered secondaries, which need the batches of their volume past
-// their applied point as the coordinator knows it (a secondary this leader
-// has not heard from holds the journal).
+// registered secondaries that are not suspended, which need the batches of
+// their volume past their applied point as the coordinator knows it (a
+// secondary this leader has not heard from holds the journal). When the
+// journal holds more than SuspendThreshold bytes and a secondary holds
+// trimming below what the primaries allow, the trimmer first suspends that
+// secondary (see suspend.go).
 func (n *Node) trimmer() {
 	defer n.wg.Done()
 	t := time.NewTicker(n.cfg.TrimInterval)
@@ -413,23 +429,78 @@ func (n *Node) trimmer() {
 		if !n.IsLeader() || n.FatalErr() != nil {
 			continue
 		}
-		st := n.fsm.Stats()
-		vols := n.fsm.Volumes()
-		upTo := n.reports.trimPoint(vols, st.CommittedSeq, st.JournalStart)
-		view := n.coord.view()
-		upTo = min(upTo, secondaryTrimPoint(vols, n.fsm.Secondaries(), func(id string) uint64 {
-			return view.secondaries[id].applied
-		}, st.CommittedSeq, st.JournalStart))
-		if upTo < st.JournalStart {
-			continue
-		}
-		entry := &wire.Entry{Op: &wire.Entry_TrimJournal{TrimJournal: &wire.TrimJournal{UpToSeq: upTo}}}
-		if _, err := n.apply(n.ctx, entry); err != nil {
-			n.log.Warn("trim journal", "up_to_seq", upTo, logKeyErr, err)
-			continue
-		}
-		n.log.Debug("trimmed journal", "up_to_seq", upTo, "batches_left", n.fsm.Stats().JournalBatches)
+		n.trimOnce()
 	}
+}
+
+// trimOnce is one pass of the trimmer.
+func (n *Node) trimOnce() {
+	st := n.fsm.Stats()
+	vols := n.fsm.Volumes()
+	upTo := n.reports.trimPoint(vols, st.CommittedSeq, st.JournalStart)
+	view := n.coord.view()
+	applied := func(id string) uint64 { return view.secondaries[id].applied }
+	if st.JournalBytes > n.cfg.SuspendThreshold {
+		if !n.suspendLagging(vols, view, upTo, st) {
+			return
+		}
+		st = n.fsm.Stats()
+	}
+	upTo = min(upTo, secondaryTrimPoint(vols, n.fsm.Secondaries(), applied, st.CommittedSeq, st.JournalStart))
+	if upTo < st.JournalStart {
+		return
+	}
+	entry := &wire.Entry{Op: &wire.Entry_TrimJournal{TrimJournal: &wire.TrimJournal{UpToSeq: upTo}}}
+	if _, err := n.apply(n.ctx, entry); err != nil {
+		n.log.Warn("trim journal", "up_to_seq", upTo, logKeyErr, err)
+		return
+	}
+	n.log.Debug("trimmed journal", "up_to_seq", upTo, "batches_left", n.fsm.Stats().JournalBatches)
+}
+
+// suspendLagging suspends the registered, non-suspended secondary that
+// holds trimming the lowest, if it holds it below primaryBound (what the
+// primaries allow). A secondary that is down holds the validated point, so
+// the others cannot apply past it either: among those at the lowest bound,
+// the one suspended is the first of those not connected, then of those
+// with the lowest prepared point (the one holding the validated point
+// back), then by ID. The SuspendSecondary entry records the applied point
+// the coordinator knows (0 if it has not heard from the secondary): a lower
+// bound of what the secondary applied, so every batch it lacks is marked
+// when the journal drops it. It reports false when the proposal failed
+// (the pass stops).
+func (n *Node) suspendLagging(vols []VolumeInfo, view coordView, primaryBound uint64, st FSMStats) bool {
+	secs := n.fsm.Secondaries()
+	applied := func(id string) uint64 { return view.secondaries[id].applied }
+	_, bound, ok := laggingSecondary(vols, secs, applied, st.CommittedSeq, st.JournalStart)
+	if !ok || bound >= primaryBound {
+		return true
+	}
+	var id string
+	var best secondaryView
+	for _, s := range secs {
+		if s.Suspended || applied(s.ID) != bound {
+			continue
+		}
+		sv := view.secondaries[s.ID]
+		if id == "" || (best.connected && !sv.connected) || (best.connected == sv.connected && sv.prepared < best.prepared) {
+			id, best = s.ID, sv
+		}
+	}
+	n.log.Warn("journal over its suspend threshold: suspending the secondary that holds it back",
+		logKeySecondary, id, logKeyApplied, bound, "connected", best.connected, "prepared_seq", best.prepared,
+		"journal_bytes", st.JournalBytes, "suspend_threshold", n.cfg.SuspendThreshold, "journal_budget", n.cfg.JournalBudget)
+	entry := &wire.Entry{Op: &wire.Entry_SuspendSecondary{SuspendSecondary: &wire.SuspendSecondary{Id: id, AppliedSeq: bound}}}
+	res, err := n.apply(n.ctx, entry)
+	if err != nil {
+		n.log.Warn("suspend secondary", logKeySecondary, id, logKeyErr, err)
+		return false
+	}
+	if sr, _ := res.(*SuspendResult); sr != nil && sr.Err != nil {
+		n.log.Warn("suspend secondary", logKeySecondary, id, logKeyErr, sr.Err)
+		return false
+	}
+	return true
 }
 
 // join asks the cluster at cfg.Join to add this node, following leader

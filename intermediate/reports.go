@@ -110,25 +110,36 @@ func (r *primaryReports) trimPoint(vols []VolumeInfo, committed, journalStart ui
 }
 
 // secondaryTrimPoint returns the highest seq the journal may be trimmed to
-// as far as the secondaries are concerned: a secondary needs the batches of
-// its volume after its applied point, as this leader knows it (applied; 0
-// when the leader has not heard from it, which holds the journal where it
-// is). A secondary whose volume has no batch in the journal after that point
-// sets no bound, and so does a group without secondaries.
+// as far as the secondaries are concerned: a registered secondary that is
+// not suspended needs the batches of its volume after its applied point,
+// as this leader knows it (applied; 0 when the leader has not heard from
+// it, which holds the journal where it is). A secondary whose volume has no
+// batch in the journal after that point sets no bound, and so does a
+// suspended one or a group without secondaries.
 func secondaryTrimPoint(vols []VolumeInfo, secs []SecondaryInfo, applied func(id string) uint64, committed, journalStart uint64) uint64 {
+	if _, bound, ok := laggingSecondary(vols, secs, applied, committed, journalStart); ok {
+		return bound
+	}
+	return committed
+}
+
+// laggingSecondary returns the registered, non-suspended secondary that
+// bounds trimming the lowest (the first by ID among equals) and that bound,
+// its applied point; ok is false when no secondary bounds it.
+func laggingSecondary(vols []VolumeInfo, secs []SecondaryInfo, applied func(id string) uint64, committed, journalStart uint64) (id string, bound uint64, ok bool) {
 	last := make(map[string]uint64, len(vols))
 	for _, v := range vols {
 		last[v.Name] = v.LastSeq
 	}
-	point := committed
+	bound = committed
 	for _, s := range secs {
 		ls := last[s.Volume]
-		if ls < journalStart {
-			continue // nothing of its volume in the journal
+		if s.Suspended || ls < journalStart {
+			continue // it waits for nothing, or nothing of its volume is in the journal
 		}
-		if a := applied(s.ID); a < ls {
-			point = min(point, a)
+		if a := applied(s.ID); a < ls && (!ok || a < bound) {
+			id, bound, ok = s.ID, a, true
 		}
 	}
-	return point
+	return id, bound, ok
 }

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/tricopy/tricopy/intermediate/coord"
@@ -409,7 +411,9 @@ func (s *service) Coordinate(stream wire.Intermediate_CoordinateServer) error {
 	if registered && info.Volume != volume {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "secondary %q is registered for volume %q, not %q", id, info.Volume, volume)
 	}
-	if !registered || info.Addr != addr {
+	// A suspended secondary's hello resumes it: the registration ends the
+	// suspension (its bitmap stays).
+	if !registered || info.Addr != addr || info.Suspended {
 		res, err := n.apply(ctx, &wire.Entry{Op: &wire.Entry_RegisterSecondary{RegisterSecondary: &wire.RegisterSecondary{Id: id, Volume: volume, Addr: addr}}})
 		if err != nil {
 			return err
@@ -427,13 +431,14 @@ func (s *service) Coordinate(stream wire.Intermediate_CoordinateServer) error {
 	if run == nil {
 		return n.notLeader("not coordinating")
 	}
-	l := newCoordLink(id)
+	l := newCoordLink(id, hello.GetAppliedSeq())
 	if !run.attach(l) {
 		return n.notLeader("coordination stopped")
 	}
 	defer run.detach(l)
 	if err := stream.Send(&wire.CoordinateResponse{Msg: &wire.CoordinateResponse_Opened{Opened: &wire.CoordinateOpened{
 		ValidatedSeq: n.fsm.Validated(), CommittedSeq: n.fsm.Stats().CommittedSeq, BlockCount: vol.BlockCount,
+		Resync: n.needsResync(id, hello.GetAppliedSeq()),
 	}}}); err != nil {
 		return err
 	}
@@ -460,6 +465,10 @@ func (s *service) Coordinate(stream wire.Intermediate_CoordinateServer) error {
 				return n.notLeader(l.err.Error())
 			case errStreamReplaced:
 				return wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_SESSION, "secondary %q: %v", id, l.err)
+			case errSuspended:
+				// Retryable: the secondary's link reconnects, and its
+				// hello resumes it.
+				return status.Errorf(codes.Aborted, "secondary %q: %v", id, l.err)
 			}
 			return l.err
 		case <-l.wake:
@@ -542,10 +551,15 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 	resp.HeldBy = view.heldBy
 	now := time.Now()
 	for _, sec := range n.fsm.Secondaries() {
-		ss := &wire.SecondaryStatus{Id: sec.ID, Volume: sec.Volume, Addr: sec.Addr}
+		ss := &wire.SecondaryStatus{Id: sec.ID, Volume: sec.Volume, Addr: sec.Addr, Suspended: sec.Suspended, DirtyRegions: sec.DirtyRegions}
 		if view.leading {
 			sv := view.secondaries[sec.ID]
 			ss.Connected, ss.PreparedSeq, ss.AppliedSeq = sv.connected, sv.prepared, sv.applied
+			if sec.Suspended {
+				// Not a member of the coordination: what it applied is
+				// known from its suspension.
+				ss.AppliedSeq = max(ss.AppliedSeq, sec.ResumeFrom)
+			}
 			if rep := sv.report; rep != nil {
 				ss.State, ss.Reason, ss.FetchedSeq, ss.ResyncDone, ss.ResyncTotal =
 					rep.GetState(), rep.GetReason(), rep.GetFetchedSeq(), rep.GetResyncDone(), rep.GetResyncTotal()

@@ -110,3 +110,26 @@ func TestSecondaryTrimPoint(t *testing.T) {
 		t.Fatalf("sa at 50: %d, want 50", got)
 	}
 }
+
+// TestSecondaryTrimPointSkipsSuspended: a suspended secondary no longer
+// bounds the trim point, and the lagging secondary is the lowest bound.
+func TestSecondaryTrimPointSkipsSuspended(t *testing.T) {
+	vols := []VolumeInfo{{Name: "a", LastSeq: 90}}
+	applied := map[string]uint64{"s1": 40, "s2": 20, "s3": 20}
+	get := func(id string) uint64 { return applied[id] }
+	secs := []SecondaryInfo{{ID: "s1", Volume: "a"}, {ID: "s2", Volume: "a"}, {ID: "s3", Volume: "a"}}
+	if id, bound, ok := laggingSecondary(vols, secs, get, 100, 10); !ok || id != "s2" || bound != 20 {
+		t.Fatalf("lagging: %q %d %t, want s2 at 20 (first of the lowest)", id, bound, ok)
+	}
+	secs[1].Suspended, secs[2].Suspended = true, true
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 40 {
+		t.Fatalf("s2 and s3 suspended: %d, want 40", got)
+	}
+	secs[0].Suspended = true
+	if got := secondaryTrimPoint(vols, secs, get, 100, 10); got != 100 {
+		t.Fatalf("all suspended: %d, want 100", got)
+	}
+	if _, _, ok := laggingSecondary(vols, secs, get, 100, 10); ok {
+		t.Fatal("a suspended secondary reported lagging")
+	}
+}

@@ -32,8 +32,8 @@ type CheckResult struct {
 func (s *Secondary) Check(ctx context.Context) (*CheckResult, error) {
 	s.applyMu.Lock()
 	defer s.applyMu.Unlock()
-	n := s.replica.Applied()
-	rep, err := fusefs.Check(ctx, s.replica)
+	n := s.rep().Applied()
+	rep, err := fusefs.Check(ctx, s.rep())
 	if err != nil {
 		return nil, fmt.Errorf("check replica of %s at seq %d: %w", s.cfg.Volume, n, err)
 	}

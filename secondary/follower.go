@@ -37,6 +37,7 @@ type Follower struct {
 	reported uint64 // highest PREPARED sent since the start
 	applying uint64 // N of the apply in flight, 0 if none
 	next     uint64 // highest VALIDATE above A received since the start
+	floor    uint64 // a resync staged the volume at floor: nothing below it can be applied
 }
 
 // FollowerEvent is an input to Follower.Step: Staged, PrepareMsg,
@@ -57,6 +58,14 @@ type ValidateMsg struct{ N uint64 }
 // replica is durably at N.
 type ApplyDone struct{ N uint64 }
 
+// Resynced reports that a resync staged, durably and aside, the volume as
+// it is at seq At (a copy of the regions the journal dropped, with the
+// batches after them): the secondary holds everything up to At, but as one
+// state, not as batches, so it can move its replica to At or beyond, never
+// to a point between its applied point and At. The follower then reports
+// PREPARED up to At and applies only validated points at or above At.
+type Resynced struct{ At uint64 }
+
 // Restarted is stepped once when the follower loop starts (after a restart
 // or the first time): the follower greets the coordinator.
 type Restarted struct{}
@@ -65,6 +74,7 @@ func (Staged) isFollowerEvent()      {}
 func (PrepareMsg) isFollowerEvent()  {}
 func (ValidateMsg) isFollowerEvent() {}
 func (ApplyDone) isFollowerEvent()   {}
+func (Resynced) isFollowerEvent()    {}
 func (Restarted) isFollowerEvent()   {}
 
 // FollowerAction is an output of Follower.Step: SendPrepared, SendApplied,
@@ -117,6 +127,15 @@ func (f *Follower) Step(ev FollowerEvent) []FollowerAction {
 			out = append(out, SendPrepared{N: p})
 		}
 		return f.maybeApply(out)
+	case Resynced:
+		f.durable = max(f.durable, ev.At)
+		f.floor = max(f.floor, ev.At)
+		var out []FollowerAction
+		if p := f.prepared(); p > f.reported {
+			f.reported = p
+			out = append(out, SendPrepared{N: p})
+		}
+		return f.maybeApply(out)
 	case PrepareMsg:
 		f.asked = max(f.asked, ev.N)
 		if p := f.prepared(); p > 0 {
@@ -142,9 +161,10 @@ func (f *Follower) Step(ev FollowerEvent) []FollowerAction {
 }
 
 // maybeApply starts the highest validated point received if it is above
-// A, durably staged, and no apply is in flight.
+// A, durably staged, not below a resync's floor, and no apply is in
+// flight.
 func (f *Follower) maybeApply(out []FollowerAction) []FollowerAction {
-	if f.applying == 0 && f.next > f.applied && f.next <= f.durable {
+	if f.applying == 0 && f.next > f.applied && f.next <= f.durable && f.next >= f.floor {
 		f.applying = f.next
 		out = append(out, StartApply{N: f.applying})
 	}

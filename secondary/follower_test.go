@@ -119,3 +119,16 @@ func TestFollowerRestartMidRound(t *testing.T) {
 	expectF(t, f, Restarted{}, SendHello{Applied: 6, Durable: 7})
 	expectF(t, f, ValidateMsg{N: 6}, SendApplied{N: 6})
 }
+
+// After a resync staged the volume at 20, points between the applied one
+// and 20 wait; 20 and above apply.
+func TestFollowerResynced(t *testing.T) {
+	f := NewFollower("a", 5, 8)
+	expectF(t, f, PrepareMsg{N: 30}, SendPrepared{N: 8})
+	expectF(t, f, Resynced{At: 20}, SendPrepared{N: 20})
+	expectF(t, f, ValidateMsg{N: 12}) // below the floor: waits
+	expectF(t, f, Staged{Durable: 25}, SendPrepared{N: 25})
+	expectF(t, f, ValidateMsg{N: 22}, StartApply{N: 22})
+	expectF(t, f, ApplyDone{N: 22}, SendApplied{N: 22})
+	expectF(t, f, ValidateMsg{N: 25}, StartApply{N: 25})
+}

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
+	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/fusefs"
 )
 
@@ -15,9 +17,9 @@ import (
 // primary's volume has not reached it) is mounted after the first round
 // that gives it one.
 type Mount struct {
-	replica *Replica
-	opts    fusefs.MountOptions
-	log     *slog.Logger
+	cur  atomic.Pointer[Replica] // the replica served; a resync replaces it
+	opts fusefs.MountOptions
+	log  *slog.Logger
 
 	mu      sync.Mutex
 	srv     *fusefs.Server // nil until mounted
@@ -36,12 +38,13 @@ func NewMount(ctx context.Context, replica *Replica, opts fusefs.MountOptions) (
 		opts.Logger = slog.Default()
 	}
 	opts.ReadOnly = true
-	m := &Mount{replica: replica, opts: opts, log: opts.Logger, mounted: make(chan struct{}), gone: make(chan struct{})}
+	m := &Mount{opts: opts, log: opts.Logger, mounted: make(chan struct{}), gone: make(chan struct{})}
+	m.cur.Store(replica)
 	if err := m.tryMount(ctx); err != nil {
 		return nil, err
 	}
 	if m.srv == nil {
-		m.log.Info("the replica holds no filesystem yet: it is mounted once a validated point brings one",
+		m.log.Info("the replica holds no filesystem yet (or holds a copy not validated yet): it is mounted once a validated point brings one",
 			"mountpoint", opts.Mountpoint, "applied_seq", replica.Applied())
 	}
 	return m, nil
@@ -50,15 +53,16 @@ func NewMount(ctx context.Context, replica *Replica, opts fusefs.MountOptions) (
 // tryMount mounts the replica if it holds a filesystem. A replica without
 // one is no error.
 func (m *Mount) tryMount(ctx context.Context) error {
-	if !m.replica.Exposable() {
+	r := m.cur.Load()
+	if !r.Exposable() {
 		return nil // a copy at a point not validated yet
 	}
-	srv, err := fusefs.MountReplica(ctx, m.replica, m.opts, m.replica.Applied())
+	srv, err := fusefs.MountReplica(ctx, mountReader{m}, m.opts, r.Applied())
 	switch {
 	case errors.Is(err, fusefs.ErrNoFilesystem):
 		return nil
 	case err != nil:
-		return fmt.Errorf("mount replica of volume %s at %s: %w", m.replica.Volume(), m.opts.Mountpoint, err)
+		return fmt.Errorf("mount replica of volume %s at %s: %w", r.Volume(), m.opts.Mountpoint, err)
 	}
 	m.mu.Lock()
 	m.srv = srv
@@ -68,7 +72,7 @@ func (m *Mount) tryMount(ctx context.Context) error {
 		srv.Wait()
 		close(m.gone)
 	}()
-	m.log.Info("mounted replica read-only", "mountpoint", m.opts.Mountpoint, "applied_seq", m.replica.Applied())
+	m.log.Info("mounted replica read-only", "mountpoint", m.opts.Mountpoint, "applied_seq", r.Applied())
 	return nil
 }
 
@@ -89,10 +93,32 @@ func (m *Mount) Advance(ctx context.Context, apply func(ctx context.Context) (ui
 		// does not mount (a primary copying its volume) may mount later.
 		if err.Error() != m.lastErr {
 			m.lastErr = err.Error()
-			m.log.Warn("replica not mountable yet", "applied_seq", m.replica.Applied(), "err", err)
+			m.log.Warn("replica not mountable yet", "applied_seq", m.cur.Load().Applied(), "err", err)
 		}
 	}
 	return nil
+}
+
+// SetReplica makes the mount serve r from now on (a resync replaced the
+// replica). Call it only inside Advance's apply, where no reader runs.
+func (m *Mount) SetReplica(r *Replica) { m.cur.Store(r) }
+
+// mountReader serves the mount's current replica to the filesystem.
+type mountReader struct{ m *Mount }
+
+var _ blockdev.RangeReader = mountReader{}
+
+// BlockCount implements blockdev.Reader.
+func (r mountReader) BlockCount() uint64 { return r.m.cur.Load().BlockCount() }
+
+// ReadBlock implements blockdev.Reader.
+func (r mountReader) ReadBlock(index uint64, p []byte) error {
+	return r.m.cur.Load().ReadBlock(index, p)
+}
+
+// ReadBlocks implements blockdev.RangeReader.
+func (r mountReader) ReadBlocks(first uint64, p []byte) error {
+	return r.m.cur.Load().ReadBlocks(first, p)
 }
 
 // Mounted is closed once the replica is mounted.

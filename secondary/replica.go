@@ -297,6 +297,92 @@ func (b *ReplicaBuilder) finish(ctx context.Context, n uint64, copied bool) (*Re
 	return openReplica(b.dir, b.opts)
 }
 
+// Seal records that the blocks are the volume at seq n, a copy not yet
+// validated (as Finish does), makes the replica durable and closes it, but
+// leaves it aside; it returns its directory, which InstallReplica puts in
+// place later (a resync: the old replica keeps serving meanwhile). The
+// builder is done.
+func (b *ReplicaBuilder) Seal(ctx context.Context, n uint64) (string, error) {
+	h := replicaHeader{volume: b.volume, blocks: b.blocks, applied: n, copied: true}
+	batch := &blockdev.Batch{Writes: []blockdev.Write{{Index: b.blocks, Data: h.encode()}}}
+	err := b.vol.Apply(ctx, batch, blockdev.ApplyOptions{Sync: true})
+	if cerr := b.vol.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return "", fmt.Errorf("build replica %q: write header: %w", b.dir, err)
+	}
+	return b.tmp, nil
+}
+
+// oldReplicaPrefix starts the name of the directory, beside the replica's,
+// that InstallReplica moves the replica it replaces to.
+const oldReplicaPrefix = ".old-"
+
+// InstallReplica replaces the replica in dir (closed) by the sealed one in
+// aside, durably, and opens it. The old replica is moved beside dir
+// (".old-" and dir's base name) first and removed last, so that after a
+// crash dir holds the old replica, the new one, or none with the old one
+// beside it, which RecoverReplica puts back.
+func InstallReplica(dir, aside string, opts ReplicaOptions) (*Replica, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	fsys := opts.FS
+	dir = filepath.Clean(dir)
+	parent := filepath.Dir(dir)
+	old := filepath.Join(parent, oldReplicaPrefix+filepath.Base(dir))
+	if err := removeAll(fsys, old); err != nil {
+		return nil, fmt.Errorf("install replica %q: remove leftover %q: %w", dir, old, err)
+	}
+	if err := fsys.Rename(LabelReplicaDir, dir, old); err != nil {
+		return nil, fmt.Errorf("install replica %q: %w", dir, err)
+	}
+	if err := fsys.Rename(LabelReplicaDir, aside, dir); err != nil {
+		return nil, fmt.Errorf("install replica %q: %w", dir, err)
+	}
+	if err := fsys.SyncDir(LabelReplicaDir, parent); err != nil {
+		return nil, fmt.Errorf("install replica %q: sync directory %q: %w", dir, parent, err)
+	}
+	if err := removeAll(fsys, old); err != nil {
+		return nil, fmt.Errorf("install replica %q: remove the old one: %w", dir, err)
+	}
+	r, err := openReplica(dir, opts)
+	if err != nil {
+		return nil, fmt.Errorf("install replica %q: %w", dir, err)
+	}
+	return r, nil
+}
+
+// RecoverReplica finishes or undoes an InstallReplica a crash interrupted:
+// a replica moved aside while dir is missing is put back; one left beside a
+// complete dir is removed.
+func RecoverReplica(dir string, opts ReplicaOptions) error {
+	fsys := opts.FS
+	if fsys == nil {
+		fsys = blockdev.OSFS{}
+	}
+	dir = filepath.Clean(dir)
+	parent := filepath.Dir(dir)
+	old := filepath.Join(parent, oldReplicaPrefix+filepath.Base(dir))
+	if _, err := fsys.Stat(LabelReplicaDir, old); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	switch _, err := fsys.Stat(LabelReplicaDir, dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		if err := fsys.Rename(LabelReplicaDir, old, dir); err != nil {
+			return fmt.Errorf("recover replica %q: %w", dir, err)
+		}
+		return fsys.SyncDir(LabelReplicaDir, parent)
+	case err != nil:
+		return err
+	}
+	return removeAll(fsys, old)
+}
+
 // Abort drops what was built.
 func (b *ReplicaBuilder) Abort() error {
 	b.vol.Close()

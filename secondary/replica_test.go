@@ -947,3 +947,57 @@ func TestReplicaBuilder(t *testing.T) {
 	}
 	must(t, r.Close())
 }
+
+// TestInstallReplica: a sealed replica built aside replaces the replica;
+// RecoverReplica puts the old one back when a crash left none in place,
+// and drops it when the new one made it.
+func TestInstallReplica(t *testing.T) {
+	fsys := blockdev.NewMemFS()
+	opts := ReplicaOptions{FS: fsys, Logger: quietLogger}
+	dir, old := "/data/replica", "/data/"+oldReplicaPrefix+"replica"
+	r, err := CreateReplica(dir, testVolume, testBlocks, opts)
+	must(t, err)
+	must(t, r.applyRoundErr(context.Background(), 3, batchesOf(makeBatch(3, 1))))
+	must(t, r.Close())
+	build := func(n uint64) string {
+		t.Helper()
+		b, err := BuildReplica(dir, testVolume, testBlocks, opts)
+		must(t, err)
+		must(t, b.ApplyBatch(context.Background(), makeBatch(n, 2)))
+		aside, err := b.Seal(context.Background(), n)
+		must(t, err)
+		return aside
+	}
+	r, err = InstallReplica(dir, build(9), opts)
+	must(t, err)
+	if r.Applied() != 9 || r.Exposable() {
+		t.Fatalf("installed: applied %d exposable %v", r.Applied(), r.Exposable())
+	}
+	must(t, r.Close())
+	if _, err := fsys.Stat(LabelReplicaDir, old); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("old replica left: %v", err)
+	}
+	// A crash after the old one moved aside, before the new one came in.
+	aside := build(12)
+	must(t, fsys.Rename(LabelReplicaDir, dir, old))
+	must(t, RecoverReplica(dir, opts))
+	r, err = OpenReplica(dir, opts)
+	must(t, err)
+	if r.Applied() != 9 {
+		t.Fatalf("recovered replica at %d, want the old one at 9", r.Applied())
+	}
+	must(t, r.Close())
+	// A crash after the new one came in, before the old one was removed.
+	must(t, fsys.Rename(LabelReplicaDir, dir, old))
+	must(t, fsys.Rename(LabelReplicaDir, aside, dir))
+	must(t, RecoverReplica(dir, opts))
+	if _, err := fsys.Stat(LabelReplicaDir, old); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("old replica left after recovery: %v", err)
+	}
+	r, err = OpenReplica(dir, opts)
+	must(t, err)
+	if r.Applied() != 12 {
+		t.Fatalf("recovered replica at %d, want the new one at 12", r.Applied())
+	}
+	must(t, r.Close())
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
@@ -54,6 +55,7 @@ type Intermediate interface {
 	Fetch(ctx context.Context, volume string, afterSeq uint64, fn func(*wire.FetchResponse) error) error
 	Coordinate(ctx context.Context, opts client.CoordinateOptions) (*client.Link, error)
 	ReadVolume(ctx context.Context, volume string, blockCount uint64, fn func(*wire.ReadVolumeResponse) error) error
+	ReadRegions(ctx context.Context, secondary string, blockCount uint64, fn func(*wire.ReadVolumeResponse) error) error
 }
 
 // View is what moves with the replica at each round: the read-only mount
@@ -172,17 +174,19 @@ type Status struct {
 // events), the applier (ApplyRound through the view, then Stage.Trim), the
 // reporter, and the client's Coordinate link.
 type Secondary struct {
-	cfg     Config
-	log     *slog.Logger
-	replica *Replica
-	stage   *Stage
+	cfg      Config
+	log      *slog.Logger
+	replicaP atomic.Pointer[Replica] // replaced by a resync, under applyMu
+	stage    *Stage
 
 	events chan any      // to the driver
 	apply  chan applyReq // driver → applier
 
-	// applyMu is held by the applier for each round, and by Check: a
-	// check sees one applied point.
+	// applyMu is held by the applier for each round, by Check (a check
+	// sees one applied point) and by a resync (the replica it copies does
+	// not move); it guards pending.
 	applyMu sync.Mutex
+	pending *pendingResync // a resync staged aside, nil if none
 
 	mu        sync.Mutex
 	state     string
@@ -210,6 +214,9 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 	log := cfg.Logger.With("volume", cfg.Volume, "secondary", cfg.ID)
 	ropts := ReplicaOptions{FS: cfg.FS, Logger: log}
 	rdir := filepath.Join(cfg.Dir, replicaDirName)
+	if err := RecoverReplica(rdir, ropts); err != nil {
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
 	replica, err := OpenReplica(rdir, ropts)
 	if errors.Is(err, fs.ErrNotExist) {
 		var blocks uint64
@@ -250,13 +257,13 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 	s := &Secondary{
 		cfg:     cfg,
 		log:     log,
-		replica: replica,
 		stage:   stage,
 		events:  make(chan any, 256),
 		apply:   make(chan applyReq, 2),
 		state:   StatePair,
 		applied: make(chan struct{}),
 	}
+	s.replicaP.Store(replica)
 	// Batches at or below the applied point are in the replica: the stage
 	// need not hold them (it may have lost them in a crash that cut its
 	// unsynced tail, after the replica applied them).
@@ -319,7 +326,10 @@ func waitVolume(ctx context.Context, cfg Config, log *slog.Logger) (uint64, erro
 }
 
 // Replica returns the secondary's replica, for the read-only mount.
-func (s *Secondary) Replica() *Replica { return s.replica }
+func (s *Secondary) Replica() *Replica { return s.rep() }
+
+// rep returns the current replica (a resync replaces it).
+func (s *Secondary) rep() *Replica { return s.replicaP.Load() }
 
 // Start starts following the group. Every validated point is applied
 // through view (nil: applied to the replica directly). Start returns once
@@ -369,8 +379,8 @@ func (s *Secondary) hello() *wire.SecondaryHello {
 		Secondary:  s.cfg.ID,
 		Volume:     s.cfg.Volume,
 		Addr:       s.cfg.Addr,
-		AppliedSeq: s.replica.Applied(),
-		DurableSeq: max(s.stage.Durable(), s.replica.Applied()),
+		AppliedSeq: s.rep().Applied(),
+		DurableSeq: max(s.stage.Durable(), s.rep().Applied()),
 	}
 }
 
@@ -399,25 +409,43 @@ func (s *Secondary) post(ev any) { s.events <- ev }
 // fetcher stages the volume's batches as the intermediate commits them.
 func (s *Secondary) fetcher(ctx context.Context) {
 	defer s.wg.Done()
-	after := s.stage.Fetched()
-	err := s.cfg.Intermediate.Fetch(ctx, s.cfg.Volume, after, func(resp *wire.FetchResponse) error {
-		if resp.GetCompacted() {
-			return fmt.Errorf("fetch after seq %d: %w (resynchronisation from the intermediate volume is needed)", s.stage.Fetched(), ErrCompacted)
+	for {
+		after := s.stage.Fetched()
+		err := s.cfg.Intermediate.Fetch(ctx, s.cfg.Volume, after, func(resp *wire.FetchResponse) error {
+			if resp.GetCompacted() {
+				return fmt.Errorf("fetch after seq %d: %w", s.stage.Fetched(), ErrCompacted)
+			}
+			if err := s.stage.Append(resp.GetBatches()); err != nil {
+				return err
+			}
+			if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
+				return err
+			}
+			if err := s.stage.Sync(); err != nil {
+				return err
+			}
+			s.post(Staged{Durable: s.stage.Durable()})
+			return nil
+		})
+		if ctx.Err() != nil {
+			return
 		}
-		if err := s.stage.Append(resp.GetBatches()); err != nil {
-			return err
+		if !errors.Is(err, ErrCompacted) || s.cfg.IndependentApply {
+			s.post(failure{fmt.Errorf("fetch: %w", err)})
+			return
 		}
-		if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
-			return err
+		// The journal dropped batches this secondary lacks (it was
+		// suspended while it lagged): resynchronise from the intermediate
+		// volume, then follow the journal from where the resync ends.
+		s.log.Warn("the journal no longer holds this secondary's next batches: resynchronising", "fetched_seq", after)
+		at, err := s.resync(ctx)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.post(failure{fmt.Errorf("resync: %w", err)})
+			}
+			return
 		}
-		if err := s.stage.Sync(); err != nil {
-			return err
-		}
-		s.post(Staged{Durable: s.stage.Durable()})
-		return nil
-	})
-	if ctx.Err() == nil && err != nil {
-		s.post(failure{fmt.Errorf("fetch: %w", err)})
+		s.post(Resynced{At: at})
 	}
 }
 
@@ -470,14 +498,20 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 	s.mu.Lock()
 	view := s.view
 	s.mu.Unlock()
-	steps := s.stage.Steps(s.replica.Applied(), n, s.cfg.RoundStep)
-	if len(steps) == 0 && !s.replica.Exposable() {
+	if s.pending != nil && n >= s.pending.at {
+		if err := s.installResync(ctx, n, view); err != nil {
+			return err
+		}
+		return s.trimAndSignal(n, start)
+	}
+	steps := s.stage.Steps(s.rep().Applied(), n, s.cfg.RoundStep)
+	if len(steps) == 0 && !s.rep().Exposable() {
 		steps = []uint64{n} // a copy at a point now validated: only the header changes
 	}
 	for _, step := range steps {
 		apply := func(ctx context.Context) (uint64, []uint64, error) {
-			changed, err := s.replica.ApplyRound(ctx, step, s.stage.Batches(s.replica.Applied(), step))
-			return s.replica.Applied(), changed, err
+			changed, err := s.rep().ApplyRound(ctx, step, s.stage.Batches(s.rep().Applied(), step))
+			return s.rep().Applied(), changed, err
 		}
 		var err error
 		if view != nil {
@@ -489,6 +523,11 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 			return fmt.Errorf("apply validated point %d (step to %d): %w", n, step, err)
 		}
 	}
+	return s.trimAndSignal(n, start)
+}
+
+// trimAndSignal trims the stage after a round to n and wakes WaitApplied.
+func (s *Secondary) trimAndSignal(n uint64, start time.Time) error {
 	if err := s.stage.Trim(n); err != nil {
 		return fmt.Errorf("trim the staging store after %d: %w", n, err)
 	}
@@ -504,14 +543,14 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 // fetcher, the link and the applier, and carries out its actions.
 func (s *Secondary) driver(ctx context.Context) {
 	defer s.wg.Done()
-	f := NewFollower(s.cfg.ID, s.replica.Applied(), s.stage.Durable())
+	f := NewFollower(s.cfg.ID, s.rep().Applied(), s.stage.Durable())
 	failed, exposing := false, false
 	// expose asks the applier to show a replica built from a copy once the
 	// point it is at is validated (a round past it does that too).
 	expose := func(validated uint64) {
-		if !exposing && !s.replica.Exposable() && f.Applying() == 0 && validated == s.replica.Applied() {
+		if !exposing && !s.rep().Exposable() && f.Applying() == 0 && validated == s.rep().Applied() {
 			exposing = true
-			s.apply <- applyReq{n: s.replica.Applied(), expose: true}
+			s.apply <- applyReq{n: s.rep().Applied(), expose: true}
 		}
 	}
 	for {
@@ -540,8 +579,8 @@ func (s *Secondary) driver(ctx context.Context) {
 			switch {
 			case ev.GetOpened() != nil:
 				o := ev.GetOpened()
-				if b := o.GetBlockCount(); b != 0 && b != s.replica.BlockCount() {
-					s.fail(fmt.Errorf("the intermediate's volume has %d blocks, the replica %d", b, s.replica.BlockCount()))
+				if b := o.GetBlockCount(); b != 0 && b != s.rep().BlockCount() {
+					s.fail(fmt.Errorf("the intermediate's volume has %d blocks, the replica %d", b, s.rep().BlockCount()))
 					failed = true
 					continue
 				}
@@ -558,6 +597,8 @@ func (s *Secondary) driver(ctx context.Context) {
 				expose(ev.GetValidate().GetSeq())
 			}
 		case Staged:
+			acts = f.Step(ev)
+		case Resynced:
 			acts = f.Step(ev)
 		case ApplyDone:
 			acts = f.Step(ev)
@@ -616,7 +657,7 @@ func (s *Secondary) independent(ctx context.Context) {
 		for len(pending) > 0 && time.Since(pending[0].at) >= s.cfg.IndependentApplyDelay {
 			n, pending = pending[0].n, pending[1:]
 		}
-		if n > s.replica.Applied() {
+		if n > s.rep().Applied() {
 			applying = true
 			s.apply <- applyReq{n: n}
 		}
@@ -668,7 +709,7 @@ func (s *Secondary) fail(err error) {
 	s.state, s.reason = StateFailed, err.Error()
 	s.mu.Unlock()
 	s.log.Error("secondary stopped following (fail-stop); the replica stays at its applied point",
-		"applied_seq", s.replica.Applied(), "err", err)
+		"applied_seq", s.rep().Applied(), "err", err)
 }
 
 // Status returns the secondary's state.
@@ -682,10 +723,10 @@ func (s *Secondary) Status() Status {
 		State:      s.state,
 		Reason:     s.reason,
 		Connected:  s.connected,
-		AppliedSeq: s.replica.Applied(),
+		AppliedSeq: s.rep().Applied(),
 		DurableSeq: s.stage.Durable(),
 		FetchedSeq: s.stage.Fetched(),
-		BlockCount: s.replica.BlockCount(),
+		BlockCount: s.rep().BlockCount(),
 	}
 	if s.validated > st.AppliedSeq {
 		st.ValidatedSeq = s.validated
@@ -700,7 +741,7 @@ func (s *Secondary) WaitApplied(ctx context.Context, n uint64) error {
 		s.mu.Lock()
 		ch, state, reason := s.applied, s.state, s.reason
 		s.mu.Unlock()
-		if s.replica.Applied() >= n {
+		if s.rep().Applied() >= n {
 			return nil
 		}
 		if state == StateFailed {
@@ -708,7 +749,7 @@ func (s *Secondary) WaitApplied(ctx context.Context, n uint64) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("wait for secondary %q to apply %d (at %d): %w", s.cfg.ID, n, s.replica.Applied(), ctx.Err())
+			return fmt.Errorf("wait for secondary %q to apply %d (at %d): %w", s.cfg.ID, n, s.rep().Applied(), ctx.Err())
 		case <-ch:
 		case <-time.After(100 * time.Millisecond):
 		}
@@ -750,5 +791,5 @@ func (s *Secondary) Close() error {
 }
 
 func (s *Secondary) closeStores() error {
-	return errors.Join(s.stage.Close(), s.replica.Close())
+	return errors.Join(s.stage.Close(), s.rep().Close())
 }

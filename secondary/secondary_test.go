@@ -55,14 +55,24 @@ func reserveAddr(t testing.TB) string {
 // startNode starts a one-node intermediate that trims its journal often.
 func startNode(t *testing.T) (*intermediate.Node, string) {
 	t.Helper()
+	return startNodeWith(t, nil)
+}
+
+// startNodeWith is startNode with a change to the node's configuration.
+func startNodeWith(t *testing.T, change func(*intermediate.Config)) (*intermediate.Node, string) {
+	t.Helper()
 	raftAddr, addr := reserveAddr(t), reserveAddr(t)
-	n, err := intermediate.Open(context.Background(), intermediate.Config{
+	cfg := intermediate.Config{
 		ID: "i1", Dir: t.TempDir(), Listen: addr, RaftAddr: raftAddr,
 		Cluster:          []intermediate.Peer{{ID: "i1", RaftAddr: raftAddr}},
 		HeartbeatTimeout: 500 * time.Millisecond, ElectionTimeout: 500 * time.Millisecond,
 		LeaderLeaseTimeout: 250 * time.Millisecond, TrimInterval: 50 * time.Millisecond,
 		CoordinatorTick: 20 * time.Millisecond, Logger: testLog(t).With("component", "intermediate"),
-	})
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	n, err := intermediate.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("start intermediate: %v", err)
 	}
@@ -390,4 +400,68 @@ func TestRemoveSecondary(t *testing.T) {
 	if len(n.FSM().Secondaries()) != 1 {
 		t.Fatalf("secondaries after the removal: %v", n.FSM().Secondaries())
 	}
+}
+
+// TestResync: with secondary b down, its primary writes more than the
+// journal's budget: b is suspended (no write is refused), the journal is
+// trimmed, secondary a keeps following. Back, b resynchronises the marked
+// regions from the intermediate volume, keeps its replica at its old point
+// until the resync is installed at a validated point, and ends equal to
+// the intermediate volume.
+func TestResync(t *testing.T) {
+	n, addr := startNodeWith(t, func(c *intermediate.Config) {
+		c.JournalBudget = 3 << 20
+		c.SuspendThreshold = 1 << 20
+	})
+	cl := newClient(t, addr)
+	rng := rand.New(rand.NewPCG(8, 8))
+	va, vb := openVolume(t, cl, "a"), openVolume(t, cl, "b")
+	// submit writes and reports the primary's durable point, so that the
+	// primaries do not hold the journal.
+	submit := func(v *client.Volume, k int) uint64 {
+		t.Helper()
+		last := submitRandom(t, v, rng, k)
+		v.Report(&wire.PrimaryReport{State: "PAIR", DurableSeq: last})
+		return last
+	}
+	sa := openSecondary(t, cl, t.TempDir(), "a")
+	defer sa.Close()
+	dirB := t.TempDir()
+	sb := openSecondary(t, cl, dirB, "b")
+	submit(va, 2)
+	waitApplied(t, sb, submit(vb, 5))
+	if err := sb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var last uint64
+	for range 60 {
+		submit(vb, 10) // about 100 KiB a round: the threshold is 1 MiB
+		last = submit(va, 1)
+	}
+	waitApplied(t, sa, last)
+	info, ok := n.FSM().Secondary("b")
+	if !ok {
+		t.Fatal("secondary b is not registered")
+	}
+	st, err := cl.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sec *wire.SecondaryStatus
+	for _, x := range st.GetSecondaries() {
+		if x.GetId() == "b" {
+			sec = x
+		}
+	}
+	if sec == nil || !sec.GetSuspended() || sec.GetDirtyRegions() == 0 {
+		t.Fatalf("secondary b after the journal filled: %v (%+v)", sec, info)
+	}
+	sb = openSecondary(t, cl, dirB, "b")
+	defer func() { sb.Close() }()
+	waitApplied(t, sb, last)
+	waitUntil(t, 10*time.Second, "b at the validated point", func() bool {
+		return sb.Status().AppliedSeq == n.FSM().Validated() && sb.Status().State == secondary.StatePair
+	})
+	sameAsIntermediate(t, n, sb)
+	sameAsIntermediate(t, n, sa)
 }

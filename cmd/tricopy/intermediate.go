@@ -65,6 +65,8 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 		SnapshotThreshold: cfg.SnapshotThreshold,
 		SnapshotInterval:  cfg.SnapshotInterval,
 		TrailingLogs:      cfg.TrailingLogs,
+		TrimInterval:      cfg.TrimInterval,
+		SuspendThreshold:  uint64(cfg.SuspendThreshold),
 		Logger:            log,
 	}
 	for _, p := range peers {

@@ -75,7 +75,12 @@ type secondaryJSON struct {
 	LagBatches  uint64  `json:"lag_batches"`
 	LagBytes    uint64  `json:"lag_bytes"`
 	LagSeconds  float64 `json:"lag_seconds"`
-	Reason      string  `json:"reason,omitempty"`
+	// Suspended: the journal dropped batches this secondary lacks (it lagged
+	// while the journal filled); DirtyRegions counts the regions of its
+	// intermediate bitmap, which its resync copies.
+	Suspended    bool   `json:"suspended"`
+	DirtyRegions uint64 `json:"dirty_regions"`
+	Reason       string `json:"reason,omitempty"`
 }
 
 // nodeJSON is one intermediate node in statusJSON.
@@ -196,10 +201,14 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 					ID: sec.GetId(), Addr: sec.GetAddr(), State: sec.GetState(), Connected: sec.GetConnected(),
 					FetchedSeq: sec.GetFetchedSeq(), PreparedSeq: sec.GetPreparedSeq(), AppliedSeq: sec.GetAppliedSeq(),
 					LagBatches: sec.GetLagBatches(), LagBytes: sec.GetLagBytes(), LagSeconds: sec.GetLagSeconds(),
-					Reason: sec.GetReason(),
+					Suspended: sec.GetSuspended(), DirtyRegions: sec.GetDirtyRegions(), Reason: sec.GetReason(),
 				}
 				if !sj.Connected {
 					sj.State = "DISCONNECTED"
+				}
+				if sj.Suspended {
+					doc.Problems = append(doc.Problems, fmt.Sprintf("secondary %s of volume %s is suspended: the journal dropped batches it lacks (%d dirty regions to resync)",
+						sj.ID, vj.Name, sj.DirtyRegions))
 				}
 				if sj.State != "PAIR" {
 					p := fmt.Sprintf("secondary %s of volume %s is %s", sj.ID, vj.Name, sj.State)

@@ -219,7 +219,7 @@ func TestStatusJSONSchema(t *testing.T) {
 	doc = runStatusJSON(0)
 	if sec, _ := lookup(doc, "volumes[].secondaries[]"); fmt.Sprint(sec) != fmt.Sprint(map[string]any{
 		"id": "sa", "addr": "127.0.0.1:7399", "state": "PAIR", "connected": true, "fetched_seq": 0.0,
-		"prepared_seq": 3.0, "applied_seq": 3.0, "lag_batches": 0.0, "lag_bytes": 0.0, "lag_seconds": 0.0,
+		"prepared_seq": 3.0, "applied_seq": 3.0, "lag_batches": 0.0, "lag_bytes": 0.0, "lag_seconds": 0.0, "suspended": false, "dirty_regions": 0.0,
 	}) {
 		t.Errorf("the secondary in status: %v", sec)
 	}

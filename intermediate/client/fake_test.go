@@ -47,6 +47,9 @@ type fakeCluster struct {
 	joins      []string
 	removes    []string
 	coord      fakeCoord
+	regions    map[string][]*wire.ReadVolumeResponse // ReadRegions answers, by secondary
+	regionsCut int                                   // the next ReadRegions streams end with Unavailable after one chunk, this many times
+	regionsN   int                                   // ReadRegions calls
 }
 
 // fakeCoord is the state of the fake Coordinate streams: what the
