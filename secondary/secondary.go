@@ -634,6 +634,11 @@ func (s *Secondary) independent(ctx context.Context) {
 		tick     = time.NewTicker(10 * time.Millisecond)
 	)
 	defer tick.Stop()
+	if !s.rep().Exposable() {
+		// An initial copy: no validated point will ever come; show it.
+		applying = true
+		s.apply <- applyReq{n: s.rep().Applied(), expose: true}
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -642,7 +647,7 @@ func (s *Secondary) independent(ctx context.Context) {
 			switch ev := ev.(type) {
 			case Staged:
 				pending = append(pending, point{ev.Durable, time.Now()})
-			case ApplyDone:
+			case ApplyDone, exposed:
 				applying = false
 			case failure:
 				s.fail(ev.err)
