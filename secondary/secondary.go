@@ -18,9 +18,6 @@ import (
 
 // States a secondary reports (Status.State and SecondaryReport.state).
 const (
-	// StateWaiting: the secondary waits for its volume to be registered
-	// at the intermediate (its primary has not connected yet).
-	StateWaiting = "WAITING"
 	// StatePair: the secondary follows the group's validated points.
 	StatePair = "PAIR"
 	// StateFailed: the secondary stopped following after an error
@@ -146,7 +143,8 @@ type Status struct {
 	ID     string `json:"id"`
 	Volume string `json:"volume"`
 	Group  string `json:"group"`
-	// State is StatePair, StateWaiting or StateFailed.
+	// State is StatePair, StateResync or StateFailed (StateCopy is only
+	// reported to the leader, while Open copies).
 	State string `json:"state"`
 	// Reason says why State is not PAIR.
 	Reason string `json:"reason,omitempty"`
