@@ -695,7 +695,10 @@ func TestSecondaryInitialCopy(t *testing.T) {
 // mount keeps its last point, then follows again; at the end both replicas
 // equal their primaries and are fsck-clean.
 func TestSecondaryJournalOverflow(t *testing.T) {
-	s := startSite(t, nil, "--journal-budget", "48MiB", "--trim-interval", "100ms")
+	// The journal also holds what the primaries have not checkpointed
+	// (about a second of writes): the writer is paced so that this stays
+	// well under the budget on any machine.
+	s := startSite(t, nil, "--journal-budget", "64MiB", "--suspend-threshold", "16MiB", "--trim-interval", "100ms")
 	before, err := readApplied(s.sec["b"].mnt)
 	if err != nil {
 		t.Fatal(err)
@@ -712,6 +715,7 @@ func TestSecondaryJournalOverflow(t *testing.T) {
 		if err := writeSynced(filepath.Join(s.prim["a"].mnt, small), fileData(uint64(i), small, 4096)); err != nil {
 			t.Fatal(err)
 		}
+		time.Sleep(150 * time.Millisecond)
 		if i%6 == 5 {
 			for _, v := range secondaryStatus(t, s.addrs).Volumes {
 				for _, sec := range v.Secondaries {
