@@ -23,7 +23,8 @@ each), then, for 50% and 90% of that rate, paces the same writers for
 --duration while a poller reads the replica mount, and reports, per load, the
 p50, p99 and maximum of the time from a write's return on the primary to its
 record being readable on the secondary's mount. Last, with the secondary
-stopped, it writes --backlog at the maximum rate, restarts the secondary and
+stopped, it writes --backlog as fast as the mirrored mount takes it (two
+writers of sequential 1 MiB writes, an fsync per 64 MiB file), restarts the secondary and
 measures how fast it catches up.
 
 Targets (issue 5): lag p99 under 250ms at 50% load; catch-up at least twice
