@@ -447,6 +447,34 @@ func writeFileAtomic(fsys FS, label, name string, b []byte) error {
 	return nil
 }
 
+// RemoveAll removes name on fsys and, if it is a directory, everything in
+// it. A missing name is not an error. label names the operations for fault
+// injection.
+func RemoveAll(fsys FS, label, name string) error {
+	fi, err := fsys.Stat(label, name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() {
+		names, err := fsys.ReadDir(label, name)
+		if err != nil {
+			return err
+		}
+		for _, n := range names {
+			if err := RemoveAll(fsys, label, filepath.Join(name, n)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := fsys.Remove(label, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
 // MkdirAllDurable creates dir and its missing parents on fsys, and makes
 // each creation durable by syncing the parent directory. label names the
 // operations for fault injection.

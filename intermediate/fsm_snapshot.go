@@ -604,7 +604,7 @@ func (r *restorer) cleanup() {
 		r.cur.close()
 	}
 	for _, name := range slices.Sorted(maps.Keys(r.staged)) {
-		if err := removeAll(r.f.fsys, r.staged[name]); err != nil {
+		if err := blockdev.RemoveAll(r.f.fsys, labelVolumes, r.staged[name]); err != nil {
 			r.f.log.Warn("remove temporary directory of a refused snapshot", fsmKeyPath, r.staged[name], fsmKeyErr, err)
 		}
 	}

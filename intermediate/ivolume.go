@@ -253,7 +253,7 @@ func (iv *ivolume) close() error {
 // directory tmp (removing what a crash may have left there) with header h,
 // written durably.
 func (f *FSM) buildIvolume(tmp, name string, blocks uint64, h ivolHeader, opts blockdev.Options) (*ivolume, error) {
-	if err := removeAll(f.fsys, tmp); err != nil {
+	if err := blockdev.RemoveAll(f.fsys, labelVolumes, tmp); err != nil {
 		return nil, fmt.Errorf("build intermediate volume %q: %w", name, err)
 	}
 	vol, err := blockdev.Create(tmp, blocks+1, opts)
@@ -310,7 +310,7 @@ func (f *FSM) discard(name string) error {
 	case err != nil:
 		return fmt.Errorf("remove intermediate volume %q: %w", name, err)
 	}
-	if err := removeAll(f.fsys, old); err != nil {
+	if err := blockdev.RemoveAll(f.fsys, labelVolumes, old); err != nil {
 		return fmt.Errorf("remove intermediate volume %q: %w", name, err)
 	}
 	if err := f.fsys.Rename(labelVolumes, dir, old); err != nil {
@@ -319,35 +319,8 @@ func (f *FSM) discard(name string) error {
 	if err := f.fsys.SyncDir(labelVolumes, f.cfg.Dir); err != nil {
 		return fmt.Errorf("remove intermediate volume %q: sync directory %q: %w", name, f.cfg.Dir, err)
 	}
-	if err := removeAll(f.fsys, old); err != nil {
+	if err := blockdev.RemoveAll(f.fsys, labelVolumes, old); err != nil {
 		return fmt.Errorf("remove intermediate volume %q: %w", name, err)
-	}
-	return nil
-}
-
-// removeAll removes name and, if it is a directory, everything in it. A
-// missing name is not an error.
-func removeAll(fsys blockdev.FS, name string) error {
-	fi, err := fsys.Stat(labelVolumes, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		names, err := fsys.ReadDir(labelVolumes, name)
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			if err := removeAll(fsys, filepath.Join(name, n)); err != nil {
-				return err
-			}
-		}
-	}
-	if err := fsys.Remove(labelVolumes, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
 	}
 	return nil
 }
@@ -370,7 +343,7 @@ func (f *FSM) openVolumes() (map[string]*ivolume, error) {
 		path := filepath.Join(f.cfg.Dir, n)
 		if strings.HasPrefix(n, ".") {
 			f.log.Info("removing leftover of an interrupted volume operation", fsmKeyPath, path)
-			if err := removeAll(f.fsys, path); err != nil {
+			if err := blockdev.RemoveAll(f.fsys, labelVolumes, path); err != nil {
 				closeAll()
 				return nil, fmt.Errorf("remove leftover %q: %w", path, err)
 			}

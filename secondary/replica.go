@@ -214,7 +214,7 @@ func buildReplica(dir, volume string, blocks uint64, opts ReplicaOptions) (*Repl
 		return nil, err
 	}
 	tmp := filepath.Join(parent, newReplicaPrefix+filepath.Base(dir))
-	if err := removeAll(fsys, tmp); err != nil {
+	if err := blockdev.RemoveAll(fsys, LabelReplicaDir, tmp); err != nil {
 		return nil, fmt.Errorf("remove leftover %q: %w", tmp, err)
 	}
 	vol, err := blockdev.Create(tmp, blocks+1, opts.volumeOptions())
@@ -284,7 +284,7 @@ func (b *ReplicaBuilder) finish(ctx context.Context, n uint64, copied bool) (*Re
 	if err != nil {
 		return nil, fmt.Errorf("write header: %w", err)
 	}
-	if err := removeAll(b.fsys, b.dir); err != nil {
+	if err := blockdev.RemoveAll(b.fsys, LabelReplicaDir, b.dir); err != nil {
 		return nil, fmt.Errorf("remove the replica it replaces: %w", err)
 	}
 	if err := b.fsys.Rename(LabelReplicaDir, b.tmp, b.dir); err != nil {
@@ -333,7 +333,7 @@ func InstallReplica(dir, aside string, opts ReplicaOptions) (*Replica, error) {
 	dir = filepath.Clean(dir)
 	parent := filepath.Dir(dir)
 	old := filepath.Join(parent, oldReplicaPrefix+filepath.Base(dir))
-	if err := removeAll(fsys, old); err != nil {
+	if err := blockdev.RemoveAll(fsys, LabelReplicaDir, old); err != nil {
 		return nil, fmt.Errorf("install replica %q: remove leftover %q: %w", dir, old, err)
 	}
 	if err := fsys.Rename(LabelReplicaDir, dir, old); err != nil {
@@ -345,7 +345,7 @@ func InstallReplica(dir, aside string, opts ReplicaOptions) (*Replica, error) {
 	if err := fsys.SyncDir(LabelReplicaDir, parent); err != nil {
 		return nil, fmt.Errorf("install replica %q: sync directory %q: %w", dir, parent, err)
 	}
-	if err := removeAll(fsys, old); err != nil {
+	if err := blockdev.RemoveAll(fsys, LabelReplicaDir, old); err != nil {
 		return nil, fmt.Errorf("install replica %q: remove the old one: %w", dir, err)
 	}
 	r, err := openReplica(dir, opts)
@@ -380,41 +380,14 @@ func RecoverReplica(dir string, opts ReplicaOptions) error {
 	case err != nil:
 		return err
 	}
-	return removeAll(fsys, old)
+	return blockdev.RemoveAll(fsys, LabelReplicaDir, old)
 }
 
 // Abort drops what was built.
 func (b *ReplicaBuilder) Abort() error {
 	b.vol.Close()
-	if err := removeAll(b.fsys, b.tmp); err != nil {
+	if err := blockdev.RemoveAll(b.fsys, LabelReplicaDir, b.tmp); err != nil {
 		return fmt.Errorf("build replica %q: remove %q: %w", b.dir, b.tmp, err)
-	}
-	return nil
-}
-
-// removeAll removes name and, if it is a directory, everything in it. A
-// missing name is not an error.
-func removeAll(fsys blockdev.FS, name string) error {
-	fi, err := fsys.Stat(LabelReplicaDir, name)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if fi.IsDir() {
-		names, err := fsys.ReadDir(LabelReplicaDir, name)
-		if err != nil {
-			return err
-		}
-		for _, n := range names {
-			if err := removeAll(fsys, filepath.Join(name, n)); err != nil {
-				return err
-			}
-		}
-	}
-	if err := fsys.Remove(LabelReplicaDir, name); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
 	}
 	return nil
 }

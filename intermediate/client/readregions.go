@@ -2,9 +2,7 @@ package client
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
@@ -25,43 +23,8 @@ import (
 // has already seen, or a Done chunk first, and must start its resync over.
 // An error from fn ends ReadRegions with that error.
 func (c *Client) ReadRegions(ctx context.Context, secondary string, blockCount uint64, fn func(*wire.ReadVolumeResponse) error) error {
-	var stop error
-	what := fmt.Sprintf("read regions of secondary %s", secondary)
-	err := c.leaderCall(ctx, what, func(ctx context.Context, cl wire.IntermediateClient) error {
-		stream, err := cl.ReadRegions(ctx, &wire.ReadRegionsRequest{Group: c.cfg.Group, Secondary: secondary})
-		if err != nil {
-			return err
-		}
-		next := uint64(0)
-		for {
-			resp, err := stream.Recv()
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: the resync ended before its last chunk", errStreamEnded)
-			}
-			if err != nil {
-				return err
-			}
-			if err := wire.CheckChunk(resp, blockCount); err != nil {
-				stop = fmt.Errorf("%s: %w", what, err)
-				return fmt.Errorf("%w: %w", errCallerStop, stop)
-			}
-			if resp.GetFirstBlock() < next || (resp.GetDone() && (resp.GetFirstBlock() != blockCount || resp.GetBlockCount() != 0)) {
-				stop = fmt.Errorf("%s: %w: chunk of %d blocks at block %d (done %t), expected one at or after block %d",
-					what, wire.ErrBadRequest, resp.GetBlockCount(), resp.GetFirstBlock(), resp.GetDone(), next)
-				return fmt.Errorf("%w: %w", errCallerStop, stop)
-			}
-			if err := fn(resp); err != nil {
-				stop = err
-				return fmt.Errorf("%w: %w", errCallerStop, err)
-			}
-			if resp.GetDone() {
-				return nil
-			}
-			next = resp.GetFirstBlock() + uint64(resp.GetBlockCount())
-		}
-	})
-	if stop != nil {
-		return stop
-	}
-	return err
+	return c.readChunks(ctx, fmt.Sprintf("read regions of secondary %s", secondary), blockCount, false,
+		func(ctx context.Context, cl wire.IntermediateClient) (chunkStream, error) {
+			return cl.ReadRegions(ctx, &wire.ReadRegionsRequest{Group: c.cfg.Group, Secondary: secondary})
+		}, fn)
 }

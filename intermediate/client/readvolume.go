@@ -20,9 +20,28 @@ import (
 // block 0: fn then sees a chunk with FirstBlock 0 again and must start its
 // copy over. An error from fn ends ReadVolume with that error.
 func (c *Client) ReadVolume(ctx context.Context, volume string, blockCount uint64, fn func(*wire.ReadVolumeResponse) error) error {
+	return c.readChunks(ctx, fmt.Sprintf("read volume %s", volume), blockCount, true,
+		func(ctx context.Context, cl wire.IntermediateClient) (chunkStream, error) {
+			return cl.ReadVolume(ctx, &wire.ReadVolumeRequest{Group: c.cfg.Group, Volume: volume})
+		}, fn)
+}
+
+// chunkStream is a stream of volume chunks (ReadVolume, ReadRegions).
+type chunkStream interface {
+	Recv() (*wire.ReadVolumeResponse, error)
+}
+
+// readChunks runs a chunk stream at the leader, started by open, and calls
+// fn with every chunk once checked: wire.CheckChunk, then the order (each
+// chunk right after the one before when contiguous, else at or after its
+// end) and the last one (Done, at blockCount, without blocks, after the
+// whole volume when contiguous). A bad chunk or an error from fn ends it
+// without a retry; a transport failure or a leader change starts it over.
+func (c *Client) readChunks(ctx context.Context, what string, blockCount uint64, contiguous bool,
+	open func(context.Context, wire.IntermediateClient) (chunkStream, error), fn func(*wire.ReadVolumeResponse) error) error {
 	var stop error
-	err := c.leaderCall(ctx, fmt.Sprintf("read volume %s", volume), func(ctx context.Context, cl wire.IntermediateClient) error {
-		stream, err := cl.ReadVolume(ctx, &wire.ReadVolumeRequest{Group: c.cfg.Group, Volume: volume})
+	err := c.leaderCall(ctx, what, func(ctx context.Context, cl wire.IntermediateClient) error {
+		stream, err := open(ctx, cl)
 		if err != nil {
 			return err
 		}
@@ -30,27 +49,34 @@ func (c *Client) ReadVolume(ctx context.Context, volume string, blockCount uint6
 		for {
 			resp, err := stream.Recv()
 			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("%w: the copy ended before its last chunk", errStreamEnded)
+				return fmt.Errorf("%w: the stream ended before its last chunk", errStreamEnded)
 			}
 			if err != nil {
 				return err
 			}
 			if err := wire.CheckChunk(resp, blockCount); err != nil {
-				stop = fmt.Errorf("read volume %s: %w", volume, err)
+				stop = fmt.Errorf("%s: %w", what, err)
 				return fmt.Errorf("%w: %w", errCallerStop, stop)
 			}
-			if resp.GetFirstBlock() != next || (resp.GetDone() && next != blockCount) {
-				stop = fmt.Errorf("read volume %s: %w: chunk at block %d, expected %d", volume, wire.ErrBadRequest, resp.GetFirstBlock(), next)
+			first, done := resp.GetFirstBlock(), resp.GetDone()
+			if first < next || (contiguous && !done && first != next) ||
+				(done && (first != blockCount || resp.GetBlockCount() != 0 || (contiguous && next != blockCount))) {
+				where := "at or after"
+				if contiguous {
+					where = "at"
+				}
+				stop = fmt.Errorf("%s: %w: chunk of %d blocks at block %d (done %t), expected one %s block %d",
+					what, wire.ErrBadRequest, resp.GetBlockCount(), first, done, where, next)
 				return fmt.Errorf("%w: %w", errCallerStop, stop)
 			}
 			if err := fn(resp); err != nil {
 				stop = err
 				return fmt.Errorf("%w: %w", errCallerStop, err)
 			}
-			if resp.GetDone() {
+			if done {
 				return nil
 			}
-			next += uint64(resp.GetBlockCount())
+			next = first + uint64(resp.GetBlockCount())
 		}
 	})
 	if stop != nil {
