@@ -220,9 +220,19 @@ func ftReframe(data []byte) []byte {
 	return append(buf.Bytes(), data...)
 }
 
-// ftAsVersion2 rewrites a version 3 snapshot of a state without
-// secondaries and with nothing validated as version 2 wrote it.
+// ftAsVersion2 rewrites a snapshot of a state without secondaries and
+// with nothing validated as version 2 wrote it.
 func ftAsVersion2(t testing.TB, stream []byte) []byte {
+	t.Helper()
+	return ftAsVersion(t, stream, snapVersionNoSecondaries, func(m *snapshotMeta) bool {
+		return m.validated == 0 && len(m.secondaries) == 0
+	})
+}
+
+// ftAsVersion rewrites a snapshot of the current version as version wrote
+// it: the header's version and the meta frame re-encoded, the rest as is.
+// fits says whether the state can be held by that version at all.
+func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapshotMeta) bool) []byte {
 	t.Helper()
 	fr := &frameReader{r: bufio.NewReader(bytes.NewReader(stream))}
 	var out bytes.Buffer
@@ -235,7 +245,7 @@ func ftAsVersion2(t testing.TB, stream []byte) []byte {
 	magic, _, group := d.raw(len(snapMagic)), d.u32(), d.str()
 	var e encoder
 	e.raw(magic)
-	e.u32(snapVersionNoSecondaries)
+	e.u32(version)
 	e.str(group)
 	fw.write(frameHeader, e.b)
 	p, err = fr.next(frameMeta, maxMetaFrame)
@@ -243,10 +253,10 @@ func ftAsVersion2(t testing.TB, stream []byte) []byte {
 		t.Fatal(err)
 	}
 	m, err := decodeMeta(p, snapVersion)
-	if err != nil || m.validated != 0 || len(m.secondaries) != 0 {
-		t.Fatalf("not a state version 2 can hold: %+v, %v", m, err)
+	if err != nil || !fits(&m) {
+		t.Fatalf("not a state version %d can hold: %+v, %v", version, m, err)
 	}
-	fw.write(frameMeta, encodeMeta(m, snapVersionNoSecondaries))
+	fw.write(frameMeta, encodeMeta(m, version))
 	rest, _ := io.ReadAll(fr.r)
 	return append(out.Bytes(), rest...)
 }

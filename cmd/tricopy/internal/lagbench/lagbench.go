@@ -7,6 +7,7 @@
 package lagbench
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -402,7 +403,7 @@ func (b *bench) writeClosed(ctx context.Context, d time.Duration) (int64, time.D
 			for ctx.Err() == nil && time.Now().Before(deadline) {
 				if _, err := b.writeOne(files[w], w); err != nil {
 					errMu.Lock()
-					first = cmpOr(first, err)
+					first = cmp.Or(first, err)
 					errMu.Unlock()
 					return
 				}
@@ -419,13 +420,6 @@ func (b *bench) writeClosed(ctx context.Context, d time.Duration) (int64, time.D
 		return 0, 0, context.Cause(ctx)
 	}
 	return done.Load(), took, nil
-}
-
-func cmpOr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
 
 // measureLoad writes at load x maxRate for the duration and measures each
@@ -612,7 +606,7 @@ func (b *bench) writeBacklog(ctx context.Context) (int64, time.Duration, error) 
 				size := min(backlogFileSize, b.opts.Backlog-k*backlogFileSize)
 				if err := writeFileSync(filepath.Join(b.primMnt, fmt.Sprintf("backlog-%03d", k)), chunk, size); err != nil {
 					errMu.Lock()
-					first = cmpOr(first, err)
+					first = cmp.Or(first, err)
 					errMu.Unlock()
 					return
 				}
