@@ -377,9 +377,20 @@ func (s *Secondary) hello() *wire.SecondaryHello {
 		Secondary:  s.cfg.ID,
 		Volume:     s.cfg.Volume,
 		Addr:       s.cfg.Addr,
-		AppliedSeq: s.rep().Applied(),
+		AppliedSeq: s.exposedSeq(),
 		DurableSeq: max(s.stage.Durable(), s.rep().Applied()),
 	}
+}
+
+// exposedSeq is the validated point the replica shows: its applied seq, or
+// 0 for an initial copy not validated yet (its seq is no validated point,
+// and saying it applied it would keep the leader from sending the VALIDATE
+// that shows it).
+func (s *Secondary) exposedSeq() uint64 {
+	if r := s.rep(); r.Exposable() {
+		return r.Applied()
+	}
+	return 0
 }
 
 // onMessage hands a coordinator message to the driver.
@@ -461,25 +472,14 @@ func (s *Secondary) applier(ctx context.Context) {
 				}
 				return
 			}
-			if req.expose {
-				s.post(exposed{})
-			} else {
-				s.post(ApplyDone{N: req.n})
-			}
+			s.post(ApplyDone{N: req.n})
 		}
 	}
 }
 
 // applyReq asks the applier to apply validated point n (the Follower's
-// StartApply), or, with expose, only to record that the point a replica
-// built from a copy is at was validated, so that it may be shown.
-type applyReq struct {
-	n      uint64
-	expose bool
-}
-
-// exposed tells the driver an expose request is done.
-type exposed struct{}
+// StartApply).
+type applyReq struct{ n uint64 }
 
 // applyRound moves the replica and the view to n, then trims the stage.
 //
@@ -541,16 +541,14 @@ func (s *Secondary) trimAndSignal(n uint64, start time.Time) error {
 // fetcher, the link and the applier, and carries out its actions.
 func (s *Secondary) driver(ctx context.Context) {
 	defer s.wg.Done()
-	f := NewFollower(s.cfg.ID, s.rep().Applied(), s.stage.Durable())
-	failed, exposing := false, false
-	// expose asks the applier to show a replica built from a copy once the
-	// point it is at is validated (a round past it does that too).
-	expose := func(validated uint64) {
-		if !exposing && !s.rep().Exposable() && f.Applying() == 0 && validated == s.rep().Applied() {
-			exposing = true
-			s.apply <- applyReq{n: s.rep().Applied(), expose: true}
-		}
+	f := NewFollower(s.cfg.ID, s.exposedSeq(), s.stage.Durable())
+	if r := s.rep(); !r.Exposable() {
+		// An initial copy holds the volume at its seq as one state, like a
+		// resync: it is applied (shown) at the first validated point from
+		// its seq on, never at one between.
+		f.Step(Resynced{At: r.Applied()})
 	}
+	failed := false
 	for {
 		var ev any
 		select {
@@ -565,9 +563,6 @@ func (s *Secondary) driver(ctx context.Context) {
 		switch ev := ev.(type) {
 		case connected:
 			// The link sent the hello itself; the core's hello is moot.
-			continue
-		case exposed:
-			exposing = false
 			continue
 		case failure:
 			s.fail(ev.err)
@@ -586,13 +581,11 @@ func (s *Secondary) driver(ctx context.Context) {
 				// last validated point here and finishes it.
 				s.noteValidated(o.GetValidatedSeq())
 				acts = f.Step(ValidateMsg{N: o.GetValidatedSeq()})
-				expose(o.GetValidatedSeq())
 			case ev.GetPrepare() != nil:
 				acts = f.Step(PrepareMsg{N: ev.GetPrepare().GetSeq()})
 			case ev.GetValidate() != nil:
 				s.noteValidated(ev.GetValidate().GetSeq())
 				acts = f.Step(ValidateMsg{N: ev.GetValidate().GetSeq()})
-				expose(ev.GetValidate().GetSeq())
 			}
 		case Staged:
 			acts = f.Step(ev)
@@ -609,7 +602,7 @@ func (s *Secondary) driver(ctx context.Context) {
 				s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Applied{Applied: &wire.AppliedSeq{Seq: a.N}}})
 			case SendHello:
 			case StartApply:
-				s.apply <- applyReq{n: a.N} // at most one round and one expose in flight: never blocks
+				s.apply <- applyReq{n: a.N} // at most one in flight: never blocks
 			case Violation:
 				s.fail(a.Err)
 				failed = true
@@ -635,7 +628,7 @@ func (s *Secondary) independent(ctx context.Context) {
 	if !s.rep().Exposable() {
 		// An initial copy: no validated point will ever come; show it.
 		applying = true
-		s.apply <- applyReq{n: s.rep().Applied(), expose: true}
+		s.apply <- applyReq{n: s.rep().Applied()}
 	}
 	for {
 		select {
@@ -645,7 +638,7 @@ func (s *Secondary) independent(ctx context.Context) {
 			switch ev := ev.(type) {
 			case Staged:
 				pending = append(pending, point{ev.Durable, time.Now()})
-			case ApplyDone, exposed:
+			case ApplyDone:
 				applying = false
 			case failure:
 				s.fail(ev.err)
