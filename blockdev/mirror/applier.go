@@ -27,6 +27,10 @@ func (m *Mirror) runApplier() {
 			m.suspendLocked(m.suspend)
 			m.mu.Unlock()
 			continue
+		case m.stream == nil && m.cfg.Detached:
+			m.mu.Unlock()
+			<-m.ctx.Done()
+			return
 		case m.stream == nil:
 			m.mu.Unlock()
 			m.reconnect()
@@ -95,7 +99,10 @@ func (m *Mirror) runApplier() {
 		}
 		var aerr error
 		if len(merged.Writes) > 0 {
-			aerr = m.vol.Apply(m.ctx, merged, blockdev.ApplyOptions{})
+			// Not m.ctx: Close cancels it once the last batch is
+			// committed, and a committed batch must reach the local
+			// volume; a local write does not wait on anything remote.
+			aerr = m.vol.Apply(context.WithoutCancel(m.ctx), merged, blockdev.ApplyOptions{})
 		}
 		m.mu.Lock()
 		switch {

@@ -139,6 +139,14 @@ type Config struct {
 	RetryInterval time.Duration
 	// Logger receives the mirror's logs; default slog.Default().
 	Logger *slog.Logger
+	// Detached keeps a suspended mirror away from the intermediate: it
+	// never reconnects, and changes stay local and marked in the primary
+	// bitmap. A volume promoted while the intermediate was unreachable runs
+	// detached (its epoch is newer than the intermediate's, and the
+	// intermediate may hold batches of the old primary after the promoted
+	// point, which a plain reconnection would replay over the new data).
+	// Client may then be nil.
+	Detached bool
 }
 
 func (cfg Config) withDefaults() (Config, error) {
@@ -147,7 +155,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, errors.New("mirror config: Name is empty")
 	case cfg.Local == nil:
 		return cfg, errors.New("mirror config: Local is nil")
-	case cfg.Client == nil:
+	case cfg.Client == nil && !cfg.Detached:
 		return cfg, errors.New("mirror config: Client is nil")
 	case cfg.Dir == "":
 		return cfg, errors.New("mirror config: Dir is empty")
@@ -355,6 +363,9 @@ func (m *Mirror) load() error {
 
 // start brings the mirror to its serving state.
 func (m *Mirror) start(ctx context.Context) error {
+	if m.cfg.Detached && m.st.State != StateSusp {
+		return fmt.Errorf("mirror of volume %q is in state %s: only a suspended mirror runs detached", m.cfg.Name, m.st.State)
+	}
 	switch m.st.State {
 	case StateFenced:
 		m.log.Warn("volume is fenced: its epoch was found stale; it takes no changes until it is resynchronised",
@@ -622,12 +633,12 @@ func (m *Mirror) localPendsLocked() ([]*pend, error) {
 		if p.batch == nil {
 			continue
 		}
-		if err := m.vol.Apply(m.ctx, p.batch, blockdev.ApplyOptions{}); err != nil {
+		if err := m.vol.Apply(context.WithoutCancel(m.ctx), p.batch, blockdev.ApplyOptions{}); err != nil {
 			m.pends = pends
 			return nil, fmt.Errorf("apply batch %d to the local volume: %w", p.vs, err)
 		}
 	}
-	if err := m.vol.Sync(m.ctx); err != nil {
+	if err := m.vol.Sync(context.WithoutCancel(m.ctx)); err != nil {
 		return nil, fmt.Errorf("sync local volume: %w", err)
 	}
 	m.syncedLocked()
@@ -708,7 +719,7 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 		// Everything the intermediate holds is in the local volume or
 		// superseded by marked changes: record that before sending anything,
 		// so that a restart replays only what this stream commits.
-		if err := m.vol.Sync(m.ctx); err != nil {
+		if err := m.vol.Sync(context.WithoutCancel(m.ctx)); err != nil {
 			v.Close()
 			return m.failLocked(fmt.Errorf("sync local volume: %w", err))
 		}
@@ -763,7 +774,7 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 // it.
 func (m *Mirror) applyLocked(p *pend, seq uint64) error {
 	if p.batch != nil {
-		if err := m.vol.Apply(m.ctx, p.batch, blockdev.ApplyOptions{}); err != nil {
+		if err := m.vol.Apply(context.WithoutCancel(m.ctx), p.batch, blockdev.ApplyOptions{}); err != nil {
 			return m.failLocked(fmt.Errorf("apply batch %d to the local volume: %w", p.vs, err))
 		}
 	}

@@ -1,14 +1,10 @@
 package mirror
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io/fs"
 	"path/filepath"
-	"strconv"
 
 	"github.com/tricopy/tricopy/blockdev"
 )
@@ -30,8 +26,6 @@ const (
 	stateVersion = 1
 	maxStateFile = 64 << 10
 )
-
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // persisted is the mirror's state on disk. It is written atomically
 // (blockdev.WriteFileAtomic) whenever it changes, and at most once per
@@ -60,48 +54,17 @@ type persisted struct {
 	Reason string `json:"reason,omitempty"`
 }
 
-// encodeState returns the file form of p: the magic line, the JSON object
-// and its CRC-32C in hex on a line of its own.
-func encodeState(p persisted) []byte {
-	body, err := json.Marshal(p)
-	if err != nil {
-		panic(fmt.Sprintf("encode mirror state: %v", err)) // plain fields cannot fail
-	}
-	var b bytes.Buffer
-	b.WriteString(stateMagic)
-	b.Write(body)
-	fmt.Fprintf(&b, "\n%08x\n", crc32.Checksum(body, castagnoli))
-	return b.Bytes()
-}
-
 // errBadState marks a state file that cannot be decoded.
 var errBadState = errors.New("bad mirror state file")
+
+// encodeState returns the file form of p (blockdev.EncodeStateFile).
+func encodeState(p persisted) []byte { return blockdev.EncodeStateFile(stateMagic, p) }
 
 // decodeState decodes a state file, checking its checksum and every field.
 func decodeState(data []byte) (persisted, error) {
 	var p persisted
-	rest, ok := bytes.CutPrefix(data, []byte(stateMagic))
-	if !ok {
-		return p, fmt.Errorf("%w: no magic line", errBadState)
-	}
-	body, sum, ok := bytes.Cut(rest, []byte("\n"))
-	if !ok || len(sum) != 9 || sum[8] != '\n' {
-		return p, fmt.Errorf("%w: no checksum line", errBadState)
-	}
-	want, err := strconv.ParseUint(string(sum[:8]), 16, 32)
-	if err != nil {
-		return p, fmt.Errorf("%w: checksum %q", errBadState, sum[:8])
-	}
-	if got := crc32.Checksum(body, castagnoli); uint64(got) != want {
-		return p, fmt.Errorf("%w: checksum %08x, want %08x: %w", errBadState, got, want, blockdev.ErrCorrupt)
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&p); err != nil {
-		return p, fmt.Errorf("%w: %v", errBadState, err)
-	}
-	if dec.More() {
-		return p, fmt.Errorf("%w: data after the object", errBadState)
+	if err := blockdev.DecodeStateFile(stateMagic, data, &p); err != nil {
+		return p, fmt.Errorf("%w: %w", errBadState, err)
 	}
 	switch {
 	case p.Version != stateVersion:
