@@ -77,10 +77,10 @@ type FSMConfig struct {
 
 // FSM is the Raft state machine of an intermediate node. It holds the
 // group's gapless seq counter, the volumes' records (epoch, last volume seq,
-// last seq), the journal of committed batches, the intermediate volumes,
-// the client addresses of the nodes, the registered secondaries and the
-// validated seq (the point every secondary prepared, as the coordinator
-// recorded it).
+// last seq, promotion history), the journal of committed batches, the
+// intermediate volumes, the client addresses of the nodes, the registered
+// secondaries and the validated seq (the point every secondary prepared, as
+// the coordinator recorded it).
 //
 // Goroutines:
 //
@@ -105,10 +105,11 @@ type FSMConfig struct {
 //   - FSMSnapshot.Persist runs on Raft's snapshot goroutine, concurrently
 //     with Apply; it first waits for the applier to have written every
 //     entry up to the snapshot.
-//   - Every read method (Stats, Volume, Volumes, NodeAddr, Fetch, Changed,
-//     Failed, ReadVolumeBlock, Validated, Secondaries, Secondary,
-//     SecondaryBitmap, JournalLag) may be called from any goroutine at any time. ReadVolumeBlock first waits for the applier to have written
-//     every entry applied before the call.
+//   - Every read method (Stats, Volume, Volumes, Promotions, NodeAddr,
+//     Fetch, Changed, Failed, ReadVolumeBlock, Validated, Secondaries,
+//     Secondary, SecondaryBitmap, JournalLag) may be called from any
+//     goroutine at any time. ReadVolumeBlock first waits for the applier
+//     to have written every entry applied before the call.
 //   - Close is called once Raft has stopped: it drains the queue, stops
 //     the applier and closes the volumes.
 //
@@ -199,6 +200,10 @@ type volumeRecord struct {
 	// replicated state: a restored journal gets the restore time.
 	sums  []uint64
 	times []int64
+	// promotions is the volume's promotion history, oldest first, at
+	// most MaxPromotions (see promote.go). Its elements are never
+	// modified.
+	promotions []promotionRecord
 }
 
 // appendBatch adds a batch committed at the time at (Unix ns) to the
@@ -274,7 +279,9 @@ type RegisterResult struct {
 	Volume VolumeInfo
 	// Err is a *wire.Error: BAD_REQUEST for a bad name or block count,
 	// VOLUME_MISMATCH when the volume is registered with another block
-	// count.
+	// count, STALE_EPOCH (Epoch is the volume's epoch) when the volume is
+	// registered at another epoch than the entry's (when the entry names
+	// one). A refused entry starts no session.
 	Err error
 	// Created is set when the entry registered the volume.
 	Created bool
@@ -412,8 +419,9 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 // Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
 // *EpochResult, *SecondaryResult (RegisterSecondary, RemoveSecondary),
 // *SuspendResult (SuspendSecondary, ClearSecondaryBitmap),
-// *ValidatedResult or nil (NodeAddr, TrimJournal and non-command entries);
-// after a fatal error, an error wrapping wire.ErrFailed.
+// *ValidatedResult, *PromoteResult (PromoteGroup) or nil (NodeAddr,
+// TrimJournal and non-command entries); after a fatal error, an error
+// wrapping wire.ErrFailed.
 func (f *FSM) Apply(l *raft.Log) any {
 	if err := f.refusal(); err != nil {
 		return err
@@ -462,6 +470,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return f.applySuspendSecondary(l.Index, op.SuspendSecondary)
 	case *wire.Entry_ClearSecondaryBitmap:
 		return f.applyClearSecondaryBitmap(l.Index, op.ClearSecondaryBitmap)
+	case *wire.Entry_PromoteGroup:
+		return f.applyPromoteGroup(l.Index, op.PromoteGroup)
 	default:
 		return f.fatal(fmt.Errorf("raft entry %d: %w: operation %T", l.Index, wire.ErrBadEntry, op))
 	}
@@ -606,6 +616,13 @@ func (f *FSM) applyRegister(index uint64, rv *wire.RegisterVolume) any {
 	case rec != nil && rec.blockCount != blocks:
 		res.Volume = rec.info()
 		res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "volume %q is registered with %d blocks, not %d", name, rec.blockCount, blocks)
+	case rec != nil && rv.GetEpoch() != 0 && rv.GetEpoch() != rec.epoch:
+		// A primary of another epoch (one fenced by a promotion) must not
+		// start a session: that would end the current primary's stream.
+		res.Volume = rec.info()
+		e := wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_EPOCH, "volume %q is at epoch %d, the primary says %d", name, rec.epoch, rv.GetEpoch())
+		e.Epoch = rec.epoch
+		res.Err = e
 	case rec != nil:
 		res.Volume = rec.info()
 	}

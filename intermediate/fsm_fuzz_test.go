@@ -40,6 +40,7 @@ func ftFuzzBase(t testing.TB, fsys blockdev.FS) *ftHarness {
 	h.apply(ftRegisterSecondary("sb", "b", ""))
 	h.apply(ftSuspend("sb", 0))
 	h.apply(ftRecordValidated(2))
+	h.apply(ftPromote("p0", "fuzz", ftPromoteTime)) // a at epoch 2, b at 3
 	return h
 }
 
@@ -65,13 +66,16 @@ func FuzzFSMApply(f *testing.F) {
 	// that takes time proportional to the input's size.
 	base := ftFuzzBase(f, nil).f
 	for _, e := range []*wire.Entry{
-		ftFill(base, ftSubmit(ftBatch("a", 1, 3, 2))),
-		ftFill(base, ftSubmit(ftBatch("b", 2, 2, 1))),
-		ftFill(base, ftSubmit(ftBatch("a", 1, 3, 2), ftBatch("b", 2, 2, 1))),
-		ftSubmit(ftBatch("a", 1, 3, 2)), // no sessions: stops the FSM
+		ftFill(base, ftSubmit(ftBatch("a", 2, 3, 2))),
+		ftFill(base, ftSubmit(ftBatch("b", 3, 2, 1))),
+		ftFill(base, ftSubmit(ftBatch("a", 2, 3, 2), ftBatch("b", 3, 2, 1))),
+		ftFill(base, ftSubmit(ftBatch("a", 1, 3, 2))), // the epoch before the promotion: refused
+		ftSubmit(ftBatch("a", 2, 3, 2)),               // no sessions: stops the FSM
 		ftRegister("c", 16, 1),
-		ftRegister("a", 9, 1),
-		ftSetEpoch("b", 3),
+		ftRegister("a", 9, 2),
+		ftRegister("a", 8, 1), // the epoch before the promotion: refused
+		ftRegister("a", 8, 2),
+		ftSetEpoch("b", 4),
 		ftNodeAddr("n2", "x"),
 		ftRegisterSecondary("sb", "b", "127.0.0.1:7302"),
 		ftRegisterSecondary("sa", "b", ""), // another volume: refused
@@ -88,6 +92,9 @@ func FuzzFSMApply(f *testing.F) {
 		ftClear("sb", 2),
 		ftClear("sa", 0),
 		ftRegisterSecondary("sb", "b", ""), // resumes sb
+		ftPromote("p1", "host", ftPromoteTime),
+		ftPromote("p0", "again", ftPromoteTime), // already recorded
+		ftPromote("", "", ftPromoteTime),        // refused
 	} {
 		framed, err := wire.EncodeEntry(e)
 		if err != nil {
@@ -155,6 +162,13 @@ func FuzzFSMApply(f *testing.F) {
 			}
 		} else if after.CommittedSeq != before.CommittedSeq {
 			t.Fatalf("a %T entry moved the seq from %d to %d", res, before.CommittedSeq, after.CommittedSeq)
+		}
+		if pr, ok := res.(*PromoteResult); ok && pr.Err == nil && !pr.Already {
+			// A promotion raised every epoch by one: none of the base's
+			// volumes keeps its epoch.
+			if pr.Seq != before.CommittedSeq || len(pr.Volumes) != 2 || pr.Volumes[0].Epoch != 3 || pr.Volumes[1].Epoch != 4 {
+				t.Fatalf("promotion of the base: %+v", pr)
+			}
 		}
 		if after.ValidatedSeq < before.ValidatedSeq {
 			t.Fatalf("validated seq went back from %d to %d", before.ValidatedSeq, after.ValidatedSeq)
@@ -256,6 +270,11 @@ func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapsho
 	if err != nil || !fits(&m) {
 		t.Fatalf("not a state version %d can hold: %+v, %v", version, m, err)
 	}
+	for _, v := range m.volumes {
+		if version < snapVersion && len(v.promotions) != 0 {
+			t.Fatalf("volume %q was promoted, which version %d cannot hold", v.name, version)
+		}
+	}
 	fw.write(frameMeta, encodeMeta(m, version))
 	rest, _ := io.ReadAll(fr.r)
 	return append(out.Bytes(), rest...)
@@ -285,6 +304,9 @@ func FuzzSnapshotRestore(f *testing.F) {
 	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 2, Blocks: []*wire.Block{{Index: 0, Data: make([]byte, wire.BlockSize)}}}))
 	src.apply(ftTrim(2))
 	bitmaps := ftSnapshot(f, src.f)
+	src.apply(ftPromote("p1", "host", ftPromoteTime))
+	src.apply(ftPromote("p2", "", ftPromoteTime))
+	promoted := ftSnapshot(f, src.f)
 	empty := ftSnapshot(f, ftNew(f, nil, "/empty").f)
 	v2 := ftNew(f, nil, "/v2")
 	v2.register("a", 2, 1)
@@ -294,7 +316,7 @@ func FuzzSnapshotRestore(f *testing.F) {
 	if err := ftRestore(ftNew(f, nil, "/v2check").f, v2snap); err != nil {
 		f.Fatalf("the version 2 seed: %v", err)
 	}
-	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, empty, v2snap} {
+	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, promoted, empty, v2snap} {
 		f.Add(byte(ftSnapRaw), seed)
 		f.Add(byte(ftSnapFramed), ftUnframe(seed))
 	}

@@ -21,7 +21,8 @@ package intermediate
 //	         the volumes' records, the nodes' client addresses; from
 //	         version 3 on, the validated seq and the registered secondaries;
 //	         from version 4 on, each secondary's suspension, the seq its
-//	         bitmap covers from and its intermediate bitmap (runs of regions)
+//	         bitmap covers from and its intermediate bitmap (runs of regions);
+//	         from version 5 on, each volume's promotion history
 //	batch    one frame per journal batch (seq, protobuf Batch), in seq order
 //	image    per volume, by name: name, block count, H; then chunk frames of
 //	         at most chunkBlocks blocks (an all-zero chunk carries no data)
@@ -68,8 +69,10 @@ package intermediate
 // truncated stream (a checksum, a size, an order or a count that is wrong)
 // fails Restore with the old state and volumes untouched.
 //
-// Versions: 4 (this one) added the secondaries' suspension and intermediate
-// bitmaps. 3 added the validated seq and the secondaries to the meta frame;
+// Versions: 5 (this one) added the volumes' promotion histories; Restore
+// still reads version 4 (no volume of that time was ever promoted: no
+// PromoteGroup entry existed). 4 added the secondaries' suspension and
+// intermediate bitmaps. 3 added the validated seq and the secondaries to the meta frame;
 // Restore still reads it (no secondary of that time was ever suspended; each
 // one's covered-from seq is taken as its volume's trimmed seq, which is
 // conservative: a secondary that applied less is refused ReadRegions and
@@ -104,11 +107,14 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 4
-	// snapVersionNoBitmaps is the previous version, which Restore still
+	snapVersion = 5
+	// snapVersionNoPromotions is the previous version, which Restore still
+	// reads: its volume records have no promotion history.
+	snapVersionNoPromotions = 4
+	// snapVersionNoBitmaps is the version before, which Restore still
 	// reads: its secondaries are ID, volume and address only.
 	snapVersionNoBitmaps = 3
-	// snapVersionNoSecondaries is the version before, which Restore still
+	// snapVersionNoSecondaries is the version before that, which Restore still
 	// reads: its meta frame ends after the node addresses.
 	snapVersionNoSecondaries = 2
 
@@ -172,6 +178,7 @@ type secondaryMeta struct {
 type volumeMeta struct {
 	name                                                           string
 	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq, session uint64
+	promotions                                                     []promotionRecord // version 5
 }
 
 type nodeMeta struct{ id, addr string }
@@ -205,7 +212,8 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 			return nil, fmt.Errorf("snapshot: volume %q has no intermediate volume", name)
 		}
 		s.meta.volumes = append(s.meta.volumes, volumeMeta{name: name, epoch: rec.epoch, blockCount: rec.blockCount,
-			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq, session: rec.session})
+			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq, session: rec.session,
+			promotions: slices.Clone(rec.promotions)})
 		s.vols = append(s.vols, iv)
 	}
 	for _, id := range slices.Sorted(maps.Keys(f.st.nodeAddrs)) {
@@ -397,7 +405,7 @@ func (r *restorer) read() (fsmState, error) {
 	if string(magic) != snapMagic {
 		return st, fmt.Errorf("%w: magic %q", errBadSnapshot, magic)
 	}
-	if version != snapVersion && version != snapVersionNoBitmaps && version != snapVersionNoSecondaries {
+	if version < snapVersionNoSecondaries || version > snapVersion {
 		return st, fmt.Errorf("%w: version %d, want %d to %d", errBadSnapshot, version, snapVersionNoSecondaries, snapVersion)
 	}
 	if group != r.f.cfg.Group {
@@ -415,7 +423,8 @@ func (r *restorer) read() (fsmState, error) {
 	st.seq, st.appliedIndex, st.journalStart, st.validated = meta.seq, meta.appliedIndex, meta.journalStart, meta.validated
 	for _, vm := range meta.volumes {
 		st.volumes[vm.name] = &volumeRecord{name: vm.name, epoch: vm.epoch, blockCount: vm.blockCount,
-			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq, session: vm.session}
+			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq, session: vm.session,
+			promotions: vm.promotions}
 	}
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
@@ -434,7 +443,7 @@ func (r *restorer) read() (fsmState, error) {
 	for _, sm := range meta.secondaries {
 		sr := &secondaryRecord{id: sm.id, volume: sm.volume, addr: sm.addr, coveredFrom: sm.coveredFrom,
 			suspended: sm.suspended, resumeFrom: sm.resumeFrom, markedSeq: sm.markedSeq, regions: regionSetOf(sm.ranges)}
-		if version < snapVersion {
+		if version < snapVersionNoPromotions {
 			sr.coveredFrom = st.volumes[sm.volume].trimmedSeq
 		}
 		st.secondaries[sm.id] = sr
@@ -667,6 +676,19 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.u64(v.lastSeq)
 		e.u64(v.trimmedSeq)
 		e.u64(v.session)
+		if version < snapVersion {
+			continue
+		}
+		e.u32(uint32(len(v.promotions)))
+		for _, p := range v.promotions {
+			e.str(p.id)
+			e.u64(p.epoch)
+			e.u64(p.seq)
+			e.u64(uint64(p.time))
+			e.str(p.by)
+			e.u64(p.lastSeq)
+			e.u64(p.lastVolumeSeq)
+		}
 	}
 	e.u32(uint32(len(m.nodes)))
 	for _, n := range m.nodes {
@@ -682,7 +704,7 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.str(s.id)
 		e.str(s.volume)
 		e.str(s.addr)
-		if version < snapVersion {
+		if version < snapVersionNoPromotions {
 			continue
 		}
 		flags := uint32(0)
@@ -706,7 +728,11 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 // of a node address: counts read from the stream are bounded by them before
 // anything is allocated.
 const (
-	minVolumeMeta    = 4 + 6*8
+	minVolumeMeta = 4 + 6*8
+	// minVolumeMetaV5 adds the count of promotions.
+	minVolumeMetaV5 = minVolumeMeta + 4
+	// minPromotionMeta is a promotion: two strings and five numbers.
+	minPromotionMeta = 2*4 + 5*8
 	minNodeMeta      = 4 + 4
 	minSecondaryMeta = 3 * 4
 	// minSecondaryMetaV4 adds flags, three seqs and the count of runs.
@@ -724,12 +750,27 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	d := decoder{b: p}
 	m.seq, m.appliedIndex, m.journalStart, m.journalBatches = d.u64(), d.u64(), d.u64(), d.u64()
 	nv := d.u32()
-	if d.err == nil && uint64(nv) > uint64(len(d.b))/minVolumeMeta {
+	minVolume := uint64(minVolumeMeta)
+	if version >= snapVersion {
+		minVolume = minVolumeMetaV5
+	}
+	if d.err == nil && uint64(nv) > uint64(len(d.b))/minVolume {
 		return m, fmt.Errorf("%w: meta claims %d volumes in %d bytes", errBadSnapshot, nv, len(d.b))
 	}
 	for i := uint32(0); i < nv && d.err == nil; i++ {
 		v := volumeMeta{name: d.str()}
 		v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, v.session = d.u64(), d.u64(), d.u64(), d.u64(), d.u64(), d.u64()
+		if version >= snapVersion {
+			np := d.u32()
+			if d.err == nil && uint64(np) > uint64(len(d.b))/minPromotionMeta {
+				return m, fmt.Errorf("%w: volume %q claims %d promotions in %d bytes", errBadSnapshot, v.name, np, len(d.b))
+			}
+			for j := uint32(0); j < np && d.err == nil; j++ {
+				p := promotionRecord{id: d.str(), epoch: d.u64(), seq: d.u64(), time: int64(d.u64()), by: d.str()}
+				p.lastSeq, p.lastVolumeSeq = d.u64(), d.u64()
+				v.promotions = append(v.promotions, p)
+			}
+		}
 		m.volumes = append(m.volumes, v)
 	}
 	nn := d.u32()
@@ -743,7 +784,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		m.validated = d.u64()
 		ns := d.u32()
 		minSize := uint64(minSecondaryMeta)
-		if version >= snapVersion {
+		if version >= snapVersionNoPromotions {
 			minSize = minSecondaryMetaV4
 		}
 		if d.err == nil && uint64(ns) > uint64(len(d.b))/minSize {
@@ -751,7 +792,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		}
 		for i := uint32(0); i < ns && d.err == nil; i++ {
 			s := secondaryMeta{id: d.str(), volume: d.str(), addr: d.str()}
-			if version >= snapVersion {
+			if version >= snapVersionNoPromotions {
 				flags := d.u32()
 				if flags&^secondaryFlagSuspended != 0 {
 					return m, fmt.Errorf("%w: secondary %q has flags %#x", errBadSnapshot, s.id, flags)
@@ -789,6 +830,9 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 			return m, fmt.Errorf("%w: volume %q: epoch %d, %d blocks, last volume seq %d, last seq %d, trimmed to seq %d (counter %d, journal from %d)",
 				errBadSnapshot, v.name, v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, m.seq, m.journalStart)
 		}
+		if err := checkPromotionsMeta(v, m.seq); err != nil {
+			return m, err
+		}
 	}
 	for i := 1; i < len(m.nodes); i++ {
 		if m.nodes[i-1].id >= m.nodes[i].id {
@@ -817,6 +861,32 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		}
 	}
 	return m, nil
+}
+
+// checkPromotionsMeta checks a volume's promotion history against its
+// record and the seq counter: at most MaxPromotions, well-formed and
+// distinct IDs, epochs rising up to the volume's, seqs never falling and
+// at most the counter, each with the volume's last batch then.
+func checkPromotionsMeta(v volumeMeta, seq uint64) error {
+	if len(v.promotions) > MaxPromotions {
+		return fmt.Errorf("%w: volume %q has %d promotions, more than %d", errBadSnapshot, v.name, len(v.promotions), MaxPromotions)
+	}
+	ids := map[string]bool{}
+	var prev promotionRecord
+	for i, p := range v.promotions {
+		if err := checkPromotion(p.id, p.by); err != nil {
+			return fmt.Errorf("%w: volume %q: promotion %d: %w", errBadSnapshot, v.name, i, err)
+		}
+		if ids[p.id] || p.epoch < 2 || p.epoch > v.epoch || p.epoch <= prev.epoch || p.seq < prev.seq || p.seq > seq ||
+			p.lastSeq > p.seq || p.lastSeq > v.lastSeq || p.lastVolumeSeq > v.lastVolumeSeq || (p.lastSeq == 0) != (p.lastVolumeSeq == 0) {
+			return fmt.Errorf("%w: volume %q (epoch %d, last seq %d, last volume seq %d, counter %d): promotion %d %q to epoch %d at seq %d with last seq %d, last volume seq %d (duplicate %t), after epoch %d at seq %d",
+				errBadSnapshot, v.name, v.epoch, v.lastSeq, v.lastVolumeSeq, seq, i, p.id, p.epoch, p.seq, p.lastSeq, p.lastVolumeSeq,
+				ids[p.id], prev.epoch, prev.seq)
+		}
+		ids[p.id] = true
+		prev = p
+	}
+	return nil
 }
 
 // checkSecondaryMeta checks a secondary's suspension and bitmap against

@@ -235,13 +235,15 @@ type ftDump struct {
 	Nodes        map[string]string
 	JournalStart uint64
 	Trimmed      map[string]uint64
-	Fetch        map[string][]string // per volume: seq and the hash of each batch
-	Images       map[string][32]byte // per volume: hash of its blocks
+	Fetch        map[string][]string        // per volume: seq and the hash of each batch
+	Images       map[string][32]byte        // per volume: hash of its blocks
+	Promotions   map[string][]PromotionInfo // per volume promoted: its history
 }
 
 func ftDumpOf(t testing.TB, f *FSM) ftDump {
 	t.Helper()
-	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Secondaries: f.Secondaries(), Fetch: map[string][]string{}, Images: map[string][32]byte{}, Trimmed: map[string]uint64{}}
+	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Secondaries: f.Secondaries(), Fetch: map[string][]string{}, Images: map[string][32]byte{},
+		Trimmed: map[string]uint64{}, Promotions: map[string][]PromotionInfo{}}
 	f.mu.RLock()
 	d.Nodes = maps.Clone(f.st.nodeAddrs)
 	d.Bitmaps = map[string][]RegionRange{}
@@ -272,6 +274,9 @@ func ftDumpOf(t testing.TB, f *FSM) ftDump {
 			d.Fetch[v.Name] = append(d.Fetch[v.Name], fmt.Sprintf("%d:%x", cb.GetSeq(), sha256.Sum256(p)))
 		}
 		d.Images[v.Name] = ftImage(t, f, v.Name, v.BlockCount)
+		if ps := f.Promotions(v.Name); ps != nil {
+			d.Promotions[v.Name] = ps
+		}
 	}
 	return d
 }
@@ -396,6 +401,7 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 			t.Fatalf("volume %q: epoch %d, last seq %d, trimmed to %d, %d batches (counter %d, journal from %d)",
 				name, rec.epoch, rec.lastSeq, rec.trimmedSeq, len(rec.batches), st.seq, st.journalStart)
 		}
+		ftCheckPromotions(t, rec, st.seq)
 		iv := f.vols[name]
 		if iv == nil {
 			t.Fatalf("volume %q has no intermediate volume", name)
@@ -403,6 +409,16 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 		if iv.hdr.applied < rec.lastSeq || iv.hdr.restoring || iv.blocks != rec.blockCount {
 			t.Fatalf("volume %q: header %+v, record at seq %d with %d blocks", name, iv.hdr, rec.lastSeq, rec.blockCount)
 		}
+	}
+}
+
+// ftCheckPromotions checks a volume's promotion history: what a snapshot
+// would carry, and what it must hold.
+func ftCheckPromotions(t testing.TB, rec *volumeRecord, seq uint64) {
+	t.Helper()
+	vm := volumeMeta{name: rec.name, epoch: rec.epoch, lastSeq: rec.lastSeq, lastVolumeSeq: rec.lastVolumeSeq, promotions: rec.promotions}
+	if err := checkPromotionsMeta(vm, seq); err != nil {
+		t.Fatalf("promotion history: %v", err)
 	}
 }
 
@@ -661,9 +677,24 @@ func TestFSMRegisterVolume(t *testing.T) {
 	h := ftNew(t, nil, "/vols")
 	h.register("a", 4, 2)
 	h.submit(ftBatch("a", 2, 1, 0))
-	if res := h.register("a", 4, 7); res.Err != nil || res.Created ||
+	if res := h.register("a", 4, 2); res.Err != nil || res.Created ||
 		res.Volume != (VolumeInfo{Name: "a", Epoch: 2, BlockCount: 4, LastVolumeSeq: 1, LastSeq: 1, Session: 3}) {
 		t.Fatalf("register again: %+v, want the record unchanged but for a new session", res)
+	}
+	if res := h.register("a", 4, 0); res.Err != nil || res.Volume.Session != 4 || res.Volume.Epoch != 2 {
+		t.Fatalf("register again at any epoch (0): %+v, want a new session", res)
+	}
+	// Another epoch is refused and starts no session: a fenced primary
+	// must not end the stream of the volume's current one.
+	for _, epoch := range []uint64{1, 7} {
+		res := h.register("a", 4, epoch)
+		var we *wire.Error
+		if !errors.As(res.Err, &we) || we.Code != wire.ErrorCode_ERROR_CODE_STALE_EPOCH || we.Epoch != 2 || res.Volume.Session != 4 {
+			t.Fatalf("register at epoch %d: %+v, want STALE_EPOCH at 2 and the session unchanged", epoch, res)
+		}
+	}
+	if got, _ := h.f.Volume("a"); got.Session != 4 {
+		t.Fatalf("session after refused registrations: %d, want 4", got.Session)
 	}
 	if res := h.register("a", 5, 2); !errors.Is(res.Err, wire.ErrVolumeMismatch) || res.Volume.BlockCount != 4 {
 		t.Fatalf("register with another size: %+v, want VOLUME_MISMATCH", res)

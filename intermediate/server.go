@@ -80,8 +80,11 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 	// on first contact): its application starts a new session of the volume
 	// and gives the volume's exact position, and the state machine refuses
 	// any batch of an older stream that would still reach the log after it.
+	// An open at another epoch than the volume's (a primary fenced by a
+	// promotion) is refused by the state machine without starting a
+	// session, so it cannot end the current primary's stream.
 	res, err := n.apply(stream.Context(), &wire.Entry{Op: &wire.Entry_RegisterVolume{RegisterVolume: &wire.RegisterVolume{
-		Volume: open.GetVolume(), BlockCount: open.GetBlockCount(), Epoch: max(open.GetEpoch(), 1),
+		Volume: open.GetVolume(), BlockCount: open.GetBlockCount(), Epoch: open.GetEpoch(),
 	}}})
 	if err != nil {
 		return err
@@ -576,6 +579,10 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 		vs := &wire.VolumeStatus{
 			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
 			TrimmedSeq: v.TrimmedSeq,
+		}
+		for _, p := range n.fsm.Promotions(v.Name) {
+			vs.Promotions = append(vs.Promotions, &wire.Promotion{PromotionId: p.ID, Epoch: p.Epoch, Seq: p.Seq,
+				TimeUnixNano: p.Time.UnixNano(), By: p.By})
 		}
 		n.reports.fill(vs)
 		resp.Volumes = append(resp.Volumes, vs)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -58,6 +59,20 @@ type volumeJSON struct {
 	Reason           string `json:"reason,omitempty"`
 	// Secondaries are the volume's secondaries, as the leader knows them.
 	Secondaries []secondaryJSON `json:"secondaries"`
+	// Promotions is the volume's promotion history, oldest first (the
+	// intermediate keeps the latest 16); empty when it was never promoted.
+	Promotions []promotionJSON `json:"promotions"`
+}
+
+// promotionJSON is one promotion of a volume in statusJSON.
+type promotionJSON struct {
+	ID    string `json:"promotion_id"`
+	Epoch uint64 `json:"epoch"`
+	Seq   uint64 `json:"seq"`
+	// Time is when the intermediate's leader recorded the promotion, in
+	// RFC 3339 with nanoseconds, UTC.
+	Time string `json:"time"`
+	By   string `json:"by"`
 }
 
 // secondaryJSON is one secondary of a volume in statusJSON.
@@ -105,7 +120,7 @@ state of the group: the leader, the committed seq (the last global sequence
 number given to a batch), the valid counter, the journal's use of its budget,
 each volume's pair state as its primary reports it (COPY, PAIR, SUSP, RESYNC,
 FENCED, or DISCONNECTED when its primary is gone), epoch, last committed seq,
-dirty regions and copy progress, the group's validated point (the point every
+dirty regions, copy progress and last promotion, the group's validated point (the point every
 secondary exposes) and which secondary holds it back, each secondary's state,
 prepared and applied seq and lag (in batches, bytes and seconds), and each
 intermediate node's Raft state and progress.
@@ -178,7 +193,11 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				Name: v.GetName(), Epoch: v.GetEpoch(), CommittedSeq: v.GetCommittedSeq(), VolumeSeq: v.GetVolumeSeq(), BlockCount: v.GetBlockCount(),
 				State: v.GetState(), PrimaryConnected: v.GetConnected(), DirtyRegions: v.GetDirtyRegions(),
 				ResyncDone: v.GetResyncDone(), ResyncTotal: v.GetResyncTotal(), Reason: v.GetReason(),
-				Secondaries: []secondaryJSON{},
+				Secondaries: []secondaryJSON{}, Promotions: []promotionJSON{},
+			}
+			for _, p := range v.GetPromotions() {
+				vj.Promotions = append(vj.Promotions, promotionJSON{ID: p.GetPromotionId(), Epoch: p.GetEpoch(), Seq: p.GetSeq(),
+					Time: time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339Nano), By: p.GetBy()})
 			}
 			if vj.State != "" && !vj.PrimaryConnected {
 				vj.State = "DISCONNECTED"
@@ -280,6 +299,16 @@ func printStatus(a *app, doc *statusJSON) {
 			configs.Size(v.BlockCount*wire.BlockSize), v.DirtyRegions, resync)
 	}
 	tw.Flush()
+	for _, v := range doc.Volumes {
+		if n := len(v.Promotions); n > 0 {
+			p := v.Promotions[n-1]
+			line := fmt.Sprintf("%s: promoted at seq %d to epoch %d at %s", v.Name, p.Seq, p.Epoch, p.Time)
+			if p.By != "" {
+				line += " by " + p.By
+			}
+			fmt.Fprintf(a.stdout, "%s (promotion %s)\n", line, p.ID)
+		}
+	}
 	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SECONDARY\tVOLUME\tADDR\tSTATE\tPREPARED SEQ\tAPPLIED SEQ\tLAG BATCHES\tLAG BYTES\tLAG SECONDS")
 	for _, v := range doc.Volumes {

@@ -227,6 +227,9 @@ func TestStatusJSONSchema(t *testing.T) {
 		if f == "nodes[].error" || f == "volumes[].reason" || f == "volumes[].secondaries[].reason" {
 			continue // documented as omitted when empty
 		}
+		if strings.HasPrefix(f, "volumes[].promotions[].") {
+			continue // nothing promoted yet: TestStatusPromotions checks them
+		}
 		if _, ok := lookup(doc, f); !ok {
 			t.Errorf("documented field %q missing from status --json", f)
 		}
@@ -257,6 +260,67 @@ func TestStatusJSONSchema(t *testing.T) {
 	r.expect(t, 0)
 	if !strings.Contains(r.stdout, "leader i1, committed seq 4") || !strings.Contains(r.stdout, "PAIR") {
 		t.Errorf("status text:\n%s", r.stdout)
+	}
+}
+
+// TestStatusPromotions: after a promotion, status shows each volume's
+// promotion history with every documented field, and the text output a
+// line per promoted volume.
+func TestStatusPromotions(t *testing.T) {
+	addr := startIntermediate(t)
+	cl, err := client.New(client.Config{Addrs: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, err := cl.OpenVolume(ctx, client.VolumeOptions{Name: "a", Epoch: 1, BlockCount: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for i := range 3 {
+		if _, err := v.Submit(ctx, []*wire.Block{{Index: uint64(i), Data: make([]byte, wire.BlockSize)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := time.Now()
+	resp, err := cl.Promote(ctx, "p-test", "test-host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetSeq() != 3 || len(resp.GetVolumes()) != 1 || resp.GetVolumes()[0].GetEpoch() != 2 {
+		t.Fatalf("promote: %v", resp)
+	}
+	r := runCmd(t, nil, "status", "--intermediate", addr, "--json")
+	var doc map[string]any
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("status --json is not one JSON object: %v\n%s", err, r.stdout)
+	}
+	for _, f := range documentedFields(t) {
+		if !strings.HasPrefix(f, "volumes[].promotions[]") {
+			continue
+		}
+		if _, ok := lookup(doc, f); !ok {
+			t.Errorf("documented field %q missing from status --json after a promotion", f)
+		}
+	}
+	p, _ := lookup(doc, "volumes[].promotions[]")
+	pm, _ := p.(map[string]any)
+	if pm["promotion_id"] != "p-test" || pm["epoch"] != 2.0 || pm["seq"] != 3.0 || pm["by"] != "test-host" {
+		t.Errorf("promotion in status: %v", p)
+	}
+	at, err := time.Parse(time.RFC3339Nano, fmt.Sprint(pm["time"]))
+	if err != nil || at.Before(before.Add(-time.Minute)) || at.After(time.Now().Add(time.Minute)) {
+		t.Errorf("promotion time %v (%v), want about %v", pm["time"], err, before)
+	}
+	if vol, _ := lookup(doc, "volumes[]"); vol.(map[string]any)["epoch"] != 2.0 {
+		t.Errorf("volume after the promotion: %v", vol)
+	}
+	r = runCmd(t, nil, "status", "--intermediate", addr)
+	if want := "a: promoted at seq 3 to epoch 2 at " + fmt.Sprint(pm["time"]) + " by test-host (promotion p-test)"; !strings.Contains(r.stdout, want) {
+		t.Errorf("status text lacks %q:\n%s", want, r.stdout)
 	}
 }
 

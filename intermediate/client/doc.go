@@ -1,7 +1,7 @@
 // Package client is the client of the intermediate cluster: primaries Submit
 // batches through it, secondaries Fetch committed batches and keep their
-// Coordinate link through it, and the CLI asks it for Status and to Join or
-// Remove nodes.
+// Coordinate link through it, and the CLI asks it for Status, to Join or
+// Remove nodes, and to Promote the group.
 //
 // # Submit
 //

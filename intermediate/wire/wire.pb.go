@@ -1,5 +1,5 @@
 // The tricopy intermediate wire protocol: what primaries (Submit),
-// secondaries (Fetch) and operators (Status, Join, Remove) say to an
+// secondaries (Fetch) and operators (Status, Join, Remove, Promote) say to an
 // intermediate node, and the typed entries of the intermediate's Raft log.
 //
 // Regenerate the Go code with `make proto` after editing this file.
@@ -1406,7 +1406,10 @@ type VolumeStatus struct {
 	// trimmed_seq: the journal no longer holds the volume's batches with
 	// seq <= trimmed_seq; a new secondary then starts with a copy of the
 	// intermediate volume (ReadVolume).
-	TrimmedSeq    uint64 `protobuf:"varint,12,opt,name=trimmed_seq,json=trimmedSeq,proto3" json:"trimmed_seq,omitempty"`
+	TrimmedSeq uint64 `protobuf:"varint,12,opt,name=trimmed_seq,json=trimmedSeq,proto3" json:"trimmed_seq,omitempty"`
+	// promotions: the volume's promotion history (PromoteGroup entries),
+	// oldest first; the last MaxPromotions (16) are kept.
+	Promotions    []*Promotion `protobuf:"bytes,13,rep,name=promotions,proto3" json:"promotions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1525,6 +1528,93 @@ func (x *VolumeStatus) GetTrimmedSeq() uint64 {
 	return 0
 }
 
+func (x *VolumeStatus) GetPromotions() []*Promotion {
+	if x != nil {
+		return x.Promotions
+	}
+	return nil
+}
+
+// Promotion is one promotion of a volume's group: the PromoteGroup entry
+// promotion_id raised the volume's epoch to epoch when the group's valid
+// counter was seq, so every batch the volume's old primary ever had
+// acknowledged has a seq <= seq.
+type Promotion struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PromotionId   string                 `protobuf:"bytes,1,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Seq           uint64                 `protobuf:"varint,3,opt,name=seq,proto3" json:"seq,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,4,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"` // when the leader proposed it
+	By            string                 `protobuf:"bytes,5,opt,name=by,proto3" json:"by,omitempty"`                                            // who ran it, where (free text)
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Promotion) Reset() {
+	*x = Promotion{}
+	mi := &file_wire_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Promotion) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Promotion) ProtoMessage() {}
+
+func (x *Promotion) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Promotion.ProtoReflect.Descriptor instead.
+func (*Promotion) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *Promotion) GetPromotionId() string {
+	if x != nil {
+		return x.PromotionId
+	}
+	return ""
+}
+
+func (x *Promotion) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *Promotion) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Promotion) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *Promotion) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
 // ServerStatus is one member of the Raft configuration.
 type ServerStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1538,7 +1628,7 @@ type ServerStatus struct {
 
 func (x *ServerStatus) Reset() {
 	*x = ServerStatus{}
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1550,7 +1640,7 @@ func (x *ServerStatus) String() string {
 func (*ServerStatus) ProtoMessage() {}
 
 func (x *ServerStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[17]
+	mi := &file_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1563,7 +1653,7 @@ func (x *ServerStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServerStatus.ProtoReflect.Descriptor instead.
 func (*ServerStatus) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{17}
+	return file_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ServerStatus) GetId() string {
@@ -1605,7 +1695,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1617,7 +1707,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[18]
+	mi := &file_wire_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1630,7 +1720,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{18}
+	return file_wire_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1656,7 +1746,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1668,7 +1758,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[19]
+	mi := &file_wire_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1681,7 +1771,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{19}
+	return file_wire_proto_rawDescGZIP(), []int{20}
 }
 
 // RemoveRequest asks the leader to take a node out of the cluster.
@@ -1694,7 +1784,7 @@ type RemoveRequest struct {
 
 func (x *RemoveRequest) Reset() {
 	*x = RemoveRequest{}
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1706,7 +1796,7 @@ func (x *RemoveRequest) String() string {
 func (*RemoveRequest) ProtoMessage() {}
 
 func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[20]
+	mi := &file_wire_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1719,7 +1809,7 @@ func (x *RemoveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveRequest.ProtoReflect.Descriptor instead.
 func (*RemoveRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{20}
+	return file_wire_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RemoveRequest) GetId() string {
@@ -1738,7 +1828,7 @@ type RemoveResponse struct {
 
 func (x *RemoveResponse) Reset() {
 	*x = RemoveResponse{}
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1840,7 @@ func (x *RemoveResponse) String() string {
 func (*RemoveResponse) ProtoMessage() {}
 
 func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[21]
+	mi := &file_wire_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1853,7 @@ func (x *RemoveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveResponse.ProtoReflect.Descriptor instead.
 func (*RemoveResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{21}
+	return file_wire_proto_rawDescGZIP(), []int{22}
 }
 
 // ErrorDetail is attached to every refusal status.
@@ -1780,7 +1870,7 @@ type ErrorDetail struct {
 
 func (x *ErrorDetail) Reset() {
 	*x = ErrorDetail{}
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +1882,7 @@ func (x *ErrorDetail) String() string {
 func (*ErrorDetail) ProtoMessage() {}
 
 func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[22]
+	mi := &file_wire_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +1895,7 @@ func (x *ErrorDetail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ErrorDetail.ProtoReflect.Descriptor instead.
 func (*ErrorDetail) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{22}
+	return file_wire_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ErrorDetail) GetCode() ErrorCode {
@@ -1843,6 +1933,217 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// PromoteRequest asks the leader to promote the group. promotion_id names
+// the promotion (1 to 64 bytes, printable): a request naming a promotion
+// already recorded changes nothing and answers what it recorded, so a
+// promote that lost its answer can run again. by says who ran it and
+// where (free text, at most 256 bytes), for the history.
+type PromoteRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	PromotionId   string                 `protobuf:"bytes,2,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
+	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteRequest) Reset() {
+	*x = PromoteRequest{}
+	mi := &file_wire_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteRequest) ProtoMessage() {}
+
+func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
+func (*PromoteRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *PromoteRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *PromoteRequest) GetPromotionId() string {
+	if x != nil {
+		return x.PromotionId
+	}
+	return ""
+}
+
+func (x *PromoteRequest) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+// PromoteResponse answers PromoteRequest. seq is the group's valid counter
+// at the promotion: every batch any old primary had acknowledged has a seq
+// <= seq, and none with the old epochs commits after it, so the
+// secondaries hold the whole old state once they applied seq. volumes are
+// the volumes promoted, sorted by name, each with its new epoch. already
+// is set when the promotion had been recorded before (the values are the
+// recorded ones).
+type PromoteResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Volumes       []*PromotedVolume      `protobuf:"bytes,2,rep,name=volumes,proto3" json:"volumes,omitempty"`
+	Already       bool                   `protobuf:"varint,3,opt,name=already,proto3" json:"already,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteResponse) Reset() {
+	*x = PromoteResponse{}
+	mi := &file_wire_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteResponse) ProtoMessage() {}
+
+func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
+func (*PromoteResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *PromoteResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *PromoteResponse) GetVolumes() []*PromotedVolume {
+	if x != nil {
+		return x.Volumes
+	}
+	return nil
+}
+
+func (x *PromoteResponse) GetAlready() bool {
+	if x != nil {
+		return x.Already
+	}
+	return false
+}
+
+// PromotedVolume is one volume of a promotion: its new epoch, and its last
+// committed batch (seq and volume seq) under the old epoch, where its new
+// primary resumes.
+type PromotedVolume struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	LastSeq       uint64                 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastVolumeSeq uint64                 `protobuf:"varint,4,opt,name=last_volume_seq,json=lastVolumeSeq,proto3" json:"last_volume_seq,omitempty"`
+	BlockCount    uint64                 `protobuf:"varint,5,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromotedVolume) Reset() {
+	*x = PromotedVolume{}
+	mi := &file_wire_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromotedVolume) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromotedVolume) ProtoMessage() {}
+
+func (x *PromotedVolume) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromotedVolume.ProtoReflect.Descriptor instead.
+func (*PromotedVolume) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *PromotedVolume) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PromotedVolume) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *PromotedVolume) GetLastSeq() uint64 {
+	if x != nil {
+		return x.LastSeq
+	}
+	return 0
+}
+
+func (x *PromotedVolume) GetLastVolumeSeq() uint64 {
+	if x != nil {
+		return x.LastVolumeSeq
+	}
+	return 0
+}
+
+func (x *PromotedVolume) GetBlockCount() uint64 {
+	if x != nil {
+		return x.BlockCount
+	}
+	return 0
+}
+
 // ReadRegionsRequest asks for the regions marked in the intermediate bitmap
 // of a secondary.
 type ReadRegionsRequest struct {
@@ -1855,7 +2156,7 @@ type ReadRegionsRequest struct {
 
 func (x *ReadRegionsRequest) Reset() {
 	*x = ReadRegionsRequest{}
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1867,7 +2168,7 @@ func (x *ReadRegionsRequest) String() string {
 func (*ReadRegionsRequest) ProtoMessage() {}
 
 func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[23]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1880,7 +2181,7 @@ func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ReadRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{23}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ReadRegionsRequest) GetGroup() string {
@@ -1908,7 +2209,7 @@ type RemoveSecondaryRequest struct {
 
 func (x *RemoveSecondaryRequest) Reset() {
 	*x = RemoveSecondaryRequest{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1920,7 +2221,7 @@ func (x *RemoveSecondaryRequest) String() string {
 func (*RemoveSecondaryRequest) ProtoMessage() {}
 
 func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1933,7 +2234,7 @@ func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *RemoveSecondaryRequest) GetGroup() string {
@@ -1962,7 +2263,7 @@ type RemoveSecondaryResponse struct {
 
 func (x *RemoveSecondaryResponse) Reset() {
 	*x = RemoveSecondaryResponse{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2275,7 @@ func (x *RemoveSecondaryResponse) String() string {
 func (*RemoveSecondaryResponse) ProtoMessage() {}
 
 func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2288,7 @@ func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *RemoveSecondaryResponse) GetRemoved() bool {
@@ -2016,7 +2317,7 @@ type ReadVolumeRequest struct {
 
 func (x *ReadVolumeRequest) Reset() {
 	*x = ReadVolumeRequest{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2329,7 @@ func (x *ReadVolumeRequest) String() string {
 func (*ReadVolumeRequest) ProtoMessage() {}
 
 func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2342,7 @@ func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadVolumeRequest) GetGroup() string {
@@ -2092,7 +2393,7 @@ type ReadVolumeResponse struct {
 
 func (x *ReadVolumeResponse) Reset() {
 	*x = ReadVolumeResponse{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2104,7 +2405,7 @@ func (x *ReadVolumeResponse) String() string {
 func (*ReadVolumeResponse) ProtoMessage() {}
 
 func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2117,7 +2418,7 @@ func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
@@ -2201,7 +2502,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2213,7 +2514,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2226,7 +2527,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -2319,7 +2620,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2331,7 +2632,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2344,7 +2645,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2400,7 +2701,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2412,7 +2713,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2425,7 +2726,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -2446,7 +2747,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2458,7 +2759,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2471,7 +2772,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -2497,7 +2798,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2509,7 +2810,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2522,7 +2823,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -2577,7 +2878,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2589,7 +2890,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2602,7 +2903,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -2677,7 +2978,7 @@ type CoordinateOpened struct {
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2689,7 +2990,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2702,7 +3003,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -2749,6 +3050,7 @@ type Entry struct {
 	//	*Entry_RecordValidated
 	//	*Entry_SuspendSecondary
 	//	*Entry_ClearSecondaryBitmap
+	//	*Entry_PromoteGroup
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2756,7 +3058,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2768,7 +3070,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2781,7 +3083,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -2881,6 +3183,15 @@ func (x *Entry) GetClearSecondaryBitmap() *ClearSecondaryBitmap {
 	return nil
 }
 
+func (x *Entry) GetPromoteGroup() *PromoteGroup {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_PromoteGroup); ok {
+			return x.PromoteGroup
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -2925,6 +3236,10 @@ type Entry_ClearSecondaryBitmap struct {
 	ClearSecondaryBitmap *ClearSecondaryBitmap `protobuf:"bytes,10,opt,name=clear_secondary_bitmap,json=clearSecondaryBitmap,proto3,oneof"`
 }
 
+type Entry_PromoteGroup struct {
+	PromoteGroup *PromoteGroup `protobuf:"bytes,11,opt,name=promote_group,json=promoteGroup,proto3,oneof"`
+}
+
 func (*Entry_Submit) isEntry_Op() {}
 
 func (*Entry_RegisterVolume) isEntry_Op() {}
@@ -2945,6 +3260,73 @@ func (*Entry_SuspendSecondary) isEntry_Op() {}
 
 func (*Entry_ClearSecondaryBitmap) isEntry_Op() {}
 
+func (*Entry_PromoteGroup) isEntry_Op() {}
+
+// PromoteGroup promotes the group: unless a volume's promotion history
+// already holds promotion_id, it raises the epoch of every registered
+// volume by one and appends the promotion to each volume's history. The
+// state machine takes the time from the entry (time_unix_nano, stamped by
+// the leader), never from its clock.
+type PromoteGroup struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	PromotionId   string                 `protobuf:"bytes,1,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
+	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
+	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PromoteGroup) Reset() {
+	*x = PromoteGroup{}
+	mi := &file_wire_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PromoteGroup) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PromoteGroup) ProtoMessage() {}
+
+func (x *PromoteGroup) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PromoteGroup.ProtoReflect.Descriptor instead.
+func (*PromoteGroup) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *PromoteGroup) GetPromotionId() string {
+	if x != nil {
+		return x.PromotionId
+	}
+	return ""
+}
+
+func (x *PromoteGroup) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *PromoteGroup) GetTimeUnixNano() int64 {
+	if x != nil {
+		return x.TimeUnixNano
+	}
+	return 0
+}
+
 // SuspendSecondary suspends a secondary that holds the journal back while
 // the journal fills up: from then on the validated point and trimming no
 // longer wait for it, and every batch of its volume that the journal drops
@@ -2962,7 +3344,7 @@ type SuspendSecondary struct {
 
 func (x *SuspendSecondary) Reset() {
 	*x = SuspendSecondary{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2974,7 +3356,7 @@ func (x *SuspendSecondary) String() string {
 func (*SuspendSecondary) ProtoMessage() {}
 
 func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2987,7 +3369,7 @@ func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendSecondary.ProtoReflect.Descriptor instead.
 func (*SuspendSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SuspendSecondary) GetId() string {
@@ -3018,7 +3400,7 @@ type ClearSecondaryBitmap struct {
 
 func (x *ClearSecondaryBitmap) Reset() {
 	*x = ClearSecondaryBitmap{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3030,7 +3412,7 @@ func (x *ClearSecondaryBitmap) String() string {
 func (*ClearSecondaryBitmap) ProtoMessage() {}
 
 func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3043,7 +3425,7 @@ func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearSecondaryBitmap.ProtoReflect.Descriptor instead.
 func (*ClearSecondaryBitmap) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ClearSecondaryBitmap) GetId() string {
@@ -3074,7 +3456,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3086,7 +3468,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3099,7 +3481,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -3133,7 +3515,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3145,7 +3527,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3158,7 +3540,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{39}
+	return file_wire_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -3179,7 +3561,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3191,7 +3573,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3204,7 +3586,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{40}
+	return file_wire_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -3225,7 +3607,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3237,7 +3619,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3250,7 +3632,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{41}
+	return file_wire_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -3277,7 +3659,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3289,7 +3671,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3302,7 +3684,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{42}
+	return file_wire_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -3321,7 +3703,10 @@ func (x *SubmitEntry) GetSessions() []uint64 {
 
 // RegisterVolume creates a volume's record and intermediate volume on first
 // contact; every Submit open records one, which starts a new session of the
-// volume (see SubmitEntry.sessions).
+// volume (see SubmitEntry.sessions). epoch is the opening primary's epoch
+// (a new volume is registered at max(epoch, 1)); when the volume is
+// registered at another epoch, the entry is refused (STALE_EPOCH) and
+// starts no session. 0 means any epoch.
 type RegisterVolume struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -3333,7 +3718,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3345,7 +3730,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3358,7 +3743,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{43}
+	return file_wire_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -3393,7 +3778,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3405,7 +3790,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3418,7 +3803,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{44}
+	return file_wire_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -3447,7 +3832,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3459,7 +3844,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3472,7 +3857,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{45}
+	return file_wire_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -3603,7 +3988,7 @@ const file_wire_proto_rawDesc = "" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\x12\x1c\n" +
 	"\tsuspended\x18\x0f \x01(\bR\tsuspended\x12#\n" +
-	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xf3\x02\n" +
+	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xaf\x03\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -3621,7 +4006,16 @@ const file_wire_proto_rawDesc = "" +
 	" \x01(\x04R\vresyncTotal\x12\x16\n" +
 	"\x06reason\x18\v \x01(\tR\x06reason\x12\x1f\n" +
 	"\vtrimmed_seq\x18\f \x01(\x04R\n" +
-	"trimmedSeq\"x\n" +
+	"trimmedSeq\x12:\n" +
+	"\n" +
+	"promotions\x18\r \x03(\v2\x1a.tricopy.wire.v1.PromotionR\n" +
+	"promotions\"\x8c\x01\n" +
+	"\tPromotion\x12!\n" +
+	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
+	"\x03seq\x18\x03 \x01(\x04R\x03seq\x12$\n" +
+	"\x0etime_unix_nano\x18\x04 \x01(\x03R\ftimeUnixNano\x12\x0e\n" +
+	"\x02by\x18\x05 \x01(\tR\x02by\"x\n" +
 	"\fServerStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1f\n" +
@@ -3641,7 +4035,22 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"H\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"Y\n" +
+	"\x0ePromoteRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
+	"\fpromotion_id\x18\x02 \x01(\tR\vpromotionId\x12\x0e\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\"x\n" +
+	"\x0fPromoteResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x129\n" +
+	"\avolumes\x18\x02 \x03(\v2\x1f.tricopy.wire.v1.PromotedVolumeR\avolumes\x12\x18\n" +
+	"\aalready\x18\x03 \x01(\bR\aalready\"\x9e\x01\n" +
+	"\x0ePromotedVolume\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x19\n" +
+	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\x12&\n" +
+	"\x0flast_volume_seq\x18\x04 \x01(\x04R\rlastVolumeSeq\x12\x1f\n" +
+	"\vblock_count\x18\x05 \x01(\x04R\n" +
+	"blockCount\"H\n" +
 	"\x12ReadRegionsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
 	"\tsecondary\x18\x02 \x01(\tR\tsecondary\">\n" +
@@ -3706,7 +4115,7 @@ const file_wire_proto_rawDesc = "" +
 	"\rcommitted_seq\x18\x02 \x01(\x04R\fcommittedSeq\x12\x1f\n" +
 	"\vblock_count\x18\x03 \x01(\x04R\n" +
 	"blockCount\x12\x16\n" +
-	"\x06resync\x18\x04 \x01(\bR\x06resync\"\xec\x05\n" +
+	"\x06resync\x18\x04 \x01(\bR\x06resync\"\xb2\x06\n" +
 	"\x05Entry\x126\n" +
 	"\x06submit\x18\x01 \x01(\v2\x1c.tricopy.wire.v1.SubmitEntryH\x00R\x06submit\x12J\n" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
@@ -3718,8 +4127,13 @@ const file_wire_proto_rawDesc = "" +
 	"\x10record_validated\x18\b \x01(\v2 .tricopy.wire.v1.RecordValidatedH\x00R\x0frecordValidated\x12P\n" +
 	"\x11suspend_secondary\x18\t \x01(\v2!.tricopy.wire.v1.SuspendSecondaryH\x00R\x10suspendSecondary\x12]\n" +
 	"\x16clear_secondary_bitmap\x18\n" +
-	" \x01(\v2%.tricopy.wire.v1.ClearSecondaryBitmapH\x00R\x14clearSecondaryBitmapB\x04\n" +
-	"\x02op\"C\n" +
+	" \x01(\v2%.tricopy.wire.v1.ClearSecondaryBitmapH\x00R\x14clearSecondaryBitmap\x12D\n" +
+	"\rpromote_group\x18\v \x01(\v2\x1d.tricopy.wire.v1.PromoteGroupH\x00R\fpromoteGroupB\x04\n" +
+	"\x02op\"g\n" +
+	"\fPromoteGroup\x12!\n" +
+	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x0e\n" +
+	"\x02by\x18\x02 \x01(\tR\x02by\x12$\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\"C\n" +
 	"\x10SuspendSecondary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
@@ -3766,7 +4180,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xf7\x05\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xc5\x06\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -3778,7 +4192,8 @@ const file_wire_proto_rawDesc = "" +
 	"\n" +
 	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12d\n" +
 	"\x0fRemoveSecondary\x12'.tricopy.wire.v1.RemoveSecondaryRequest\x1a(.tricopy.wire.v1.RemoveSecondaryResponse\x12Y\n" +
-	"\vReadRegions\x12#.tricopy.wire.v1.ReadRegionsRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01B.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"\vReadRegions\x12#.tricopy.wire.v1.ReadRegionsRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12L\n" +
+	"\aPromote\x12\x1f.tricopy.wire.v1.PromoteRequest\x1a .tricopy.wire.v1.PromoteResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -3793,7 +4208,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 46)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),                  // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),                   // 1: tricopy.wire.v1.Block
@@ -3813,35 +4228,40 @@ var file_wire_proto_goTypes = []any{
 	(*StatusResponse)(nil),          // 15: tricopy.wire.v1.StatusResponse
 	(*SecondaryStatus)(nil),         // 16: tricopy.wire.v1.SecondaryStatus
 	(*VolumeStatus)(nil),            // 17: tricopy.wire.v1.VolumeStatus
-	(*ServerStatus)(nil),            // 18: tricopy.wire.v1.ServerStatus
-	(*JoinRequest)(nil),             // 19: tricopy.wire.v1.JoinRequest
-	(*JoinResponse)(nil),            // 20: tricopy.wire.v1.JoinResponse
-	(*RemoveRequest)(nil),           // 21: tricopy.wire.v1.RemoveRequest
-	(*RemoveResponse)(nil),          // 22: tricopy.wire.v1.RemoveResponse
-	(*ErrorDetail)(nil),             // 23: tricopy.wire.v1.ErrorDetail
-	(*ReadRegionsRequest)(nil),      // 24: tricopy.wire.v1.ReadRegionsRequest
-	(*RemoveSecondaryRequest)(nil),  // 25: tricopy.wire.v1.RemoveSecondaryRequest
-	(*RemoveSecondaryResponse)(nil), // 26: tricopy.wire.v1.RemoveSecondaryResponse
-	(*ReadVolumeRequest)(nil),       // 27: tricopy.wire.v1.ReadVolumeRequest
-	(*ReadVolumeResponse)(nil),      // 28: tricopy.wire.v1.ReadVolumeResponse
-	(*CoordinateRequest)(nil),       // 29: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),          // 30: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),             // 31: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),              // 32: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),         // 33: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil),      // 34: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),        // 35: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),                   // 36: tricopy.wire.v1.Entry
-	(*SuspendSecondary)(nil),        // 37: tricopy.wire.v1.SuspendSecondary
-	(*ClearSecondaryBitmap)(nil),    // 38: tricopy.wire.v1.ClearSecondaryBitmap
-	(*RegisterSecondary)(nil),       // 39: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),         // 40: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),         // 41: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),             // 42: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),             // 43: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),          // 44: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),                // 45: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),                // 46: tricopy.wire.v1.NodeAddr
+	(*Promotion)(nil),               // 18: tricopy.wire.v1.Promotion
+	(*ServerStatus)(nil),            // 19: tricopy.wire.v1.ServerStatus
+	(*JoinRequest)(nil),             // 20: tricopy.wire.v1.JoinRequest
+	(*JoinResponse)(nil),            // 21: tricopy.wire.v1.JoinResponse
+	(*RemoveRequest)(nil),           // 22: tricopy.wire.v1.RemoveRequest
+	(*RemoveResponse)(nil),          // 23: tricopy.wire.v1.RemoveResponse
+	(*ErrorDetail)(nil),             // 24: tricopy.wire.v1.ErrorDetail
+	(*PromoteRequest)(nil),          // 25: tricopy.wire.v1.PromoteRequest
+	(*PromoteResponse)(nil),         // 26: tricopy.wire.v1.PromoteResponse
+	(*PromotedVolume)(nil),          // 27: tricopy.wire.v1.PromotedVolume
+	(*ReadRegionsRequest)(nil),      // 28: tricopy.wire.v1.ReadRegionsRequest
+	(*RemoveSecondaryRequest)(nil),  // 29: tricopy.wire.v1.RemoveSecondaryRequest
+	(*RemoveSecondaryResponse)(nil), // 30: tricopy.wire.v1.RemoveSecondaryResponse
+	(*ReadVolumeRequest)(nil),       // 31: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil),      // 32: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),       // 33: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),          // 34: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),             // 35: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),              // 36: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),         // 37: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil),      // 38: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),        // 39: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),                   // 40: tricopy.wire.v1.Entry
+	(*PromoteGroup)(nil),            // 41: tricopy.wire.v1.PromoteGroup
+	(*SuspendSecondary)(nil),        // 42: tricopy.wire.v1.SuspendSecondary
+	(*ClearSecondaryBitmap)(nil),    // 43: tricopy.wire.v1.ClearSecondaryBitmap
+	(*RegisterSecondary)(nil),       // 44: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),         // 45: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),         // 46: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),             // 47: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),             // 48: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),          // 49: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),                // 50: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),                // 51: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -3855,50 +4275,55 @@ var file_wire_proto_depIdxs = []int32{
 	13, // 8: tricopy.wire.v1.FetchResponse.batches:type_name -> tricopy.wire.v1.CommittedBatch
 	2,  // 9: tricopy.wire.v1.CommittedBatch.batch:type_name -> tricopy.wire.v1.Batch
 	17, // 10: tricopy.wire.v1.StatusResponse.volumes:type_name -> tricopy.wire.v1.VolumeStatus
-	18, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
+	19, // 11: tricopy.wire.v1.StatusResponse.servers:type_name -> tricopy.wire.v1.ServerStatus
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
-	0,  // 13: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	30, // 14: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	31, // 15: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	32, // 16: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	33, // 17: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	35, // 18: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	31, // 19: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	32, // 20: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	43, // 21: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	44, // 22: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	45, // 23: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	46, // 24: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	42, // 25: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	39, // 26: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	40, // 27: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	41, // 28: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
-	37, // 29: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
-	38, // 30: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
-	2,  // 31: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 32: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 33: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 34: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	19, // 35: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	21, // 36: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	29, // 37: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	27, // 38: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
-	25, // 39: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
-	24, // 40: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
-	7,  // 41: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 42: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 43: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	20, // 44: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	22, // 45: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	34, // 46: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	28, // 47: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	26, // 48: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
-	28, // 49: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	41, // [41:50] is the sub-list for method output_type
-	32, // [32:41] is the sub-list for method input_type
-	32, // [32:32] is the sub-list for extension type_name
-	32, // [32:32] is the sub-list for extension extendee
-	0,  // [0:32] is the sub-list for field type_name
+	18, // 13: tricopy.wire.v1.VolumeStatus.promotions:type_name -> tricopy.wire.v1.Promotion
+	0,  // 14: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
+	27, // 15: tricopy.wire.v1.PromoteResponse.volumes:type_name -> tricopy.wire.v1.PromotedVolume
+	34, // 16: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	35, // 17: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	36, // 18: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	37, // 19: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	39, // 20: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	35, // 21: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	36, // 22: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	48, // 23: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	49, // 24: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	50, // 25: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	51, // 26: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	47, // 27: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	44, // 28: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	45, // 29: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	46, // 30: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	42, // 31: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
+	43, // 32: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
+	41, // 33: tricopy.wire.v1.Entry.promote_group:type_name -> tricopy.wire.v1.PromoteGroup
+	2,  // 34: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 35: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 36: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 37: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	20, // 38: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	22, // 39: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	33, // 40: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	31, // 41: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	29, // 42: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
+	28, // 43: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
+	25, // 44: tricopy.wire.v1.Intermediate.Promote:input_type -> tricopy.wire.v1.PromoteRequest
+	7,  // 45: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 46: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 47: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	21, // 48: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	23, // 49: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	38, // 50: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	32, // 51: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	30, // 52: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
+	32, // 53: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	26, // 54: tricopy.wire.v1.Intermediate.Promote:output_type -> tricopy.wire.v1.PromoteResponse
+	45, // [45:55] is the sub-list for method output_type
+	35, // [35:45] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -3915,18 +4340,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[28].OneofWrappers = []any{
+	file_wire_proto_msgTypes[32].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[33].OneofWrappers = []any{
+	file_wire_proto_msgTypes[37].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[35].OneofWrappers = []any{
+	file_wire_proto_msgTypes[39].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -3937,6 +4362,7 @@ func file_wire_proto_init() {
 		(*Entry_RecordValidated)(nil),
 		(*Entry_SuspendSecondary)(nil),
 		(*Entry_ClearSecondaryBitmap)(nil),
+		(*Entry_PromoteGroup)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3944,7 +4370,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   46,
+			NumMessages:   51,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

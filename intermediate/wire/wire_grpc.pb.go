@@ -1,5 +1,5 @@
 // The tricopy intermediate wire protocol: what primaries (Submit),
-// secondaries (Fetch) and operators (Status, Join, Remove) say to an
+// secondaries (Fetch) and operators (Status, Join, Remove, Promote) say to an
 // intermediate node, and the typed entries of the intermediate's Raft log.
 //
 // Regenerate the Go code with `make proto` after editing this file.
@@ -34,6 +34,7 @@ const (
 	Intermediate_ReadVolume_FullMethodName      = "/tricopy.wire.v1.Intermediate/ReadVolume"
 	Intermediate_RemoveSecondary_FullMethodName = "/tricopy.wire.v1.Intermediate/RemoveSecondary"
 	Intermediate_ReadRegions_FullMethodName     = "/tricopy.wire.v1.Intermediate/ReadRegions"
+	Intermediate_Promote_FullMethodName         = "/tricopy.wire.v1.Intermediate/Promote"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -64,6 +65,11 @@ type IntermediateClient interface {
 	// from its volume's intermediate volume (leader only): the resync of a
 	// suspended secondary.
 	ReadRegions(ctx context.Context, in *ReadRegionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error)
+	// Promote fences every primary of the group (leader only): it records a
+	// PromoteGroup entry that raises the epoch of every registered volume,
+	// so that no batch of an old primary commits after it. Idempotent per
+	// promotion ID.
+	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
 }
 
 type intermediateClient struct {
@@ -197,6 +203,16 @@ func (c *intermediateClient) ReadRegions(ctx context.Context, in *ReadRegionsReq
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_ReadRegionsClient = grpc.ServerStreamingClient[ReadVolumeResponse]
 
+func (c *intermediateClient) Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PromoteResponse)
+	err := c.cc.Invoke(ctx, Intermediate_Promote_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -225,6 +241,11 @@ type IntermediateServer interface {
 	// from its volume's intermediate volume (leader only): the resync of a
 	// suspended secondary.
 	ReadRegions(*ReadRegionsRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error
+	// Promote fences every primary of the group (leader only): it records a
+	// PromoteGroup entry that raises the epoch of every registered volume,
+	// so that no batch of an old primary commits after it. Idempotent per
+	// promotion ID.
+	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -261,6 +282,9 @@ func (UnimplementedIntermediateServer) RemoveSecondary(context.Context, *RemoveS
 }
 func (UnimplementedIntermediateServer) ReadRegions(*ReadRegionsRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error {
 	return status.Error(codes.Unimplemented, "method ReadRegions not implemented")
+}
+func (UnimplementedIntermediateServer) Promote(context.Context, *PromoteRequest) (*PromoteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Promote not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -402,6 +426,24 @@ func _Intermediate_ReadRegions_Handler(srv interface{}, stream grpc.ServerStream
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Intermediate_ReadRegionsServer = grpc.ServerStreamingServer[ReadVolumeResponse]
 
+func _Intermediate_Promote_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PromoteRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntermediateServer).Promote(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Intermediate_Promote_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntermediateServer).Promote(ctx, req.(*PromoteRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -424,6 +466,10 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveSecondary",
 			Handler:    _Intermediate_RemoveSecondary_Handler,
+		},
+		{
+			MethodName: "Promote",
+			Handler:    _Intermediate_Promote_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
