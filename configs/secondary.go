@@ -22,13 +22,17 @@ type Secondary struct {
 	AllowOther bool `key:"allow-other" help:"let users other than the mounting one use the mount (FUSE allow_other)"`
 	// DebugFUSE logs every FUSE request.
 	DebugFUSE bool `key:"debug-fuse" help:"log every FUSE request and reply (very verbose)"`
+	// Fence is the fence level of the volume once promoted to primary.
+	Fence string `key:"fence" oneof:"data,never" help:"fence level of the volume once tricopy promote made it a primary (see tricopy mount --fence)"`
+	// FenceTimeout is the fence timeout once promoted.
+	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"fence timeout of the volume once promoted (see tricopy mount --fence-timeout)"`
 	// Common holds the keys every command has.
 	Common
 }
 
 // DefaultSecondary returns the defaults of `tricopy secondary`.
 func DefaultSecondary() Secondary {
-	return Secondary{Common: DefaultCommon(), Group: DefaultGroup}
+	return Secondary{Common: DefaultCommon(), Group: DefaultGroup, Fence: DefaultFence, FenceTimeout: DefaultFenceTimeout}
 }
 
 // Validate implements Config.
@@ -52,6 +56,9 @@ func (c *Secondary) Validate() error {
 	}
 	if err := validateAddr("listen", c.Listen); err != nil {
 		return err
+	}
+	if c.FenceTimeout < MinFenceTimeout {
+		return Invalid("fence-timeout", "%v is below the minimum of %v", c.FenceTimeout, MinFenceTimeout)
 	}
 	if c.Name != "" {
 		if err := validateName("name", c.Name); err != nil {

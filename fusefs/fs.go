@@ -43,7 +43,7 @@ type filesystem struct {
 	dirMu sync.Mutex
 	dirs  map[uint32]*dirIndex // loaded directory indexes
 
-	rep *replica // set on a live replica mount (replica.go), else nil
+	rep *replica // set on a replica mount (replica.go), also once promoted; else nil
 }
 
 type engineOptions struct {
@@ -153,19 +153,39 @@ func (fs *filesystem) loadBitmapBlock(b *bitset, start, i uint64) error {
 }
 
 // reapOrphans frees every inode left in the orphan directory (unlinked
-// while open when the filesystem last stopped).
+// while open when the filesystem last stopped) that nobody holds open. On
+// a promoted replica it runs while the mount serves: an orphan still open
+// through the mount is left to its last release, which frees it, and one
+// freed meanwhile is skipped.
 func (fs *filesystem) reapOrphans(ctx context.Context) error {
+	fs.mu.RLock()
 	ents, err := fs.readdir(orphanIno)
+	fs.mu.RUnlock()
 	if err != nil {
 		return err
 	}
+	freed := 0
 	for _, d := range ents {
-		if err := fs.update(ctx, func(t *tx) error { return t.reap(d.ino) }); err != nil {
+		reaped := false
+		err := fs.update(ctx, func(t *tx) error {
+			if t.fs.opens[d.ino] > 0 {
+				return nil
+			}
+			if _, ok, err := t.lookup(orphanIno, d.name); err != nil || !ok {
+				return err
+			}
+			reaped = true
+			return t.reap(d.ino)
+		})
+		if err != nil {
 			return fmt.Errorf("orphan inode %d: %w", d.ino, err)
 		}
+		if reaped {
+			freed++
+		}
 	}
-	if len(ents) > 0 {
-		fs.log.Info("freed orphaned inodes", "count", len(ents))
+	if freed > 0 {
+		fs.log.Info("freed orphaned inodes", "count", freed)
 	}
 	return nil
 }
@@ -500,9 +520,12 @@ func (fs *filesystem) update(ctx context.Context, fn func(t *tx) error) error {
 // errAck marks a batch that was applied but not acknowledged by the device.
 var errAck = errors.New("batch not acknowledged")
 
-// sync makes every committed batch durable.
-// Like update, it is not cut short by an interrupt: an fsync that returns
-// EIO tells the caller data may be lost.
+// sync makes every committed batch durable on the device the engine uses
+// now (Promote may replace it). Like update, it is not cut short by an
+// interrupt: an fsync that returns EIO tells the caller data may be lost.
 func (fs *filesystem) sync(ctx context.Context) error {
-	return fs.dev.Sync(context.WithoutCancel(ctx))
+	fs.mu.RLock()
+	dev := fs.dev
+	fs.mu.RUnlock()
+	return dev.Sync(context.WithoutCancel(ctx))
 }

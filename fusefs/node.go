@@ -74,7 +74,7 @@ func (n *node) toErrno(op string, err error) syscall.Errno {
 // child makes the go-fuse node of inode ino and fills the entry reply.
 func (n *node) child(ctx context.Context, ino uint32, in *inode, out *fuse.EntryOut) *gofs.Inode {
 	fillAttr(ino, in, &out.Attr)
-	n.fs.replicaEntryTimeouts(out)
+	n.fs.setEntryTimeouts(out)
 	c := &node{fs: n.fs, ino: ino, gen: in.gen}
 	return n.NewInode(ctx, c, gofs.StableAttr{Mode: in.mode & s_IFMT, Ino: uint64(ino), Gen: uint64(in.gen)})
 }
@@ -107,7 +107,7 @@ func (n *node) Getattr(ctx context.Context, f gofs.FileHandle, out *fuse.AttrOut
 		return n.toErrno("getattr", err)
 	}
 	fillAttr(n.ino, &in, &out.Attr)
-	n.fs.replicaAttrTimeout(out)
+	n.fs.setAttrTimeout(out)
 	return 0
 }
 
@@ -326,6 +326,7 @@ func (n *node) Tmpfile(ctx context.Context, flags uint32, mode uint32, out *fuse
 		return nil, nil, 0, n.toErrno("tmpfile", err)
 	}
 	fillAttr(ino, &in, &out.Attr)
+	n.fs.setEntryTimeouts(out)
 	c := &node{fs: n.fs, ino: ino, gen: in.gen}
 	child := n.NewInode(ctx, c, gofs.StableAttr{Mode: s_IFREG, Ino: uint64(ino), Gen: uint64(in.gen)})
 	return child, &handle{}, 0, 0

@@ -603,8 +603,9 @@ func (fs *filesystem) release(ctx context.Context, ino uint32) error {
 	if n <= 0 {
 		delete(fs.opens, ino)
 	}
+	readOnly := fs.readOnly // Promote may clear it
 	fs.mu.Unlock()
-	if n > 0 || fs.readOnly {
+	if n > 0 || readOnly {
 		return nil
 	}
 	// Most closes are of linked files: decide that without a transaction.

@@ -31,6 +31,9 @@ package fusefs
 // before using those attributes. GETATTR answers keep attrTimeout; the
 // kernel's attr_version check discards a GETATTR answer that raced with an
 // invalidation.
+//
+// Server.Promote (promote.go) turns a replica mount into a read-write one
+// in place; from then on the replica-only paths above are off.
 
 import (
 	"context"
@@ -38,6 +41,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,7 +51,8 @@ import (
 	"github.com/tricopy/tricopy/blockdev"
 )
 
-// ErrNotReplica is returned (wrapped) by Advance on a Server from Mount.
+// ErrNotReplica is returned (wrapped) by Advance and Promote on a Server
+// from Mount.
 var ErrNotReplica = errors.New("not a replica mount")
 
 // The virtual .tricopy directory of a replica mount. Its inode numbers lie
@@ -66,10 +71,17 @@ const (
 // receiving the answer, which may come a little after we recorded it.
 const dentryRecordTTL = attrTimeout + 30*time.Second
 
-// replica is the state of a live replica mount.
+// replica is the state of a replica mount. It stays attached to the
+// filesystem after Promote (promote.go), which turns it off: see
+// liveReplica.
 type replica struct {
-	// advanceMu serialises Advance calls.
+	// advanceMu serialises Advance and Promote.
 	advanceMu sync.Mutex
+
+	// promoted is set by Promote while it holds advanceMu and fs.mu for
+	// writing, and never cleared. It is atomic so that the paths that
+	// hold neither (the nodes' timeouts, lookupMeta) may read it too.
+	promoted atomic.Bool
 
 	// Guarded by fs.mu.
 	applied   uint64    // the applied point the mount shows
@@ -162,7 +174,8 @@ func MountReplica(ctx context.Context, r blockdev.Reader, opts MountOptions, app
 }
 
 // Applied returns the applied point the replica mount shows (0 on a
-// Server from Mount).
+// Server from Mount). After Promote it returns the last point applied
+// before the promotion, which the promoted filesystem started from.
 func (s *Server) Applied() uint64 {
 	r := s.fs.rep
 	if r == nil {
@@ -186,7 +199,8 @@ func (s *Server) Applied() uint64 {
 // only then marks the point settled. If apply returns an error, Advance drops
 // every cache (the blocks may or may not have changed), invalidates
 // everything the kernel knows, and returns the error wrapped.
-// Advance on a Server from Mount (not MountReplica) returns an error.
+// Advance on a Server from Mount (not MountReplica) returns an error
+// wrapping ErrNotReplica, and after Promote one wrapping ErrPromoted.
 //
 // Advance calls are serialised; apply runs on the caller's goroutine, while
 // no FUSE operation of this mount runs, and must not use the mount.
@@ -197,6 +211,9 @@ func (s *Server) Advance(ctx context.Context, apply func(ctx context.Context) (a
 	}
 	r.advanceMu.Lock()
 	defer r.advanceMu.Unlock()
+	if r.promoted.Load() {
+		return fmt.Errorf("advance: %w", ErrPromoted)
+	}
 
 	fs.mu.Lock()
 	applied, changed, applyErr := apply(ctx)
@@ -455,19 +472,27 @@ func (b *blockRecorder) readMeta(blk uint32, check func([]byte) error) ([]byte, 
 	return b.fs.readMeta(blk, check)
 }
 
+// liveReplica reports whether fs serves a replica mount that has not been
+// promoted: whether the replica-only paths (lookup records, directory
+// sources, .tricopy, attribute timeout 0) are on. It is stable while fs.mu
+// is held; without fs.mu it may turn false at any moment.
+func (fs *filesystem) liveReplica() bool {
+	return fs.rep != nil && !fs.rep.promoted.Load()
+}
+
 // dirSource returns what a directory index is built through: the engine,
-// or on a replica mount a blockRecorder, so that Advance can drop the index
-// when a block it came from changes.
+// or on a live replica mount a blockRecorder, so that Advance can drop the
+// index when a block it came from changes. The caller holds fs.mu.
 func (fs *filesystem) dirSource() metaReader {
-	if fs.rep == nil {
+	if !fs.liveReplica() {
 		return fs
 	}
 	return &blockRecorder{fs: fs}
 }
 
-// dirLoaded records, on a replica mount, the blocks the index of directory
-// ino was built from (src from dirSource): its map and directory blocks and
-// its inode's table block. The caller holds fs.dirMu.
+// dirLoaded records, on a live replica mount, the blocks the index of
+// directory ino was built from (src from dirSource): its map and directory
+// blocks and its inode's table block. The caller holds fs.dirMu.
 func (fs *filesystem) dirLoaded(ino uint32, src metaReader) {
 	rec, ok := src.(*blockRecorder)
 	if !ok {
@@ -491,10 +516,10 @@ func (fs *filesystem) dirLoaded(ino uint32, src metaReader) {
 // dir (ino 0 or err: negative), so Advance can invalidate the dentry the
 // kernel makes of it. The caller holds fs.mu for reading.
 func (fs *filesystem) noteLookup(dir uint32, name string, ino, gen uint32, err error) {
-	r := fs.rep
-	if r == nil {
+	if !fs.liveReplica() {
 		return
 	}
+	r := fs.rep
 	if err != nil {
 		ino, gen = 0, 0
 	}
@@ -544,27 +569,29 @@ func (r *replica) prune(now time.Time) {
 	}
 }
 
-// replicaEntryTimeouts sets the timeouts of a lookup answer on a replica
-// mount: the normal entry timeout, attribute timeout 0 (see the top of
-// this file). Elsewhere go-fuse applies the mount's defaults.
-func (fs *filesystem) replicaEntryTimeouts(out *fuse.EntryOut) {
-	if fs.rep != nil {
-		out.SetEntryTimeout(attrTimeout)
+// setEntryTimeouts sets the timeouts of an entry answer (lookup, create,
+// mkdir, ...): entry timeout attrTimeout, and attribute timeout
+// attrTimeout except on a live replica mount, where it is 0 (see the top
+// of this file). The nodes set them on every mount: a replica mount has no
+// default timeouts in its go-fuse options, and keeps those options when
+// promoted; on a Server from Mount they equal go-fuse's defaults.
+func (fs *filesystem) setEntryTimeouts(out *fuse.EntryOut) {
+	out.SetEntryTimeout(attrTimeout)
+	if !fs.liveReplica() {
+		out.SetAttrTimeout(attrTimeout)
 	}
 }
 
-// replicaAttrTimeout sets the attribute timeout of a GETATTR answer on a
-// replica mount. Elsewhere go-fuse applies the mount's default.
-func (fs *filesystem) replicaAttrTimeout(out *fuse.AttrOut) {
-	if fs.rep != nil {
-		out.SetTimeout(attrTimeout)
-	}
+// setAttrTimeout sets the attribute timeout of a GETATTR answer, on every
+// mount (see setEntryTimeouts).
+func (fs *filesystem) setAttrTimeout(out *fuse.AttrOut) {
+	out.SetTimeout(attrTimeout)
 }
 
 // lookupMeta returns the virtual .tricopy directory when n is the root of a
-// replica mount and name is .tricopy, else nil.
+// live replica mount and name is .tricopy, else nil.
 func (n *node) lookupMeta(ctx context.Context, name string, out *fuse.EntryOut) *gofs.Inode {
-	if n.fs.rep == nil || n.ino != rootIno || name != metaDirName {
+	if !n.fs.liveReplica() || n.ino != rootIno || name != metaDirName {
 		return nil
 	}
 	d := &metaDir{fs: n.fs}

@@ -295,10 +295,12 @@ func (t *tx) freeBlock(blk uint32) {
 }
 
 // allocInode allocates an inode number, setting its bit at once like
-// allocBlock.
+// allocBlock. It skips free inodes still held open: only on a promoted
+// replica, where a handle opened before the promotion may name an inode
+// the primary freed, which must not come back as another file under it.
 func (t *tx) allocInode() (uint32, error) {
 	fs := t.fs
-	i, ok := fs.imap.findFree(t.nextIno, nil)
+	i, ok := fs.imap.findFree(t.nextIno, func(i uint64) bool { return fs.opens[uint32(i)] > 0 })
 	if !ok {
 		return 0, errNoInodes
 	}

@@ -3,6 +3,7 @@ package secondary
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 
@@ -16,6 +17,15 @@ const StatusPath = "/v1/status"
 // CheckPath is the admin API's filesystem check: GET runs Check and
 // returns CheckResult as JSON (status 200 whether or not it is clean).
 const CheckPath = "/v1/fsck"
+
+// PromotePath is the admin API's promotion: POST a PromoteRequest as JSON;
+// the answer is the Promotion as JSON (status 200), or an error text
+// (409 when another promotion was done, 500 otherwise).
+const PromotePath = "/v1/promote"
+
+// UnappliedPath is the admin API's export of the batches a promotion kept
+// aside: GET returns the stream ExportUnapplied writes.
+const UnappliedPath = "/v1/unapplied"
 
 // CheckResult is a check of the replica's filesystem at one applied point.
 type CheckResult struct {
@@ -40,25 +50,57 @@ func (s *Secondary) Check(ctx context.Context) (*CheckResult, error) {
 	return &CheckResult{AppliedSeq: n, Report: rep}, nil
 }
 
-// Handler returns the secondary's admin API: GET StatusPath and CheckPath.
+// Handler returns the secondary's admin API: GET StatusPath, CheckPath and
+// UnappliedPath, POST PromotePath.
 func (s *Secondary) Handler() http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PromotePath, func(w http.ResponseWriter, r *http.Request) {
+		var req PromoteRequest
+		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&req); err != nil {
+			http.Error(w, fmt.Sprintf("promote request: %v", err), http.StatusBadRequest)
+			return
+		}
+		p, err := s.Promote(r.Context(), req)
+		switch {
+		case errors.Is(err, ErrPromoted):
+			http.Error(w, err.Error(), http.StatusConflict)
+			return
+		case err != nil:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		writeJSON(w, p)
+	})
+	mux.HandleFunc("GET "+UnappliedPath, func(w http.ResponseWriter, _ *http.Request) {
+		if p := s.Promotion(); p == nil || !p.Done {
+			http.Error(w, fmt.Sprintf("secondary %s was not promoted", s.cfg.ID), http.StatusConflict)
+			return
+		}
+		w.Header().Set("Content-Type", "application/octet-stream")
+		if _, err := s.ExportUnapplied(w); err != nil {
+			s.log.Error("export of unapplied batches failed", "err", err)
+		}
+	})
 	mux.HandleFunc("GET "+CheckPath, func(w http.ResponseWriter, r *http.Request) {
 		res, err := s.Check(r.Context())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(res)
+		writeJSON(w, res)
 	})
 	mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		_ = enc.Encode(s.Status())
+		writeJSON(w, s.Status())
 	})
 	return mux
+}
+
+// writeJSON answers v as indented JSON.
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
 }

@@ -103,6 +103,32 @@ func (m *Mount) Advance(ctx context.Context, apply func(ctx context.Context) (ui
 // replica). Call it only inside Advance's apply, where no reader runs.
 func (m *Mount) SetReplica(r *Replica) { m.cur.Store(r) }
 
+// Promote turns the live read-only mount into a read-write filesystem on
+// dev, in place (fusefs.Server.Promote): same mountpoint, open files and
+// working directories stay valid. dev must hold the replica's blocks. A
+// replica that was never mounted (it held no filesystem) cannot be
+// promoted in place: Promote returns an error.
+func (m *Mount) Promote(ctx context.Context, dev fusefs.Device) error {
+	m.mu.Lock()
+	srv := m.srv
+	m.mu.Unlock()
+	if srv == nil {
+		return fmt.Errorf("promote the mount at %s: the replica was never mounted (it holds no filesystem)", m.opts.Mountpoint)
+	}
+	if err := srv.Promote(ctx, dev); err != nil {
+		return fmt.Errorf("promote the mount at %s: %w", m.opts.Mountpoint, err)
+	}
+	m.log.Warn("the replica mount is read-write now: the volume is a primary", "mountpoint", m.opts.Mountpoint)
+	return nil
+}
+
+// IsMounted reports whether the replica is mounted.
+func (m *Mount) IsMounted() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.srv != nil
+}
+
 // mountReader serves the mount's current replica to the filesystem.
 type mountReader struct{ m *Mount }
 

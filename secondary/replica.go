@@ -759,3 +759,29 @@ func decodeReplicaHeader(p []byte) (replicaHeader, error) {
 	h.volume = name
 	return h, nil
 }
+
+// PrimaryVolume returns the replica's blocks as a blockdev.Volume of the
+// volume's size (the header block is out of its reach), for a promoted
+// replica that becomes its volume's primary: the mirror writes through it.
+// Use it only once no round runs any more (Secondary.Promote stopped the
+// applier); its Close does nothing (Replica.Close closes the blocks).
+func (r *Replica) PrimaryVolume() blockdev.Volume { return primaryVolume{r} }
+
+// primaryVolume is the Volume of PrimaryVolume.
+type primaryVolume struct{ *Replica }
+
+var _ blockdev.RangeReader = primaryVolume{}
+
+// Apply implements blockdev.Volume.
+func (v primaryVolume) Apply(ctx context.Context, b *blockdev.Batch, opts blockdev.ApplyOptions) error {
+	if err := b.Validate(v.blocks); err != nil {
+		return fmt.Errorf("apply to promoted replica %q: %w", v.dir, err)
+	}
+	return v.vol.Apply(ctx, b, opts)
+}
+
+// Sync implements blockdev.Volume.
+func (v primaryVolume) Sync(ctx context.Context) error { return v.vol.Sync(ctx) }
+
+// Close implements blockdev.Volume: the Replica owns the blocks.
+func (v primaryVolume) Close() error { return nil }

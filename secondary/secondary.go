@@ -88,6 +88,15 @@ type Config struct {
 	FS blockdev.FS
 	// Logger receives the secondary's logs; default slog.Default().
 	Logger *slog.Logger
+	// PeerInterval is how often the secondary asks the intermediate for the
+	// group's secondaries (GroupView); default DefaultPeerInterval.
+	PeerInterval time.Duration
+	// IntermediateAddrs are the intermediate's addresses, shown in Status
+	// (for tricopy promote); informational.
+	IntermediateAddrs []string
+	// OnPromote turns the volume into a primary once Promote rolled the
+	// replica forward (see Promote); nil does nothing.
+	OnPromote func(ctx context.Context, p Promotion) error
 	// IndependentApply is a test-only switch that turns off the consistent
 	// cut: the secondary does not take part in PREPARE/VALIDATE and applies
 	// whatever it staged, IndependentApplyDelay after staging it. It exists
@@ -126,6 +135,12 @@ func (c Config) withDefaults() (Config, error) {
 	case c.RoundStep < 0 || c.RoundStep > DefaultMaxRoundBytes:
 		return c, fmt.Errorf("secondary config: RoundStep: %d is not between 1 and %d", c.RoundStep, DefaultMaxRoundBytes)
 	}
+	switch {
+	case c.PeerInterval == 0:
+		c.PeerInterval = DefaultPeerInterval
+	case c.PeerInterval < 0:
+		return c, fmt.Errorf("secondary config: PeerInterval: negative (%s)", c.PeerInterval)
+	}
 	if c.IndependentApplyDelay < 0 {
 		return c, fmt.Errorf("secondary config: IndependentApplyDelay: negative (%s)", c.IndependentApplyDelay)
 	}
@@ -161,7 +176,25 @@ type Status struct {
 	ValidatedSeq uint64 `json:"validated_seq"`
 	// BlockCount is the volume's size in blocks.
 	BlockCount uint64 `json:"block_count"`
+	// Epoch is the volume's epoch: as last learned from the intermediate,
+	// or the new one once promoted.
+	Epoch uint64 `json:"epoch"`
+	// Role is "secondary", or "primary" once promoted.
+	Role string `json:"role"`
+	// Peers are the group's secondaries, as last learned from the
+	// intermediate (kept on disk, so known when it is gone).
+	Peers []Peer `json:"peers"`
+	// Intermediate lists the intermediate's addresses it uses.
+	Intermediate []string `json:"intermediate"`
+	// Promotion is its promotion record, absent if never promoted.
+	Promotion *Promotion `json:"promotion,omitempty"`
 }
+
+// Roles of Status.Role.
+const (
+	RoleSecondary = "secondary"
+	RolePrimary   = "primary"
+)
 
 // Secondary follows one volume of a group: it fetches the volume's committed
 // batches into a staging store, answers the coordinator's PREPARE and
@@ -186,7 +219,12 @@ type Secondary struct {
 	applyMu sync.Mutex
 	pending *pendingResync // a resync staged aside, nil if none
 
+	// promoteMu serialises Promote calls.
+	promoteMu sync.Mutex
+
 	mu        sync.Mutex
+	group     GroupView  // what it learned of its group
+	promotion *Promotion // its promotion record, nil if none
 	state     string
 	reason    string
 	connected bool
@@ -262,6 +300,20 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 		applied: make(chan struct{}),
 	}
 	s.replicaP.Store(replica)
+	if s.group, err = loadGroupView(cfg.FS, cfg.Dir); err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
+	if s.promotion, err = loadPromotion(cfg.FS, cfg.Dir); err != nil {
+		s.closeStores()
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
+	if p := s.promotion; p != nil {
+		s.state, s.reason = StatePromoted, fmt.Sprintf("promoted at seq %d to epoch %d (promotion %s)", p.N, p.Epoch, p.ID)
+		if !p.Done {
+			s.reason = fmt.Sprintf("promotion %s to seq %d did not finish: run tricopy promote again", p.ID, p.N)
+		}
+	}
 	// Batches at or below the applied point are in the replica: the stage
 	// need not hold them (it may have lost them in a crash that cut its
 	// unsynced tail, after the replica applied them).
@@ -342,6 +394,12 @@ func (s *Secondary) Start(view View) error {
 		return fmt.Errorf("start secondary %q: already started", s.cfg.ID)
 	}
 	s.view = view
+	if s.promotion != nil {
+		// A promoted volume follows no more; Promote finishes an
+		// unfinished promotion.
+		s.cancel = func() {}
+		return nil
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	if !s.cfg.IndependentApply {
@@ -356,9 +414,10 @@ func (s *Secondary) Start(view View) error {
 		}
 		s.link = link
 	}
-	s.wg.Add(3)
+	s.wg.Add(4)
 	go s.fetcher(ctx)
 	go s.applier(ctx)
+	go s.peerWatcher(ctx)
 	if s.cfg.IndependentApply {
 		s.log.Warn("independent apply (test-only): the consistent cut is off", "delay", s.cfg.IndependentApplyDelay)
 		go s.independent(ctx)
@@ -502,6 +561,16 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 		}
 		return s.trimAndSignal(n, start)
 	}
+	if err := s.applySteps(ctx, n, view); err != nil {
+		return err
+	}
+	return s.trimAndSignal(n, start)
+}
+
+// applySteps moves the replica and the view to n from the staged batches,
+// in atomic steps of at most Config.RoundStep bytes; the caller holds
+// applyMu.
+func (s *Secondary) applySteps(ctx context.Context, n uint64, view View) error {
 	steps := s.stage.Steps(s.rep().Applied(), n, s.cfg.RoundStep)
 	if len(steps) == 0 && !s.rep().Exposable() {
 		steps = []uint64{n} // a copy at a point now validated: only the header changes
@@ -518,10 +587,10 @@ func (s *Secondary) applyRound(ctx context.Context, n uint64) error {
 			_, _, err = apply(ctx)
 		}
 		if err != nil {
-			return fmt.Errorf("apply validated point %d (step to %d): %w", n, step, err)
+			return fmt.Errorf("apply point %d (step to %d): %w", n, step, err)
 		}
 	}
-	return s.trimAndSignal(n, start)
+	return nil
 }
 
 // trimAndSignal trims the stage after a round to n and wakes WaitApplied.
@@ -727,6 +796,17 @@ func (s *Secondary) Status() Status {
 	if s.validated > st.AppliedSeq {
 		st.ValidatedSeq = s.validated
 	}
+	st.Epoch, st.Role = s.group.Epoch, RoleSecondary
+	st.Peers = append([]Peer{}, s.group.Peers...)
+	st.Intermediate = append([]string{}, s.cfg.IntermediateAddrs...)
+	if p := s.promotion; p != nil {
+		pc := *p
+		st.Promotion = &pc
+		st.Epoch = p.Epoch
+		if p.Done {
+			st.Role = RolePrimary
+		}
+	}
 	return st
 }
 
@@ -761,13 +841,19 @@ func (s *Secondary) Close() error {
 		return nil
 	}
 	s.closed = true
+	s.mu.Unlock()
+	return errors.Join(s.stopFollowing(), s.closeStores())
+}
+
+// stopFollowing stops the goroutines and the link; the stores stay open.
+// It may be called more than once.
+func (s *Secondary) stopFollowing() error {
+	s.mu.Lock()
 	cancel, link := s.cancel, s.link
 	s.mu.Unlock()
-	var errs []error
+	var err error
 	if link != nil {
-		if err := link.Close(); err != nil {
-			errs = append(errs, err)
-		}
+		err = link.Close()
 	}
 	if cancel != nil {
 		cancel()
@@ -782,8 +868,7 @@ func (s *Secondary) Close() error {
 		case <-s.events:
 		}
 	}
-	errs = append(errs, s.closeStores())
-	return errors.Join(errs...)
+	return err
 }
 
 func (s *Secondary) closeStores() error {

@@ -139,6 +139,7 @@ the intermediate cluster and shows its status; up runs all of it locally.` + con
 		newStatusCmd(a),
 		newSecondaryCmd(a),
 		newWaitCmd(a),
+		newPromoteCmd(a),
 		newBenchCmd(a),
 	)
 	return root

@@ -8,11 +8,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/tricopy/tricopy/blockdev/mirror"
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
 	"github.com/tricopy/tricopy/intermediate/client"
@@ -109,8 +112,8 @@ func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Se
 	}
 	go func() {
 		select {
-		case <-r.mount.Mounted():
-			fmt.Fprintf(a.stdout, "mounted replica of volume %s at %s\n", cfg.Volume, cfg.Mountpoint)
+		case <-r.mounted():
+			fmt.Fprintf(a.stdout, "%s\n", r.mountedLine())
 		case <-r.stopped:
 		}
 	}()
@@ -121,12 +124,20 @@ func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Se
 // read-only mount and its admin API. openSecondary starts it, serve runs it
 // until it is stopped and closes it. `secondary` runs one, `up` several.
 type secondaryRun struct {
-	cfg     *configs.Secondary
-	log     *slog.Logger
-	cl      *client.Client
-	s       *secondary.Secondary
-	mount   *secondary.Mount
-	admin   *http.Server
+	cfg   *configs.Secondary
+	log   *slog.Logger
+	cl    *client.Client
+	s     *secondary.Secondary
+	mount *secondary.Mount
+	admin *http.Server
+
+	// Once promoted: the volume's mirror and, when the replica was not
+	// mounted at the promotion (a restart), the read-write mount. Guarded
+	// by mu; set by becomePrimary.
+	mu      sync.Mutex
+	m       *mirror.Mirror
+	primary *fusefs.Server
+	gone    chan struct{} // closed when the read-write mount is gone
 	served  chan struct{} // closed once the admin server returned
 	stopped chan struct{} // closed by close
 }
@@ -161,20 +172,36 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 	log.Info("opening secondary", "data", cfg.Data, "intermediate", cfg.Intermediate, "group", cfg.Group)
 	r.s, err = secondary.Open(ctx, secondary.Config{
 		ID: cfg.Name, Volume: cfg.Volume, Group: cfg.Group, Dir: cfg.Data, Addr: cfg.Listen,
-		Intermediate: r.cl, Logger: log.With("component", "secondary"),
+		Intermediate: r.cl, IntermediateAddrs: cfg.Intermediate, OnPromote: r.becomePrimary,
+		Logger:           log.With("component", "secondary"),
 		IndependentApply: independent, IndependentApplyDelay: delay,
 	})
 	if err != nil {
 		return nil, err
 	}
-	r.mount, err = secondary.NewMount(ctx, r.s.Replica(), fusefs.MountOptions{
-		Mountpoint: cfg.Mountpoint, Name: cfg.Volume, AllowOther: cfg.AllowOther, Debug: cfg.DebugFUSE, Logger: log,
-	})
-	if err != nil {
-		return nil, err
-	}
-	if err := r.s.Start(r.mount); err != nil {
-		return nil, err
+	if p := r.s.Promotion(); p != nil {
+		// Promoted before: the volume is a primary. Finish the promotion
+		// if it was cut (becomePrimary mounts read-write).
+		log.Warn("this secondary was promoted: serving its volume as a primary", "promotion", p.ID, "n", p.N, "epoch", p.Epoch)
+		if err := r.s.Start(nil); err != nil {
+			return nil, err
+		}
+		if p.Done {
+			err = r.becomePrimary(ctx, *p)
+		} else {
+			_, err = r.s.Promote(ctx, p.PromoteRequest)
+		}
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		r.mount, err = secondary.NewMount(ctx, r.s.Replica(), r.mountOptions())
+		if err != nil {
+			return nil, err
+		}
+		if err := r.s.Start(r.mount); err != nil {
+			return nil, err
+		}
 	}
 	r.admin = &http.Server{Handler: r.s.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() {
@@ -184,6 +211,90 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 		}
 	}()
 	return r, nil
+}
+
+// mounted is closed once the volume is mounted: the replica read-only, or
+// the promoted volume read-write.
+func (r *secondaryRun) mounted() <-chan struct{} {
+	if r.mount != nil {
+		return r.mount.Mounted()
+	}
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// mountedLine says what is mounted where, once mounted.
+func (r *secondaryRun) mountedLine() string {
+	if r.mount == nil {
+		return fmt.Sprintf("mounted promoted volume %s read-write at %s", r.cfg.Volume, r.cfg.Mountpoint)
+	}
+	return fmt.Sprintf("mounted replica of volume %s at %s", r.cfg.Volume, r.cfg.Mountpoint)
+}
+
+// mountOptions are the options of the secondary's mount.
+func (r *secondaryRun) mountOptions() fusefs.MountOptions {
+	return fusefs.MountOptions{
+		Mountpoint: r.cfg.Mountpoint, Name: r.cfg.Volume, AllowOther: r.cfg.AllowOther, Debug: r.cfg.DebugFUSE, Logger: r.log,
+	}
+}
+
+// becomePrimary is the secondary's OnPromote: it records the volume's
+// mirror state at the new epoch (in PAIR after a drain, else suspended and
+// detached from the intermediate), opens the mirror over the replica's
+// blocks, and turns the read-only mount read-write in place, or mounts the
+// volume read-write when the replica is not mounted (a restart).
+func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m != nil {
+		return nil
+	}
+	rep := r.s.Replica()
+	dir := r.s.PrimaryDir()
+	seq := p.Seq
+	if !p.Drained {
+		seq = p.N
+	}
+	err := mirror.Adopt(mirror.AdoptOptions{
+		Dir: dir, Volume: r.cfg.Volume, Group: r.cfg.Group, BlockCount: rep.BlockCount(), Epoch: p.Epoch,
+		AppliedVolumeSeq: p.VolumeSeq, AppliedSeq: max(seq, p.VolumeSeq), Suspended: !p.Drained,
+		Reason: fmt.Sprintf("promoted at seq %d without the intermediate: changes are kept local and marked", p.N),
+	})
+	if err != nil {
+		return err
+	}
+	m, err := mirror.Open(ctx, mirror.Config{
+		Name: r.cfg.Volume, Group: r.cfg.Group, Local: rep.PrimaryVolume(), Dir: dir, Client: r.cl,
+		Fence: mirror.Fence(r.cfg.Fence), Timeout: r.cfg.FenceTimeout, Detached: !p.Drained,
+		Logger: r.log.With("component", "mirror"),
+	})
+	if err != nil {
+		return fmt.Errorf("open the mirror of promoted volume %s: %w", r.cfg.Volume, err)
+	}
+	dev := mirrordev.Device{M: m}
+	if r.mount != nil && r.mount.IsMounted() {
+		err = r.mount.Promote(ctx, dev)
+	} else {
+		if r.mount != nil {
+			r.mount.Unmount()
+		}
+		var srv *fusefs.Server
+		srv, err = fusefs.Mount(ctx, dev, r.mountOptions())
+		if err == nil {
+			r.primary, r.gone = srv, make(chan struct{})
+			go func(gone chan struct{}) {
+				srv.Wait()
+				close(gone)
+			}(r.gone)
+		}
+	}
+	if err != nil {
+		m.Close()
+		return fmt.Errorf("mount promoted volume %s read-write at %s: %w", r.cfg.Volume, r.cfg.Mountpoint, err)
+	}
+	r.m = m
+	return nil
 }
 
 // independentApply reads the test-only switch.
@@ -202,11 +313,20 @@ func independentApply() (bool, time.Duration, error) {
 // serve returns once ctx ends or the mount is unmounted from outside, then
 // closes the secondary.
 func (r *secondaryRun) serve(ctx context.Context) error {
+	var replicaGone <-chan struct{}
+	if r.mount != nil {
+		replicaGone = r.mount.Gone()
+	}
+	r.mu.Lock()
+	primaryGone := r.gone
+	r.mu.Unlock()
 	select {
 	case <-ctx.Done():
 		r.log.Info("stopping secondary", "cause", context.Cause(ctx))
-	case <-r.mount.Gone():
-		r.log.Info("replica unmounted from outside: stopping", "mountpoint", r.cfg.Mountpoint)
+	case <-replicaGone:
+		r.log.Info("mount unmounted from outside: stopping", "mountpoint", r.cfg.Mountpoint)
+	case <-primaryGone:
+		r.log.Info("mount unmounted from outside: stopping", "mountpoint", r.cfg.Mountpoint)
 	}
 	return r.close()
 }
@@ -227,6 +347,17 @@ func (r *secondaryRun) closeParts() error {
 		if err := r.mount.Unmount(); err != nil {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", r.cfg.Mountpoint, err))
 		}
+	}
+	r.mu.Lock()
+	m, srv := r.m, r.primary
+	r.mu.Unlock()
+	if srv != nil {
+		if err := srv.Unmount(); err != nil {
+			errs = append(errs, fmt.Errorf("unmount %s: %w", r.cfg.Mountpoint, err))
+		}
+	}
+	if m != nil {
+		errs = append(errs, m.Close())
 	}
 	if r.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

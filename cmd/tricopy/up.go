@@ -172,8 +172,8 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			go func() {
 				defer swg.Done()
 				select {
-				case <-r.mount.Mounted():
-					fmt.Fprintf(a.stdout, "mounted replica of volume %s at %s\n", name, scfg.Mountpoint)
+				case <-r.mounted():
+					fmt.Fprintln(a.stdout, r.mountedLine())
 				case <-sctx.Done():
 				}
 			}()
