@@ -33,7 +33,7 @@ help:
 	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
 	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint        gofmt, go vet, staticcheck"
-	@echo "make bench       deps, build, then bin/tricopy bench fs, bench submit, bench mirror and bench lag under BENCHDIR ($(BENCHDIR))"
+	@echo "make bench       deps, build, then bin/tricopy bench fs, submit, mirror, lag and failover under BENCHDIR ($(BENCHDIR))"
 	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"
 	@echo "make run         deps, build, then tricopy up: one intermediate node and volumes a, b mounted under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
 	@echo "make clean       remove bin/"
@@ -116,6 +116,7 @@ bench: deps build
 	$(BIN) bench submit --dir $(BENCHDIR)/submit
 	$(BIN) bench mirror --dir $(BENCHDIR)/mirror
 	$(BIN) bench lag --dir $(BENCHDIR)/lag
+	$(BIN) bench failover --dir $(BENCHDIR)/failover
 
 # proto regenerates the committed Go code of the wire protocol. protoc comes
 # from Debian (protobuf-compiler); the Go plugins at pinned versions.

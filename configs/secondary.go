@@ -138,3 +138,33 @@ func (c *SecondaryRemove) Validate() error {
 }
 
 var _ Config = (*SecondaryRemove)(nil)
+
+// Failback is the configuration of `tricopy failback`: a secondary whose
+// replica is built from an old primary's volume.
+type Failback struct {
+	// From is the old primary's data directory.
+	From string `key:"from" meta:"DIR" help:"data directory of the old primary of the volume (its tricopy mount --data), fenced by a promotion; it is only read; required"`
+	// Secondary holds the keys of the secondary it becomes.
+	Secondary
+}
+
+// DefaultFailback returns the defaults of `tricopy failback`.
+func DefaultFailback() Failback {
+	return Failback{Secondary: DefaultSecondary()}
+}
+
+// Validate implements Config.
+func (c *Failback) Validate() error {
+	if err := c.Secondary.Validate(); err != nil {
+		return err
+	}
+	if c.From == "" {
+		return Required("from")
+	}
+	if c.From == c.Data {
+		return Invalid("from", "%s is also --data: the secondary needs a directory of its own", c.From)
+	}
+	return nil
+}
+
+var _ Config = (*Failback)(nil)

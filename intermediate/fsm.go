@@ -40,6 +40,8 @@ const (
 	fsmKeySecondary  = "secondary"
 	fsmKeyAddr       = "addr"
 	fsmKeyCreated    = "created"
+	fsmKeyRegions    = "regions"
+	fsmKeyMarkedSeq  = "marked_seq"
 )
 
 // Limits on a secondary's registration.
@@ -105,11 +107,12 @@ type FSMConfig struct {
 //   - FSMSnapshot.Persist runs on Raft's snapshot goroutine, concurrently
 //     with Apply; it first waits for the applier to have written every
 //     entry up to the snapshot.
-//   - Every read method (Stats, Volume, Volumes, Promotions, NodeAddr,
-//     Fetch, Changed, Failed, ReadVolumeBlock, Validated, Secondaries,
-//     Secondary, SecondaryBitmap, JournalLag) may be called from any
-//     goroutine at any time. ReadVolumeBlock first waits for the applier
-//     to have written every entry applied before the call.
+//   - Every read method (Stats, Volume, Volumes, Promotions,
+//     ChangedSincePromotion, NodeAddr, Fetch, Changed, Failed,
+//     ReadVolumeBlock, Validated, Secondaries, Secondary, SecondaryBitmap,
+//     JournalLag) may be called from any goroutine at any time.
+//     ReadVolumeBlock first waits for the applier to have written every
+//     entry applied before the call.
 //   - Close is called once Raft has stopped: it drains the queue, stops
 //     the applier and closes the volumes.
 //
@@ -204,6 +207,12 @@ type volumeRecord struct {
 	// most MaxPromotions (see promote.go). Its elements are never
 	// modified.
 	promotions []promotionRecord
+	// changed is the changed-since-promotion bitmap (see failback.go), in
+	// regions of wire.RegionBlocks blocks: nil until the volume's first
+	// promotion (it is set exactly when promotions is not empty), replaced
+	// by each promotion, then marked by each batch of the volume
+	// committed. A snapshot copies it.
+	changed *blockdev.Bitmap
 }
 
 // appendBatch adds a batch committed at the time at (Unix ns) to the
@@ -228,8 +237,12 @@ func (r *volumeRecord) dropBatches(n int) {
 }
 
 func (r *volumeRecord) info() VolumeInfo {
-	return VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq,
+	v := VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq,
 		Session: r.session, TrimmedSeq: r.trimmedSeq}
+	if r.changed != nil {
+		v.ChangedSincePromotion = r.changed.Count()
+	}
+	return v
 }
 
 // seqOf returns the seq of the volume's batch volumeSeq, or 0 when the
@@ -314,10 +327,18 @@ type SecondaryInfo struct {
 	// marks its regions in the secondary's intermediate bitmap.
 	Suspended  bool
 	ResumeFrom uint64
-	// MarkedSeq is the highest seq of a batch that marked the bitmap, 0
-	// when it is empty; DirtyRegions is the number of regions marked.
+	// MarkedSeq is the highest seq of a batch that marked the bitmap, or
+	// FailbackSeq if that is higher; 0 when the bitmap is empty and no
+	// failback set it. Once the secondary applied a point at or above it,
+	// the bitmap is cleared. DirtyRegions is the number of regions marked.
 	MarkedSeq    uint64
 	DirtyRegions uint64
+	// FailbackSeq is set while the bitmap is a failback's (see
+	// FailbackSecondary): the committed seq of the failback, at least 1.
+	// The secondary starts from an old primary's volume, which differs
+	// from the intermediate volume at FailbackSeq only in the bitmap's
+	// regions. 0 otherwise.
+	FailbackSeq uint64
 }
 
 // SecondaryResult is what Apply returns for a RegisterSecondary or a
@@ -354,6 +375,9 @@ type VolumeInfo struct {
 	LastSeq       uint64 // the seq of the volume's last committed batch
 	Session       uint64 // the Raft index of the latest RegisterVolume: the open Submit session
 	TrimmedSeq    uint64 // the journal no longer holds the volume's batches with seq <= it
+	// ChangedSincePromotion is the number of regions of the volume's
+	// changed-since-promotion bitmap (0 when it was never promoted).
+	ChangedSincePromotion uint64
 }
 
 // FSMStats are the state machine's counters.
@@ -419,9 +443,9 @@ func NewFSM(cfg FSMConfig) (*FSM, error) {
 // Apply implements raft.FSM. It returns *SubmitResult, *RegisterResult,
 // *EpochResult, *SecondaryResult (RegisterSecondary, RemoveSecondary),
 // *SuspendResult (SuspendSecondary, ClearSecondaryBitmap),
-// *ValidatedResult, *PromoteResult (PromoteGroup) or nil (NodeAddr,
-// TrimJournal and non-command entries); after a fatal error, an error
-// wrapping wire.ErrFailed.
+// *ValidatedResult, *PromoteResult (PromoteGroup), *FailbackResult
+// (FailbackSecondary) or nil (NodeAddr, TrimJournal and non-command
+// entries); after a fatal error, an error wrapping wire.ErrFailed.
 func (f *FSM) Apply(l *raft.Log) any {
 	if err := f.refusal(); err != nil {
 		return err
@@ -472,6 +496,8 @@ func (f *FSM) Apply(l *raft.Log) any {
 		return f.applyClearSecondaryBitmap(l.Index, op.ClearSecondaryBitmap)
 	case *wire.Entry_PromoteGroup:
 		return f.applyPromoteGroup(l.Index, op.PromoteGroup)
+	case *wire.Entry_FailbackSecondary:
+		return f.applyFailbackSecondary(l.Index, op.FailbackSecondary)
 	default:
 		return f.fatal(fmt.Errorf("raft entry %d: %w: operation %T", l.Index, wire.ErrBadEntry, op))
 	}
@@ -598,6 +624,9 @@ func (f *FSM) submitLocked(b *wire.Batch, session uint64, at int64) BatchResult 
 		f.st.journalBytes += uint64(wire.BatchBytes(b))
 		rec.appendBatch(cb, at)
 		rec.lastVolumeSeq, rec.lastSeq = vs, r.Seq
+		if rec.changed != nil {
+			markChanged(rec.changed, b)
+		}
 	}
 	return r
 }

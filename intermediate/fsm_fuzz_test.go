@@ -95,6 +95,13 @@ func FuzzFSMApply(f *testing.F) {
 		ftPromote("p1", "host", ftPromoteTime),
 		ftPromote("p0", "again", ftPromoteTime), // already recorded
 		ftPromote("", "", ftPromoteTime),        // refused
+		ftFailback("sa", "a", nil),
+		ftFailback("sb", "b", ftPrimaryBitmap(f, 4, blockdev.BlockSize, 2)), // resumes sb
+		ftFailback("sa", "a", ftPrimaryBitmap(f, 8, 1<<20, 0)),
+		ftFailback("sa", "b", nil),                         // another volume: refused
+		ftFailback("zz", "a", nil),                         // not registered: refused
+		ftFailback("sa", "a", []byte("junk")),              // refused
+		ftFailback("sa", "a", ftPrimaryBitmap(f, 9, 0, 0)), // another size: refused
 	} {
 		framed, err := wire.EncodeEntry(e)
 		if err != nil {
@@ -168,6 +175,13 @@ func FuzzFSMApply(f *testing.F) {
 			// volumes keeps its epoch.
 			if pr.Seq != before.CommittedSeq || len(pr.Volumes) != 2 || pr.Volumes[0].Epoch != 3 || pr.Volumes[1].Epoch != 4 {
 				t.Fatalf("promotion of the base: %+v", pr)
+			}
+		}
+		if fr, ok := res.(*FailbackResult); ok && fr.Err == nil {
+			s := fr.Secondary
+			if s.Suspended || s.FailbackSeq != max(before.CommittedSeq, 1) || s.MarkedSeq != s.FailbackSeq || s.DirtyRegions != fr.Regions ||
+				fr.Epoch == 0 {
+				t.Fatalf("failback: %+v", fr)
 			}
 		}
 		if after.ValidatedSeq < before.ValidatedSeq {
@@ -271,11 +285,26 @@ func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapsho
 		t.Fatalf("not a state version %d can hold: %+v, %v", version, m, err)
 	}
 	for _, v := range m.volumes {
-		if version < snapVersion && len(v.promotions) != 0 {
+		if version < snapVersionNoChanged && len(v.promotions) != 0 {
 			t.Fatalf("volume %q was promoted, which version %d cannot hold", v.name, version)
 		}
 	}
+	for _, s := range m.secondaries {
+		if version < snapVersion && s.failbackSeq != 0 {
+			t.Fatalf("secondary %q failed back, which version %d cannot hold", s.id, version)
+		}
+	}
 	fw.write(frameMeta, encodeMeta(m, version))
+	// Versions before 6 have no changed-since-promotion bitmaps: drop them.
+	r := &restorer{fr: fr}
+	for _, v := range m.volumes {
+		if len(v.promotions) == 0 || version >= snapVersion {
+			continue
+		}
+		if _, err := r.readChanged(v); err != nil {
+			t.Fatalf("changed-since-promotion bitmap of %q: %v", v.name, err)
+		}
+	}
 	rest, _ := io.ReadAll(fr.r)
 	return append(out.Bytes(), rest...)
 }
@@ -307,6 +336,11 @@ func FuzzSnapshotRestore(f *testing.F) {
 	src.apply(ftPromote("p1", "host", ftPromoteTime))
 	src.apply(ftPromote("p2", "", ftPromoteTime))
 	promoted := ftSnapshot(f, src.f)
+	v5 := ftAsVersion(f, promoted, snapVersionNoChanged, func(*snapshotMeta) bool { return true })
+	src.register("a", 2, 3)
+	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 3, VolumeSeq: 3, Blocks: []*wire.Block{{Index: 1, Data: make([]byte, wire.BlockSize)}}}))
+	src.apply(ftFailback("s2", "a", ftPrimaryBitmap(f, 2, blockdev.BlockSize, 0)))
+	failback := ftSnapshot(f, src.f)
 	empty := ftSnapshot(f, ftNew(f, nil, "/empty").f)
 	v2 := ftNew(f, nil, "/v2")
 	v2.register("a", 2, 1)
@@ -316,7 +350,7 @@ func FuzzSnapshotRestore(f *testing.F) {
 	if err := ftRestore(ftNew(f, nil, "/v2check").f, v2snap); err != nil {
 		f.Fatalf("the version 2 seed: %v", err)
 	}
-	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, promoted, empty, v2snap} {
+	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, promoted, v5, failback, empty, v2snap} {
 		f.Add(byte(ftSnapRaw), seed)
 		f.Add(byte(ftSnapFramed), ftUnframe(seed))
 	}

@@ -270,9 +270,9 @@ func TestSnapshotMetaRefusesBadSecondaries(t *testing.T) {
 		t.Fatalf("huge count: %v", err)
 	}
 	// Flags other than suspended are refused (the last secondary ends with
-	// its flags, three seqs and a count of no runs).
+	// its flags, three seqs, its failback seq and a count of no runs).
 	p = encodeMeta(base, snapVersion)
-	p[len(p)-4-3*8-4] = 2
+	p[len(p)-4-8-3*8-4] = 2
 	if _, err := decodeMeta(p, snapVersion); !errors.Is(err, errBadSnapshot) || !strings.Contains(err.Error(), "flags 0x2") {
 		t.Fatalf("unknown flag: %v", err)
 	}

@@ -22,7 +22,12 @@ package intermediate
 //	         version 3 on, the validated seq and the registered secondaries;
 //	         from version 4 on, each secondary's suspension, the seq its
 //	         bitmap covers from and its intermediate bitmap (runs of regions);
-//	         from version 5 on, each volume's promotion history
+//	         from version 5 on, each volume's promotion history; from
+//	         version 6 on, each secondary's failback seq
+//	changed  from version 6 on, for each volume with a promotion history,
+//	         by name: its changed-since-promotion bitmap
+//	         (blockdev.Bitmap.MarshalBinary) in frames of name, total
+//	         length, offset and at most changedPiece bytes
 //	batch    one frame per journal batch (seq, protobuf Batch), in seq order
 //	image    per volume, by name: name, block count, H; then chunk frames of
 //	         at most chunkBlocks blocks (an all-zero chunk carries no data)
@@ -69,18 +74,22 @@ package intermediate
 // truncated stream (a checksum, a size, an order or a count that is wrong)
 // fails Restore with the old state and volumes untouched.
 //
-// Versions: 5 (this one) added the volumes' promotion histories; Restore
-// still reads version 4 (no volume of that time was ever promoted: no
-// PromoteGroup entry existed). 4 added the secondaries' suspension and
-// intermediate bitmaps. 3 added the validated seq and the secondaries to the meta frame;
-// Restore still reads it (no secondary of that time was ever suspended; each
-// one's covered-from seq is taken as its volume's trimmed seq, which is
-// conservative: a secondary that applied less is refused ReadRegions and
-// copies the whole volume). Restore also reads version 2 (no validated seq,
-// no secondaries: a group of that time had none). Version 1 streams (volume
-// records without a Submit session) are refused: the Submit entries of
-// their logs carry no sessions either, which this state machine cannot
-// apply.
+// Versions: 6 (this one) added the volumes' changed-since-promotion bitmaps
+// and the secondaries' failback seqs; Restore still reads version 5 (no
+// failback of that time; a volume promoted then has no record of what
+// changed since, so it gets a bitmap with every region set: a failback of
+// its old primary copies the whole volume). 5 added the volumes' promotion
+// histories; Restore still reads version 4 (no volume of that time was ever
+// promoted: no PromoteGroup entry existed). 4 added the secondaries'
+// suspension and intermediate bitmaps. 3 added the validated seq and the
+// secondaries to the meta frame; Restore still reads it (no secondary of
+// that time was ever suspended; each one's covered-from seq is taken as its
+// volume's trimmed seq, which is conservative: a secondary that applied
+// less is refused ReadRegions and copies the whole volume). Restore also
+// reads version 2 (no validated seq, no secondaries: a group of that time
+// had none). Version 1 streams (volume records without a Submit session)
+// are refused: the Submit entries of their logs carry no sessions either,
+// which this state machine cannot apply.
 
 import (
 	"bufio"
@@ -107,15 +116,18 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 5
-	// snapVersionNoPromotions is the previous version, which Restore still
+	snapVersion = 6
+	// snapVersionNoChanged is the previous version, which Restore still
+	// reads: no changed-since-promotion bitmaps, no failback seqs.
+	snapVersionNoChanged = 5
+	// snapVersionNoPromotions is the version before, which Restore still
 	// reads: its volume records have no promotion history.
 	snapVersionNoPromotions = 4
-	// snapVersionNoBitmaps is the version before, which Restore still
+	// snapVersionNoBitmaps is the version before that, which Restore still
 	// reads: its secondaries are ID, volume and address only.
 	snapVersionNoBitmaps = 3
-	// snapVersionNoSecondaries is the version before that, which Restore still
-	// reads: its meta frame ends after the node addresses.
+	// snapVersionNoSecondaries is the oldest version Restore reads: its
+	// meta frame ends after the node addresses.
 	snapVersionNoSecondaries = 2
 
 	// chunkBlocks is the largest number of blocks in one image chunk.
@@ -127,6 +139,8 @@ const (
 	frameImage  byte = 4
 	frameChunk  byte = 5
 	frameEnd    byte = 6
+	// frameChanged carries (part of) a changed-since-promotion bitmap.
+	frameChanged byte = 7
 
 	// frameHeadSize is the size of a frame's head: type, length, CRC-32C
 	// of both. The payload follows, then its CRC-32C.
@@ -141,6 +155,12 @@ const (
 	maxBatchFrame = 1 << 30
 	maxChunkFrame = chunkHeadSize + chunkBlocks*blockdev.BlockSize
 
+	// changedPiece is the most bitmap bytes one changed frame carries (a
+	// 1 TiB volume's bitmap is 2 MiB); maxChangedFrame adds the name,
+	// the total length and the offset.
+	changedPiece    = 16 << 20
+	maxChangedFrame = maxSmallFrame + changedPiece
+
 	// readStep bounds how much a frame's buffer grows ahead of the bytes
 	// actually read, so that a lying length costs little.
 	readStep = 1 << 20
@@ -148,7 +168,7 @@ const (
 
 var frameNames = map[byte]string{
 	frameHeader: "header", frameMeta: "meta", frameBatch: "batch",
-	frameImage: "image", frameChunk: "chunk", frameEnd: "end",
+	frameImage: "image", frameChunk: "chunk", frameEnd: "end", frameChanged: "changed",
 }
 
 // errBadSnapshot is wrapped by every error about the content of a snapshot
@@ -160,25 +180,30 @@ var zeroBlock [blockdev.BlockSize]byte
 // snapshotMeta is the metadata of a snapshot.
 type snapshotMeta struct {
 	seq, appliedIndex, journalStart, journalBatches uint64
-	volumes                                         []volumeMeta    // sorted by name
+	volumes                                         []volumeMeta    // sorted by name; their bitmaps are not in the meta frame
 	nodes                                           []nodeMeta      // sorted by id
 	validated                                       uint64          // version 3
 	secondaries                                     []secondaryMeta // sorted by ID; version 3
 }
 
 // secondaryMeta is a secondary's record in a snapshot: the bitmap as runs
-// of regions (version 4).
+// of regions (version 4), the failback seq (version 6).
 type secondaryMeta struct {
 	id, volume, addr                   string
 	suspended                          bool
 	coveredFrom, resumeFrom, markedSeq uint64
 	ranges                             []RegionRange
+	failbackSeq                        uint64
 }
 
 type volumeMeta struct {
 	name                                                           string
 	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq, session uint64
 	promotions                                                     []promotionRecord // version 5
+	// changed is a copy of the changed-since-promotion bitmap (set exactly
+	// when promotions is not empty); it travels in changed frames
+	// (version 6), not in the meta frame.
+	changed *blockdev.Bitmap
 }
 
 type nodeMeta struct{ id, addr string }
@@ -211,9 +236,14 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		if iv == nil {
 			return nil, fmt.Errorf("snapshot: volume %q has no intermediate volume", name)
 		}
-		s.meta.volumes = append(s.meta.volumes, volumeMeta{name: name, epoch: rec.epoch, blockCount: rec.blockCount,
+		vm := volumeMeta{name: name, epoch: rec.epoch, blockCount: rec.blockCount,
 			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq, session: rec.session,
-			promotions: slices.Clone(rec.promotions)})
+			promotions: slices.Clone(rec.promotions)}
+		if rec.changed != nil {
+			// Later batches mark the bitmap in place: copy it.
+			vm.changed = rec.changed.Clone()
+		}
+		s.meta.volumes = append(s.meta.volumes, vm)
 		s.vols = append(s.vols, iv)
 	}
 	for _, id := range slices.Sorted(maps.Keys(f.st.nodeAddrs)) {
@@ -224,7 +254,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		sr := f.st.secondaries[id]
 		s.meta.secondaries = append(s.meta.secondaries, secondaryMeta{id: sr.id, volume: sr.volume, addr: sr.addr,
 			suspended: sr.suspended, coveredFrom: sr.coveredFrom, resumeFrom: sr.resumeFrom, markedSeq: sr.markedSeq,
-			ranges: sr.regions.ranges()})
+			ranges: sr.regions.ranges(), failbackSeq: sr.failbackSeq})
 	}
 	return s, nil
 }
@@ -267,6 +297,11 @@ func (s *fsmSnapshot) persist(w io.Writer) error {
 	if err := fw.write(frameMeta, encodeMeta(s.meta, snapVersion)); err != nil {
 		return err
 	}
+	for _, vm := range s.meta.volumes {
+		if err := writeChanged(fw, vm, changedPiece); err != nil {
+			return fmt.Errorf("changed-since-promotion bitmap of volume %q: %w", vm.name, err)
+		}
+	}
 	var buf []byte
 	for _, cb := range s.journal {
 		buf = binary.LittleEndian.AppendUint64(buf[:0], cb.GetSeq())
@@ -292,6 +327,29 @@ func (s *fsmSnapshot) persist(w io.Writer) error {
 		return err
 	}
 	return bw.Flush()
+}
+
+// writeChanged writes the changed frames of one volume's
+// changed-since-promotion bitmap, if it has one: name, total length, offset
+// and a piece of the encoded bitmap of at most piece bytes in each.
+func writeChanged(fw *frameWriter, vm volumeMeta, piece int) error {
+	if vm.changed == nil {
+		return nil
+	}
+	data, err := vm.changed.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	for off := 0; off < len(data); off += piece {
+		var e encoder
+		e.str(vm.name)
+		e.u64(uint64(len(data)))
+		e.u64(uint64(off))
+		if err := fw.write(frameChanged, e.b, data[off:min(off+piece, len(data))]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeImage streams the image of one volume: see the comment at the top of
@@ -429,6 +487,18 @@ func (r *restorer) read() (fsmState, error) {
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
 	}
+	if version >= snapVersion {
+		for _, vm := range meta.volumes {
+			if len(vm.promotions) == 0 {
+				continue
+			}
+			b, err := r.readChanged(vm)
+			if err != nil {
+				return st, fmt.Errorf("changed-since-promotion bitmap of volume %q: %w", vm.name, err)
+			}
+			st.volumes[vm.name].changed = b
+		}
+	}
 
 	if err := r.readJournal(&st, meta); err != nil {
 		return st, err
@@ -440,9 +510,26 @@ func (r *restorer) read() (fsmState, error) {
 	}
 	// The bitmaps are built once the images checked out: a bitmap is
 	// bounded by its volume's size, which is real by now.
+	if version < snapVersion {
+		for _, vm := range meta.volumes {
+			if len(vm.promotions) == 0 {
+				continue
+			}
+			// Promoted before changes were tracked: every region may
+			// have changed.
+			rec := st.volumes[vm.name]
+			b, err := blockdev.NewBitmap(rec.blockCount, changedRegionSize)
+			if err != nil {
+				return st, fmt.Errorf("%w: volume %q: %w", errBadSnapshot, vm.name, err)
+			}
+			b.SetAll()
+			rec.changed = b
+		}
+	}
 	for _, sm := range meta.secondaries {
 		sr := &secondaryRecord{id: sm.id, volume: sm.volume, addr: sm.addr, coveredFrom: sm.coveredFrom,
-			suspended: sm.suspended, resumeFrom: sm.resumeFrom, markedSeq: sm.markedSeq, regions: regionSetOf(sm.ranges)}
+			suspended: sm.suspended, resumeFrom: sm.resumeFrom, markedSeq: sm.markedSeq, regions: regionSetOf(sm.ranges),
+			failbackSeq: sm.failbackSeq}
 		if version < snapVersionNoPromotions {
 			sr.coveredFrom = st.volumes[sm.volume].trimmedSeq
 		}
@@ -469,6 +556,41 @@ func (r *restorer) read() (fsmState, error) {
 		return st, fmt.Errorf("read snapshot: %w", err)
 	}
 	return st, nil
+}
+
+// readChanged reads the changed frames of a promoted volume and returns its
+// changed-since-promotion bitmap. The bitmap's buffer grows with the bytes
+// actually read, never by a length the stream claims.
+func (r *restorer) readChanged(vm volumeMeta) (*blockdev.Bitmap, error) {
+	var data []byte
+	for total := uint64(1); uint64(len(data)) < total; {
+		p, err := r.fr.next(frameChanged, maxChangedFrame)
+		if err != nil {
+			return nil, err
+		}
+		d := decoder{b: p}
+		name, t, off := d.str(), d.u64(), d.u64()
+		if d.err != nil {
+			return nil, fmt.Errorf("changed frame: %w", d.err)
+		}
+		piece := d.b
+		if name != vm.name || (len(data) > 0 && t != total) || off != uint64(len(data)) || len(piece) == 0 ||
+			uint64(len(piece)) > t-off || len(piece) > changedPiece {
+			return nil, fmt.Errorf("%w: changed frame of %q at offset %d of %d with %d bytes, want one of %q at offset %d",
+				errBadSnapshot, name, off, t, len(piece), vm.name, len(data))
+		}
+		total = t
+		data = append(data, piece...)
+	}
+	b := new(blockdev.Bitmap)
+	if err := b.UnmarshalBinary(data); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadSnapshot, err)
+	}
+	if b.BlockCount() != vm.blockCount || b.RegionSize() != changedRegionSize {
+		return nil, fmt.Errorf("%w: bitmap of %d blocks in regions of %d bytes, want %d blocks in regions of %d",
+			errBadSnapshot, b.BlockCount(), b.RegionSize(), vm.blockCount, changedRegionSize)
+	}
+	return b, nil
 }
 
 // readJournal reads and checks the journal's batches.
@@ -676,7 +798,7 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.u64(v.lastSeq)
 		e.u64(v.trimmedSeq)
 		e.u64(v.session)
-		if version < snapVersion {
+		if version < snapVersionNoChanged {
 			continue
 		}
 		e.u32(uint32(len(v.promotions)))
@@ -715,6 +837,9 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.u64(s.coveredFrom)
 		e.u64(s.resumeFrom)
 		e.u64(s.markedSeq)
+		if version >= snapVersion {
+			e.u64(s.failbackSeq)
+		}
 		e.u32(uint32(len(s.ranges)))
 		for _, r := range s.ranges {
 			e.u64(r.First)
@@ -737,6 +862,8 @@ const (
 	minSecondaryMeta = 3 * 4
 	// minSecondaryMetaV4 adds flags, three seqs and the count of runs.
 	minSecondaryMetaV4 = minSecondaryMeta + 4 + 3*8 + 4
+	// minSecondaryMetaV6 adds the failback seq.
+	minSecondaryMetaV6 = minSecondaryMetaV4 + 8
 	minRegionRange     = 2 * 8
 
 	// secondaryFlagSuspended marks a suspended secondary in its flags.
@@ -751,7 +878,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	m.seq, m.appliedIndex, m.journalStart, m.journalBatches = d.u64(), d.u64(), d.u64(), d.u64()
 	nv := d.u32()
 	minVolume := uint64(minVolumeMeta)
-	if version >= snapVersion {
+	if version >= snapVersionNoChanged {
 		minVolume = minVolumeMetaV5
 	}
 	if d.err == nil && uint64(nv) > uint64(len(d.b))/minVolume {
@@ -760,7 +887,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	for i := uint32(0); i < nv && d.err == nil; i++ {
 		v := volumeMeta{name: d.str()}
 		v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, v.session = d.u64(), d.u64(), d.u64(), d.u64(), d.u64(), d.u64()
-		if version >= snapVersion {
+		if version >= snapVersionNoChanged {
 			np := d.u32()
 			if d.err == nil && uint64(np) > uint64(len(d.b))/minPromotionMeta {
 				return m, fmt.Errorf("%w: volume %q claims %d promotions in %d bytes", errBadSnapshot, v.name, np, len(d.b))
@@ -784,7 +911,10 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		m.validated = d.u64()
 		ns := d.u32()
 		minSize := uint64(minSecondaryMeta)
-		if version >= snapVersionNoPromotions {
+		switch {
+		case version >= snapVersion:
+			minSize = minSecondaryMetaV6
+		case version >= snapVersionNoPromotions:
 			minSize = minSecondaryMetaV4
 		}
 		if d.err == nil && uint64(ns) > uint64(len(d.b))/minSize {
@@ -799,6 +929,9 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 				}
 				s.suspended = flags&secondaryFlagSuspended != 0
 				s.coveredFrom, s.resumeFrom, s.markedSeq = d.u64(), d.u64(), d.u64()
+				if version >= snapVersion {
+					s.failbackSeq = d.u64()
+				}
 				nr := d.u32()
 				if d.err == nil && uint64(nr) > uint64(len(d.b))/minRegionRange {
 					return m, fmt.Errorf("%w: secondary %q claims %d runs of regions in %d bytes", errBadSnapshot, s.id, nr, len(d.b))
@@ -890,13 +1023,17 @@ func checkPromotionsMeta(v volumeMeta, seq uint64) error {
 }
 
 // checkSecondaryMeta checks a secondary's suspension and bitmap against
-// its volume's record and the seq counter.
+// its volume's record and the seq counter: a bitmap is marked up to a
+// batch the journal dropped, or set by a failback (marked seq at or above
+// the failback seq, which is at most the counter, or 1); only a failback's
+// bitmap may be empty with a marked seq.
 func checkSecondaryMeta(s secondaryMeta, v volumeMeta, seq uint64) error {
-	if s.coveredFrom > v.trimmedSeq || s.resumeFrom > seq || s.markedSeq > v.trimmedSeq {
-		return fmt.Errorf("%w: secondary %q: covered from seq %d, resume from %d, marked up to %d (volume %q trimmed to %d, counter %d)",
-			errBadSnapshot, s.id, s.coveredFrom, s.resumeFrom, s.markedSeq, v.name, v.trimmedSeq, seq)
+	if s.coveredFrom > v.trimmedSeq || s.resumeFrom > seq || s.markedSeq > max(v.trimmedSeq, s.failbackSeq) ||
+		s.failbackSeq > max(seq, 1) || s.markedSeq < s.failbackSeq {
+		return fmt.Errorf("%w: secondary %q: covered from seq %d, resume from %d, marked up to %d, failback at %d (volume %q trimmed to %d, counter %d)",
+			errBadSnapshot, s.id, s.coveredFrom, s.resumeFrom, s.markedSeq, s.failbackSeq, v.name, v.trimmedSeq, seq)
 	}
-	if (s.markedSeq == 0) != (len(s.ranges) == 0) {
+	if (s.markedSeq == 0 && len(s.ranges) != 0) || (s.markedSeq != 0 && len(s.ranges) == 0 && s.failbackSeq == 0) {
 		return fmt.Errorf("%w: secondary %q: bitmap of %d runs marked up to seq %d", errBadSnapshot, s.id, len(s.ranges), s.markedSeq)
 	}
 	regions := regionCount(v.blockCount)

@@ -238,12 +238,13 @@ type ftDump struct {
 	Fetch        map[string][]string        // per volume: seq and the hash of each batch
 	Images       map[string][32]byte        // per volume: hash of its blocks
 	Promotions   map[string][]PromotionInfo // per volume promoted: its history
+	Changed      map[string][]RegionRange   // per volume promoted: its changed-since-promotion bitmap
 }
 
 func ftDumpOf(t testing.TB, f *FSM) ftDump {
 	t.Helper()
 	d := ftDump{Stats: f.Stats(), Volumes: f.Volumes(), Secondaries: f.Secondaries(), Fetch: map[string][]string{}, Images: map[string][32]byte{},
-		Trimmed: map[string]uint64{}, Promotions: map[string][]PromotionInfo{}}
+		Trimmed: map[string]uint64{}, Promotions: map[string][]PromotionInfo{}, Changed: map[string][]RegionRange{}}
 	f.mu.RLock()
 	d.Nodes = maps.Clone(f.st.nodeAddrs)
 	d.Bitmaps = map[string][]RegionRange{}
@@ -276,6 +277,9 @@ func ftDumpOf(t testing.TB, f *FSM) ftDump {
 		d.Images[v.Name] = ftImage(t, f, v.Name, v.BlockCount)
 		if ps := f.Promotions(v.Name); ps != nil {
 			d.Promotions[v.Name] = ps
+		}
+		if rs, ok := f.ChangedSincePromotion(v.Name); ok {
+			d.Changed[v.Name] = rs
 		}
 	}
 	return d
@@ -370,9 +374,18 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 				t.Fatalf("secondary %q: run %+v outside the %d regions of volume %q", id, r, regionCount(rec.blockCount), s.volume)
 			}
 		}
-		if n != s.regions.count || (s.markedSeq == 0) != (n == 0) || s.markedSeq > rec.trimmedSeq || s.coveredFrom > rec.trimmedSeq {
-			t.Fatalf("secondary %q: %d regions in runs, count %d, marked up to %d, covered from %d, volume trimmed to %d",
-				id, n, s.regions.count, s.markedSeq, s.coveredFrom, rec.trimmedSeq)
+		// A bitmap is marked up to a batch the journal dropped, or set by
+		// a failback (which may leave it empty).
+		if n != s.regions.count || (s.markedSeq == 0 && (n != 0 || s.failbackSeq != 0)) || (n == 0 && s.markedSeq != 0 && s.failbackSeq == 0) ||
+			s.markedSeq > max(rec.trimmedSeq, s.failbackSeq) || s.markedSeq < s.failbackSeq || s.failbackSeq > max(st.seq, 1) ||
+			s.coveredFrom > rec.trimmedSeq {
+			t.Fatalf("secondary %q: %d regions in runs, count %d, marked up to %d, failback at %d, covered from %d, volume trimmed to %d (counter %d)",
+				id, n, s.regions.count, s.markedSeq, s.failbackSeq, s.coveredFrom, rec.trimmedSeq, st.seq)
+		}
+		sm := secondaryMeta{id: s.id, volume: s.volume, addr: s.addr, suspended: s.suspended, coveredFrom: s.coveredFrom,
+			resumeFrom: s.resumeFrom, markedSeq: s.markedSeq, ranges: ranges, failbackSeq: s.failbackSeq}
+		if err := checkSecondaryMeta(sm, volumeMeta{name: rec.name, blockCount: rec.blockCount, trimmedSeq: rec.trimmedSeq}, st.seq); err != nil {
+			t.Fatalf("secondary %q, as a snapshot carries it: %v", id, err)
 		}
 	}
 	for name, rec := range st.volumes {
@@ -402,6 +415,7 @@ func ftCheckInvariants(t testing.TB, f *FSM) {
 				name, rec.epoch, rec.lastSeq, rec.trimmedSeq, len(rec.batches), st.seq, st.journalStart)
 		}
 		ftCheckPromotions(t, rec, st.seq)
+		ftCheckChanged(t, rec)
 		iv := f.vols[name]
 		if iv == nil {
 			t.Fatalf("volume %q has no intermediate volume", name)
@@ -419,6 +433,32 @@ func ftCheckPromotions(t testing.TB, rec *volumeRecord, seq uint64) {
 	vm := volumeMeta{name: rec.name, epoch: rec.epoch, lastSeq: rec.lastSeq, lastVolumeSeq: rec.lastVolumeSeq, promotions: rec.promotions}
 	if err := checkPromotionsMeta(vm, seq); err != nil {
 		t.Fatalf("promotion history: %v", err)
+	}
+}
+
+// ftCheckChanged checks a volume's changed-since-promotion bitmap: there
+// is one exactly when the volume was promoted, of its size in the
+// secondaries' regions, and it marks every batch of the volume in the
+// journal (each came after the promotion or was in the journal then).
+func ftCheckChanged(t testing.TB, rec *volumeRecord) {
+	t.Helper()
+	if (rec.changed != nil) != (len(rec.promotions) > 0) {
+		t.Fatalf("volume %q: %d promotions, changed-since-promotion bitmap %t", rec.name, len(rec.promotions), rec.changed != nil)
+	}
+	if rec.changed == nil {
+		return
+	}
+	if rec.changed.BlockCount() != rec.blockCount || rec.changed.RegionSize() != changedRegionSize {
+		t.Fatalf("volume %q of %d blocks: changed-since-promotion bitmap of %d blocks in regions of %d bytes",
+			rec.name, rec.blockCount, rec.changed.BlockCount(), rec.changed.RegionSize())
+	}
+	for _, cb := range rec.batches {
+		for _, b := range cb.GetBatch().GetBlocks() {
+			if !rec.changed.IsSet(b.GetIndex() / wire.RegionBlocks) {
+				t.Fatalf("volume %q: block %d of batch seq %d in the journal is not marked changed since the promotion",
+					rec.name, b.GetIndex(), cb.GetSeq())
+			}
+		}
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -21,7 +22,9 @@ import (
 // and the secondaries hold the old primaries' whole state once they
 // applied it. The secondaries stay registered, so that the coordinator
 // keeps validating while they drain; whoever promotes removes them
-// afterwards (RemoveSecondary).
+// afterwards (RemoveSecondary). Each promoted volume gets a new
+// changed-since-promotion bitmap, for the failback of its old primary
+// (failback.go).
 
 // Limits of a promotion.
 const (
@@ -145,9 +148,10 @@ func checkPromotion(id, by string) error {
 
 // applyPromoteGroup applies a PromoteGroup entry: unless some volume's
 // history holds the promotion ID already, it raises the epoch of every
-// registered volume by one and records the promotion in each volume's
-// history (the latest MaxPromotions kept). Refusals are results, never
-// fatal.
+// registered volume by one, records the promotion in each volume's history
+// (the latest MaxPromotions kept) and gives each volume a new
+// changed-since-promotion bitmap marking the batches of the volume the
+// journal holds. Refusals are results, never fatal.
 func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 	res := &PromoteResult{}
 	id, by, at := pg.GetPromotionId(), pg.GetBy(), pg.GetTimeUnixNano()
@@ -172,17 +176,26 @@ func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 			fsmKeyIndex, index, fsmKeyAlready, true)
 		return res
 	}
+	changed := make(map[string]*blockdev.Bitmap, len(names))
 	for _, name := range names {
-		if f.st.volumes[name].epoch == math.MaxUint64 {
+		rec := f.st.volumes[name]
+		if rec.epoch == math.MaxUint64 {
 			res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q is at the largest epoch", name)
 			return res
 		}
+		b, err := rec.newChanged()
+		if err != nil {
+			res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q: %v", name, err)
+			return res
+		}
+		changed[name] = b
 	}
 	res.Seq = f.st.seq
 	for _, name := range names {
 		rec := f.st.volumes[name]
 		prev := rec.epoch
 		rec.epoch++
+		rec.changed = changed[name]
 		rec.promotions = append(rec.promotions, promotionRecord{id: id, epoch: rec.epoch, seq: res.Seq, time: at, by: by,
 			lastSeq: rec.lastSeq, lastVolumeSeq: rec.lastVolumeSeq})
 		if n := len(rec.promotions); n > MaxPromotions {
@@ -192,7 +205,7 @@ func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 		res.Volumes = append(res.Volumes, PromotedVolume{Name: name, Epoch: rec.epoch, LastSeq: rec.lastSeq,
 			LastVolumeSeq: rec.lastVolumeSeq, BlockCount: rec.blockCount})
 		f.log.Info("promoted volume", fsmKeyPromotion, id, fsmKeyVolume, name, fsmKeyEpoch, rec.epoch, fsmKeyPrevEpoch, prev,
-			fsmKeyLastSeq, rec.lastSeq, fsmKeyLastVolumeSeq, rec.lastVolumeSeq, fsmKeyIndex, index)
+			fsmKeyLastSeq, rec.lastSeq, fsmKeyLastVolumeSeq, rec.lastVolumeSeq, fsmKeyRegions, rec.changed.Count(), fsmKeyIndex, index)
 	}
 	if len(names) > 0 {
 		f.broadcastLocked()

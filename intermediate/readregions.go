@@ -13,20 +13,26 @@ import (
 
 // needsResync reports whether secondary id, whose hello said it applied
 // applied, must resynchronise before it can prepare anything above its
-// position (CoordinateOpened.resync): its intermediate bitmap is not empty,
-// or the journal no longer holds the batches of its volume after applied.
+// position (CoordinateOpened.resync): its intermediate bitmap marks
+// something it has not applied (a point below the bitmap's marked seq: a
+// suspension's bitmap, or a failback's), or the journal no longer holds
+// the batches of its volume after applied. A secondary that applied the
+// marked seq holds what the bitmap marks (the coordinator is about to
+// clear it).
 func (n *Node) needsResync(id string, applied uint64) bool {
 	info, ok := n.fsm.Secondary(id)
 	if !ok {
 		return false
 	}
 	vol, ok := n.fsm.Volume(info.Volume)
-	return info.MarkedSeq > 0 || (ok && applied < vol.TrimmedSeq)
+	return info.MarkedSeq > applied || (ok && applied < vol.TrimmedSeq)
 }
 
 // ReadRegions streams the regions marked in a secondary's intermediate
 // bitmap from its volume's intermediate volume: the resync of a secondary
-// that was suspended. Only the leader serves it, after a Raft barrier (see
+// that was suspended, or the copy of a failback (failback.go), whose
+// secondary is registered and not suspended like a resumed one. Only the
+// leader serves it, after a Raft barrier (see
 // ReadVolume), and only to a secondary whose Coordinate stream is attached
 // to this leader (it said HELLO first); until then it answers Unavailable,
 // which the client retries.
@@ -45,6 +51,12 @@ func (n *Node) needsResync(id string, applied uint64) bool {
 // a new suspension (the journal filled up again meanwhile) can drop them;
 // the secondary's Fetch then says compacted and it starts over, with the
 // new regions marked.
+//
+// A failback's secondary applied nothing (its hello said 0), but it holds
+// the old primary's volume, which the bitmap makes the intermediate volume
+// at the failback seq: it counts as having applied that seq, which is at
+// least the volume's trimmed seq when it registered (CoveredFrom), so the
+// journal or the bitmap covers everything after it.
 func (s *service) ReadRegions(req *wire.ReadRegionsRequest, stream wire.Intermediate_ReadRegionsServer) error {
 	n := s.n
 	id := req.GetSecondary()
@@ -85,7 +97,7 @@ func (s *service) ReadRegions(req *wire.ReadRegionsRequest, stream wire.Intermed
 	if rd.info.Suspended {
 		return status.Errorf(codes.Unavailable, "read regions: secondary %q is suspended: its next hello resumes it", id)
 	}
-	applied := max(l.helloApplied, run.snapshot().secondaries[id].applied)
+	applied := max(l.helloApplied, run.snapshot().secondaries[id].applied, rd.info.FailbackSeq)
 	if applied < rd.trimmedSeq && (applied == 0 || applied < rd.info.CoveredFrom) {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST,
 			"read regions: secondary %q applied %d, and the journal dropped batches of volume %q up to %d that its bitmap does not cover (registered when the volume was trimmed to %d): it needs a full copy (ReadVolume)",

@@ -578,7 +578,7 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 	for _, v := range n.fsm.Volumes() {
 		vs := &wire.VolumeStatus{
 			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
-			TrimmedSeq: v.TrimmedSeq,
+			TrimmedSeq: v.TrimmedSeq, ChangedSincePromotion: v.ChangedSincePromotion,
 		}
 		for _, p := range n.fsm.Promotions(v.Name) {
 			vs.Promotions = append(vs.Promotions, &wire.Promotion{PromotionId: p.ID, Epoch: p.Epoch, Seq: p.Seq,

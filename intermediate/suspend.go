@@ -22,8 +22,13 @@ package intermediate
 // applied a point at or above the bitmap's marked seq, the coordinator
 // clears the bitmap (ClearSecondaryBitmap).
 //
+// A failback (failback.go) sets the bitmap too, for a secondary that starts
+// from an old primary's volume instead of a replica; ReadRegions and the
+// clearing work the same way.
+//
 // Everything here is replicated state, changed only by Apply (so on every
-// node alike) and carried by snapshots from version 4 on.
+// node alike) and carried by snapshots from version 4 on (the failback seq
+// from version 6 on).
 
 import (
 	"fmt"
@@ -133,14 +138,21 @@ type secondaryRecord struct {
 	suspended  bool
 	resumeFrom uint64
 	// regions is the intermediate bitmap; markedSeq the highest seq of a
-	// batch that marked it (0 when empty).
+	// batch that marked it, or the failback seq if higher (0 when the
+	// bitmap is empty and no failback set it): the secondary needs the
+	// bitmap until it applied a point at or above markedSeq.
 	regions   regionSet
 	markedSeq uint64
+	// failbackSeq is set by a FailbackSecondary entry (the committed seq
+	// then, at least 1) and cleared with the bitmap: the secondary starts
+	// from an old primary's volume, which differs from the intermediate
+	// volume at failbackSeq only in the bitmap's regions.
+	failbackSeq uint64
 }
 
 func (s *secondaryRecord) info() SecondaryInfo {
 	return SecondaryInfo{ID: s.id, Volume: s.volume, Addr: s.addr, CoveredFrom: s.coveredFrom, Suspended: s.suspended,
-		ResumeFrom: s.resumeFrom, MarkedSeq: s.markedSeq, DirtyRegions: s.regions.count}
+		ResumeFrom: s.resumeFrom, MarkedSeq: s.markedSeq, DirtyRegions: s.regions.count, FailbackSeq: s.failbackSeq}
 }
 
 // SuspendResult is what Apply returns for a SuspendSecondary or a
@@ -187,8 +199,8 @@ func (f *FSM) applySuspendSecondary(index uint64, ss *wire.SuspendSecondary) any
 	return res
 }
 
-// applyClearSecondaryBitmap empties a secondary's bitmap if no batch above
-// up_to_seq marked it.
+// applyClearSecondaryBitmap empties a secondary's bitmap (and ends its
+// failback) if its marked seq is at most up_to_seq.
 func (f *FSM) applyClearSecondaryBitmap(index uint64, cb *wire.ClearSecondaryBitmap) any {
 	res := &SuspendResult{}
 	f.mu.Lock()
@@ -200,10 +212,10 @@ func (f *FSM) applyClearSecondaryBitmap(index uint64, cb *wire.ClearSecondaryBit
 		return res
 	}
 	if s.markedSeq != 0 && s.markedSeq <= cb.GetUpToSeq() {
-		f.log.Info("cleared the intermediate bitmap of a secondary", fsmKeySecondary, s.id, "regions", s.regions.count,
-			"marked_seq", s.markedSeq, fsmKeyIndex, index)
+		f.log.Info("cleared the intermediate bitmap of a secondary", fsmKeySecondary, s.id, fsmKeyRegions, s.regions.count,
+			fsmKeyMarkedSeq, s.markedSeq, fsmKeyFailbackSeq, s.failbackSeq, fsmKeyIndex, index)
 		s.regions.clear()
-		s.markedSeq = 0
+		s.markedSeq, s.failbackSeq = 0, 0
 		res.Cleared = true
 		f.broadcastLocked()
 	}
@@ -242,9 +254,8 @@ func markDropped(cb *wire.CommittedBatch, suspended []*secondaryRecord) {
 }
 
 // SecondaryBitmap returns the intermediate bitmap of secondary id as runs
-// of regions in increasing order, and the highest seq of a batch that
-// marked it (0 for an empty bitmap); ok is false when id is not
-// registered.
+// of regions in increasing order, and its marked seq (see
+// SecondaryInfo.MarkedSeq); ok is false when id is not registered.
 func (f *FSM) SecondaryBitmap(id string) (ranges []RegionRange, markedSeq uint64, ok bool) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
@@ -268,7 +279,8 @@ type regionsRead struct {
 // regionsToRead takes, at one instant of the state, a secondary's bitmap
 // with the volume's trimmed seq and the committed seq: every batch of the
 // volume at or below the trimmed seq that the secondary lacks (if it
-// applied at least CoveredFrom) touched only the regions of the bitmap.
+// applied at least CoveredFrom, or a failback set the bitmap) touched only
+// the regions of the bitmap.
 func (f *FSM) regionsToRead(id string) (regionsRead, error) {
 	f.mu.RLock()
 	defer f.mu.RUnlock()

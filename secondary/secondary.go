@@ -94,6 +94,11 @@ type Config struct {
 	// IntermediateAddrs are the intermediate's addresses, shown in Status
 	// (for tricopy promote); informational.
 	IntermediateAddrs []string
+	// Failback, when set and Dir holds no replica yet, builds the replica
+	// from an old primary's volume (tricopy failback) instead of an empty
+	// one or a copy of the intermediate volume; Intermediate must then
+	// implement Failbacker.
+	Failback *FailbackSource
 	// OnPromote turns the volume into a primary once Promote rolled the
 	// replica forward (see Promote); nil does nothing.
 	OnPromote func(ctx context.Context, p Promotion) error
@@ -105,6 +110,11 @@ type Config struct {
 	IndependentApply bool
 	// IndependentApplyDelay is the delay of IndependentApply.
 	IndependentApplyDelay time.Duration
+	// HoldApply is a test-only switch: while it returns true the applier
+	// applies no validated point (the secondary still stages and
+	// prepares), so that a benchmark can build a backlog of staged batches
+	// for promote to roll forward. Never set it in production.
+	HoldApply func() bool
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -188,6 +198,9 @@ type Status struct {
 	Intermediate []string `json:"intermediate"`
 	// Promotion is its promotion record, absent if never promoted.
 	Promotion *Promotion `json:"promotion,omitempty"`
+	// Failback is the failback copy this process made (tricopy failback),
+	// absent if none.
+	Failback *FailbackStats `json:"failback,omitempty"`
 }
 
 // Roles of Status.Role.
@@ -223,8 +236,9 @@ type Secondary struct {
 	promoteMu sync.Mutex
 
 	mu        sync.Mutex
-	group     GroupView  // what it learned of its group
-	promotion *Promotion // its promotion record, nil if none
+	group     GroupView      // what it learned of its group
+	promotion *Promotion     // its promotion record, nil if none
+	failback  *FailbackStats // the failback copy this Open made, nil if none
 	state     string
 	reason    string
 	connected bool
@@ -254,7 +268,12 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
 	}
 	replica, err := OpenReplica(rdir, ropts)
-	if errors.Is(err, fs.ErrNotExist) {
+	var fbStats *FailbackStats
+	if errors.Is(err, fs.ErrNotExist) && cfg.Failback != nil {
+		var st FailbackStats
+		replica, st, err = failbackReplica(ctx, cfg, log)
+		fbStats = &st
+	} else if errors.Is(err, fs.ErrNotExist) {
 		var blocks uint64
 		blocks, err = waitVolume(ctx, cfg, log)
 		if err != nil {
@@ -300,6 +319,7 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 		applied: make(chan struct{}),
 	}
 	s.replicaP.Store(replica)
+	s.failback = fbStats
 	if s.group, err = loadGroupView(cfg.FS, cfg.Dir); err != nil {
 		s.closeStores()
 		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
@@ -525,6 +545,13 @@ func (s *Secondary) applier(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case req := <-s.apply:
+			for s.cfg.HoldApply != nil && s.cfg.HoldApply() {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(20 * time.Millisecond):
+				}
+			}
 			if err := s.applyRound(ctx, req.n); err != nil {
 				if ctx.Err() == nil {
 					s.post(failure{err})
@@ -799,6 +826,7 @@ func (s *Secondary) Status() Status {
 	st.Epoch, st.Role = s.group.Epoch, RoleSecondary
 	st.Peers = append([]Peer{}, s.group.Peers...)
 	st.Intermediate = append([]string{}, s.cfg.IntermediateAddrs...)
+	st.Failback = s.failback
 	if p := s.promotion; p != nil {
 		pc := *p
 		st.Promotion = &pc

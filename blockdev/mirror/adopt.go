@@ -77,3 +77,46 @@ func Adopt(opts AdoptOptions) error {
 	}
 	return saveState(opts.FS, opts.Dir, st)
 }
+
+// Recorded is what a mirror's directory records of it (Inspect).
+type Recorded struct {
+	Volume, Group string
+	Epoch         uint64
+	State         State
+	Reason        string
+	// AppliedVolumeSeq and AppliedSeq: the local volume holds durably every
+	// batch of the volume committed at the intermediate up to them.
+	AppliedVolumeSeq, AppliedSeq uint64
+	// Bitmap is the primary bitmap file's content (blockdev.Bitmap
+	// MarshalBinary), nil when there is none.
+	Bitmap []byte
+	// DirtyRegions counts its set regions.
+	DirtyRegions uint64
+}
+
+// Inspect reads the mirror state and primary bitmap in dir without opening
+// the mirror (tricopy failback turns a fenced primary into a secondary
+// with them). found is false when dir holds no mirror state.
+func Inspect(fsys blockdev.FS, dir string) (rec Recorded, found bool, err error) {
+	if fsys == nil {
+		fsys = blockdev.OSFS{}
+	}
+	st, found, err := loadState(fsys, dir)
+	if err != nil || !found {
+		return rec, found, err
+	}
+	rec = Recorded{Volume: st.Volume, Group: st.Group, Epoch: st.Epoch, State: st.State, Reason: st.Reason,
+		AppliedVolumeSeq: st.AppliedVolumeSeq, AppliedSeq: st.AppliedSeq}
+	path := filepath.Join(dir, bitmapFile)
+	bm, err := blockdev.LoadBitmap(fsys, path)
+	switch {
+	case err == nil:
+		rec.DirtyRegions = bm.Count()
+		if rec.Bitmap, err = bm.MarshalBinary(); err != nil {
+			return rec, true, fmt.Errorf("primary bitmap %s: %w", path, err)
+		}
+	case st.State != StatePair:
+		return rec, true, fmt.Errorf("mirror of volume %q is in state %s but its primary bitmap is unreadable: %w", st.Volume, st.State, err)
+	}
+	return rec, true, nil
+}

@@ -38,6 +38,7 @@ figures, ratios and the targets they are held to.`,
 	c.AddCommand(newBenchSubmitCmd(a))
 	c.AddCommand(newBenchMirrorCmd(a))
 	c.AddCommand(newBenchLagCmd(a))
+	c.AddCommand(newBenchFailoverCmd(a))
 	return c
 }
 

@@ -140,6 +140,7 @@ the intermediate cluster and shows its status; up runs all of it locally.` + con
 		newSecondaryCmd(a),
 		newWaitCmd(a),
 		newPromoteCmd(a),
+		newFailbackCmd(a),
 		newBenchCmd(a),
 	)
 	return root

@@ -28,6 +28,12 @@ import (
 // accident in a file.
 const independentApplyEnv = "TRICOPY_TEST_INDEPENDENT_APPLY"
 
+// holdApplyEnv is the test-only switch of secondary.Config.HoldApply: while
+// the file it names exists, the secondary applies no validated point (it
+// still stages and prepares). `tricopy bench failover` uses it to build a
+// staged backlog. Not a config key either.
+const holdApplyEnv = "TRICOPY_TEST_HOLD_APPLY"
+
 func newSecondaryCmd(a *app) *cobra.Command {
 	cfg := configs.DefaultSecondary()
 	c := newCommand(a, commandSpec{
@@ -106,7 +112,7 @@ func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *conf
 
 // runSecondary is `tricopy secondary`.
 func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Secondary) error {
-	r, err := openSecondary(ctx, log, cfg)
+	r, err := openSecondary(ctx, log, cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -143,9 +149,10 @@ type secondaryRun struct {
 }
 
 // openSecondary opens the secondary of cfg, mounts its replica, starts
-// following and serves the admin API. If anything fails it closes what it
-// opened.
-func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary) (_ *secondaryRun, err error) {
+// following and serves the admin API. A new secondary with fb builds its
+// replica from an old primary's volume (tricopy failback). If anything
+// fails it closes what it opened.
+func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource) (_ *secondaryRun, err error) {
 	log = log.With("volume", cfg.Volume)
 	independent, delay, err := independentApply()
 	if err != nil {
@@ -172,9 +179,9 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 	log.Info("opening secondary", "data", cfg.Data, "intermediate", cfg.Intermediate, "group", cfg.Group)
 	r.s, err = secondary.Open(ctx, secondary.Config{
 		ID: cfg.Name, Volume: cfg.Volume, Group: cfg.Group, Dir: cfg.Data, Addr: cfg.Listen,
-		Intermediate: r.cl, IntermediateAddrs: cfg.Intermediate, OnPromote: r.becomePrimary,
+		Intermediate: r.cl, IntermediateAddrs: cfg.Intermediate, OnPromote: r.becomePrimary, Failback: fb,
 		Logger:           log.With("component", "secondary"),
-		IndependentApply: independent, IndependentApplyDelay: delay,
+		IndependentApply: independent, IndependentApplyDelay: delay, HoldApply: holdApply(log),
 	})
 	if err != nil {
 		return nil, err
@@ -295,6 +302,20 @@ func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion)
 	}
 	r.m = m
 	return nil
+}
+
+// holdApply returns the test-only HoldApply of holdApplyEnv, nil when it
+// is not set.
+func holdApply(log *slog.Logger) func() bool {
+	path, ok := os.LookupEnv(holdApplyEnv)
+	if !ok || path == "" {
+		return nil
+	}
+	log.Warn("test-only: validated points are not applied while this file exists", "env", holdApplyEnv, "file", path)
+	return func() bool {
+		_, err := os.Stat(path)
+		return err == nil
+	}
 }
 
 // independentApply reads the test-only switch.

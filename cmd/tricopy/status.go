@@ -62,6 +62,11 @@ type volumeJSON struct {
 	// Promotions is the volume's promotion history, oldest first (the
 	// intermediate keeps the latest 16); empty when it was never promoted.
 	Promotions []promotionJSON `json:"promotions"`
+	// ChangedSincePromotion counts the 64 KiB regions that may differ
+	// between the intermediate volume and the old primary's volume since
+	// the last promotion: what a failback of the old primary copies (with
+	// the regions it changed locally). 0 when it was never promoted.
+	ChangedSincePromotion uint64 `json:"changed_since_promotion_regions"`
 }
 
 // promotionJSON is one promotion of a volume in statusJSON.
@@ -120,7 +125,8 @@ state of the group: the leader, the committed seq (the last global sequence
 number given to a batch), the valid counter, the journal's use of its budget,
 each volume's pair state as its primary reports it (COPY, PAIR, SUSP, RESYNC,
 FENCED, or DISCONNECTED when its primary is gone), epoch, last committed seq,
-dirty regions, copy progress and last promotion, the group's validated point (the point every
+dirty regions, copy progress, last promotion and the regions changed since it (what a
+failback of the old primary copies), the group's validated point (the point every
 secondary exposes) and which secondary holds it back, each secondary's state,
 prepared and applied seq and lag (in batches, bytes and seconds), and each
 intermediate node's Raft state and progress.
@@ -193,7 +199,7 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				Name: v.GetName(), Epoch: v.GetEpoch(), CommittedSeq: v.GetCommittedSeq(), VolumeSeq: v.GetVolumeSeq(), BlockCount: v.GetBlockCount(),
 				State: v.GetState(), PrimaryConnected: v.GetConnected(), DirtyRegions: v.GetDirtyRegions(),
 				ResyncDone: v.GetResyncDone(), ResyncTotal: v.GetResyncTotal(), Reason: v.GetReason(),
-				Secondaries: []secondaryJSON{}, Promotions: []promotionJSON{},
+				Secondaries: []secondaryJSON{}, Promotions: []promotionJSON{}, ChangedSincePromotion: v.GetChangedSincePromotion(),
 			}
 			for _, p := range v.GetPromotions() {
 				vj.Promotions = append(vj.Promotions, promotionJSON{ID: p.GetPromotionId(), Epoch: p.GetEpoch(), Seq: p.GetSeq(),
@@ -306,7 +312,7 @@ func printStatus(a *app, doc *statusJSON) {
 			if p.By != "" {
 				line += " by " + p.By
 			}
-			fmt.Fprintf(a.stdout, "%s (promotion %s)\n", line, p.ID)
+			fmt.Fprintf(a.stdout, "%s (promotion %s); regions changed since: %d\n", line, p.ID, v.ChangedSincePromotion)
 		}
 	}
 	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)

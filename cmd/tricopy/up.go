@@ -160,7 +160,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			if err != nil {
 				return errors.Join(err, stop(err))
 			}
-			r, err := openSecondary(sctx, log, scfg)
+			r, err := openSecondary(sctx, log, scfg, nil)
 			if err != nil {
 				err = fmt.Errorf("start the secondary of volume %s: %w", name, err)
 				if serr := stop(err); serr != nil {

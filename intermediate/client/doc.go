@@ -1,7 +1,8 @@
 // Package client is the client of the intermediate cluster: primaries Submit
 // batches through it, secondaries Fetch committed batches and keep their
-// Coordinate link through it, and the CLI asks it for Status, to Join or
-// Remove nodes, and to Promote the group.
+// Coordinate link through it (and resync or fail back with ReadRegions and
+// Failback), and the CLI asks it for Status, to Join or Remove nodes, and
+// to Promote the group.
 //
 // # Submit
 //

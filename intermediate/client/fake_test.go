@@ -50,6 +50,8 @@ type fakeCluster struct {
 	regions    map[string][]*wire.ReadVolumeResponse // ReadRegions answers, by secondary
 	regionsCut int                                   // the next ReadRegions streams end with Unavailable after one chunk, this many times
 	regionsN   int                                   // ReadRegions calls
+	failbacks  []*wire.FailbackRequest               // Failback requests the leader served
+	failbackTo []error                               // the next Failback calls at the leader are refused with these, in order
 }
 
 // fakeCoord is the state of the fake Coordinate streams: what the

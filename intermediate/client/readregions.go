@@ -9,7 +9,8 @@ import (
 
 // ReadRegions streams the regions marked in the intermediate bitmap of
 // secondary (whose volume has blockCount blocks) from the leader: the
-// resync of a suspended secondary. It calls fn with every chunk on the
+// resync of a suspended secondary, or the copy of a failback (see
+// Failback). It calls fn with every chunk on the
 // caller's goroutine. Chunks are sparse, in increasing block order; the
 // first one carries StartSeq and RedoAfter, and the last one has Done set
 // (FirstBlock == blockCount, no blocks) and carries StartSeq, EndSeq,

@@ -1,6 +1,7 @@
 // The tricopy intermediate wire protocol: what primaries (Submit),
-// secondaries (Fetch) and operators (Status, Join, Remove, Promote) say to an
-// intermediate node, and the typed entries of the intermediate's Raft log.
+// secondaries (Fetch, Coordinate, ReadRegions, Failback) and operators
+// (Status, Join, Remove, Promote) say to an intermediate node, and the typed
+// entries of the intermediate's Raft log.
 //
 // Regenerate the Go code with `make proto` after editing this file.
 
@@ -1409,9 +1410,17 @@ type VolumeStatus struct {
 	TrimmedSeq uint64 `protobuf:"varint,12,opt,name=trimmed_seq,json=trimmedSeq,proto3" json:"trimmed_seq,omitempty"`
 	// promotions: the volume's promotion history (PromoteGroup entries),
 	// oldest first; the last MaxPromotions (16) are kept.
-	Promotions    []*Promotion `protobuf:"bytes,13,rep,name=promotions,proto3" json:"promotions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Promotions []*Promotion `protobuf:"bytes,13,rep,name=promotions,proto3" json:"promotions,omitempty"`
+	// changed_since_promotion: the regions (64 KiB, wire.RegionBlocks
+	// blocks) of the volume's changed-since-promotion bitmap: those its
+	// batches wrote since its last promotion, and those of the batches the
+	// journal still held at the promotion (which the old primary may not
+	// have applied locally). A failback of the old primary copies them (and
+	// the regions it changed locally without committing them); 0 when the
+	// volume was never promoted.
+	ChangedSincePromotion uint64 `protobuf:"varint,14,opt,name=changed_since_promotion,json=changedSincePromotion,proto3" json:"changed_since_promotion,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
@@ -1533,6 +1542,13 @@ func (x *VolumeStatus) GetPromotions() []*Promotion {
 		return x.Promotions
 	}
 	return nil
+}
+
+func (x *VolumeStatus) GetChangedSincePromotion() uint64 {
+	if x != nil {
+		return x.ChangedSincePromotion
+	}
+	return 0
 }
 
 // Promotion is one promotion of a volume's group: the PromoteGroup entry
@@ -1933,6 +1949,149 @@ func (x *ErrorDetail) GetEpoch() uint64 {
 	return 0
 }
 
+// FailbackRequest turns the old primary of volume, fenced by the volume's
+// last promotion, into the secondary named secondary. The secondary must be
+// registered for volume first (its Coordinate stream's hello, saying it
+// applied nothing: from then on the journal keeps every batch of the volume
+// it has not applied). bitmap is the old primary's primary bitmap
+// (blockdev.Bitmap.MarshalBinary, any region size, covering the volume's
+// block count): the regions it changed locally without committing them;
+// empty when there are none. A bitmap that does not decode or covers
+// another block count is refused (BAD_REQUEST naming the field).
+type FailbackRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	Secondary     string                 `protobuf:"bytes,2,opt,name=secondary,proto3" json:"secondary,omitempty"`
+	Volume        string                 `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`
+	Bitmap        []byte                 `protobuf:"bytes,4,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailbackRequest) Reset() {
+	*x = FailbackRequest{}
+	mi := &file_wire_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailbackRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailbackRequest) ProtoMessage() {}
+
+func (x *FailbackRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailbackRequest.ProtoReflect.Descriptor instead.
+func (*FailbackRequest) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FailbackRequest) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetSecondary() string {
+	if x != nil {
+		return x.Secondary
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *FailbackRequest) GetBitmap() []byte {
+	if x != nil {
+		return x.Bitmap
+	}
+	return nil
+}
+
+// FailbackResponse answers FailbackRequest. regions is the number of
+// regions (64 KiB, wire.RegionBlocks blocks) the secondary's intermediate
+// bitmap marks now: the volume's changed-since-promotion regions and the
+// uploaded ones. promotion_seq and epoch are those of the volume's last
+// promotion: the old primary's volume holds no batch committed after
+// promotion_seq.
+type FailbackResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Regions       uint64                 `protobuf:"varint,1,opt,name=regions,proto3" json:"regions,omitempty"`
+	PromotionSeq  uint64                 `protobuf:"varint,2,opt,name=promotion_seq,json=promotionSeq,proto3" json:"promotion_seq,omitempty"`
+	Epoch         uint64                 `protobuf:"varint,3,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailbackResponse) Reset() {
+	*x = FailbackResponse{}
+	mi := &file_wire_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailbackResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailbackResponse) ProtoMessage() {}
+
+func (x *FailbackResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailbackResponse.ProtoReflect.Descriptor instead.
+func (*FailbackResponse) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *FailbackResponse) GetRegions() uint64 {
+	if x != nil {
+		return x.Regions
+	}
+	return 0
+}
+
+func (x *FailbackResponse) GetPromotionSeq() uint64 {
+	if x != nil {
+		return x.PromotionSeq
+	}
+	return 0
+}
+
+func (x *FailbackResponse) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 // PromoteRequest asks the leader to promote the group. promotion_id names
 // the promotion (1 to 64 bytes, printable): a request naming a promotion
 // already recorded changes nothing and answers what it recorded, so a
@@ -1949,7 +2108,7 @@ type PromoteRequest struct {
 
 func (x *PromoteRequest) Reset() {
 	*x = PromoteRequest{}
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2120,7 @@ func (x *PromoteRequest) String() string {
 func (*PromoteRequest) ProtoMessage() {}
 
 func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[24]
+	mi := &file_wire_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2133,7 @@ func (x *PromoteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteRequest.ProtoReflect.Descriptor instead.
 func (*PromoteRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{24}
+	return file_wire_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *PromoteRequest) GetGroup() string {
@@ -2016,7 +2175,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2028,7 +2187,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[25]
+	mi := &file_wire_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2041,7 +2200,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{25}
+	return file_wire_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *PromoteResponse) GetSeq() uint64 {
@@ -2081,7 +2240,7 @@ type PromotedVolume struct {
 
 func (x *PromotedVolume) Reset() {
 	*x = PromotedVolume{}
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2252,7 @@ func (x *PromotedVolume) String() string {
 func (*PromotedVolume) ProtoMessage() {}
 
 func (x *PromotedVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[26]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2265,7 @@ func (x *PromotedVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromotedVolume.ProtoReflect.Descriptor instead.
 func (*PromotedVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{26}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PromotedVolume) GetName() string {
@@ -2156,7 +2315,7 @@ type ReadRegionsRequest struct {
 
 func (x *ReadRegionsRequest) Reset() {
 	*x = ReadRegionsRequest{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2327,7 @@ func (x *ReadRegionsRequest) String() string {
 func (*ReadRegionsRequest) ProtoMessage() {}
 
 func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2340,7 @@ func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ReadRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ReadRegionsRequest) GetGroup() string {
@@ -2209,7 +2368,7 @@ type RemoveSecondaryRequest struct {
 
 func (x *RemoveSecondaryRequest) Reset() {
 	*x = RemoveSecondaryRequest{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2221,7 +2380,7 @@ func (x *RemoveSecondaryRequest) String() string {
 func (*RemoveSecondaryRequest) ProtoMessage() {}
 
 func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2234,7 +2393,7 @@ func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RemoveSecondaryRequest) GetGroup() string {
@@ -2263,7 +2422,7 @@ type RemoveSecondaryResponse struct {
 
 func (x *RemoveSecondaryResponse) Reset() {
 	*x = RemoveSecondaryResponse{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2275,7 +2434,7 @@ func (x *RemoveSecondaryResponse) String() string {
 func (*RemoveSecondaryResponse) ProtoMessage() {}
 
 func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2288,7 +2447,7 @@ func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveSecondaryResponse) GetRemoved() bool {
@@ -2317,7 +2476,7 @@ type ReadVolumeRequest struct {
 
 func (x *ReadVolumeRequest) Reset() {
 	*x = ReadVolumeRequest{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2329,7 +2488,7 @@ func (x *ReadVolumeRequest) String() string {
 func (*ReadVolumeRequest) ProtoMessage() {}
 
 func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2342,7 +2501,7 @@ func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ReadVolumeRequest) GetGroup() string {
@@ -2380,12 +2539,17 @@ type ReadVolumeResponse struct {
 	// ReadRegions only, on the first chunk: the journal holds every batch of
 	// the volume after redo_after (the volume's trimmed seq when the read
 	// started); every batch at or below it that the secondary lacks touched
-	// only the regions sent. So the secondary's replica, with the regions
-	// written over it and the volume's batches in (redo_after, end_seq]
-	// applied in order, is the volume exactly at end_seq.
+	// only the regions sent (after a failback: every block outside them is
+	// the same on the old primary's volume as on the intermediate volume at
+	// redo_after). So the secondary's replica (or the old primary's volume),
+	// with the regions written over it and the volume's batches in
+	// (redo_after, end_seq] applied in order, is the volume exactly at
+	// end_seq.
 	RedoAfter uint64 `protobuf:"varint,8,opt,name=redo_after,json=redoAfter,proto3" json:"redo_after,omitempty"`
-	// ReadRegions only, on the last chunk: the highest seq of the batches
-	// whose regions the bitmap held when the read started.
+	// ReadRegions only, on the last chunk: the bitmap's marked seq when the
+	// read started: the highest seq of the batches whose regions it held, or
+	// after a failback at least the committed seq of the failback. Once the
+	// secondary applied a point at or above it, the bitmap is cleared.
 	MarkedSeq     uint64 `protobuf:"varint,9,opt,name=marked_seq,json=markedSeq,proto3" json:"marked_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2393,7 +2557,7 @@ type ReadVolumeResponse struct {
 
 func (x *ReadVolumeResponse) Reset() {
 	*x = ReadVolumeResponse{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2405,7 +2569,7 @@ func (x *ReadVolumeResponse) String() string {
 func (*ReadVolumeResponse) ProtoMessage() {}
 
 func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2418,7 +2582,7 @@ func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
@@ -2502,7 +2666,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2514,7 +2678,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2527,7 +2691,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -2620,7 +2784,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2632,7 +2796,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2645,7 +2809,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2701,7 +2865,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2877,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2890,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -2747,7 +2911,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2759,7 +2923,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2772,7 +2936,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -2798,7 +2962,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2810,7 +2974,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2823,7 +2987,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -2878,7 +3042,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3054,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3067,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -2978,7 +3142,7 @@ type CoordinateOpened struct {
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2990,7 +3154,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3003,7 +3167,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -3051,6 +3215,7 @@ type Entry struct {
 	//	*Entry_SuspendSecondary
 	//	*Entry_ClearSecondaryBitmap
 	//	*Entry_PromoteGroup
+	//	*Entry_FailbackSecondary
 	Op            isEntry_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -3058,7 +3223,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3070,7 +3235,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3083,7 +3248,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{39}
+	return file_wire_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -3192,6 +3357,15 @@ func (x *Entry) GetPromoteGroup() *PromoteGroup {
 	return nil
 }
 
+func (x *Entry) GetFailbackSecondary() *FailbackSecondary {
+	if x != nil {
+		if x, ok := x.Op.(*Entry_FailbackSecondary); ok {
+			return x.FailbackSecondary
+		}
+	}
+	return nil
+}
+
 type isEntry_Op interface {
 	isEntry_Op()
 }
@@ -3240,6 +3414,10 @@ type Entry_PromoteGroup struct {
 	PromoteGroup *PromoteGroup `protobuf:"bytes,11,opt,name=promote_group,json=promoteGroup,proto3,oneof"`
 }
 
+type Entry_FailbackSecondary struct {
+	FailbackSecondary *FailbackSecondary `protobuf:"bytes,12,opt,name=failback_secondary,json=failbackSecondary,proto3,oneof"`
+}
+
 func (*Entry_Submit) isEntry_Op() {}
 
 func (*Entry_RegisterVolume) isEntry_Op() {}
@@ -3262,6 +3440,78 @@ func (*Entry_ClearSecondaryBitmap) isEntry_Op() {}
 
 func (*Entry_PromoteGroup) isEntry_Op() {}
 
+func (*Entry_FailbackSecondary) isEntry_Op() {}
+
+// FailbackSecondary sets the intermediate bitmap of secondary id, registered
+// for volume, to the volume's changed-since-promotion bitmap (created by the
+// volume's last PromoteGroup) united with bitmap (an old primary's primary
+// bitmap, blockdev.Bitmap.MarshalBinary of any region size covering the
+// volume; empty for none), replacing what it held, and resumes the
+// secondary if it was suspended. The bitmap's marked seq becomes the
+// committed seq (at least 1): the secondary keeps it until it applied a
+// point at or above that (ClearSecondaryBitmap). It is refused (changing
+// nothing) when the secondary is not registered for volume, the volume was
+// never promoted, or bitmap does not decode or covers another block count.
+type FailbackSecondary struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Volume        string                 `protobuf:"bytes,2,opt,name=volume,proto3" json:"volume,omitempty"`
+	Bitmap        []byte                 `protobuf:"bytes,3,opt,name=bitmap,proto3" json:"bitmap,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FailbackSecondary) Reset() {
+	*x = FailbackSecondary{}
+	mi := &file_wire_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FailbackSecondary) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FailbackSecondary) ProtoMessage() {}
+
+func (x *FailbackSecondary) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FailbackSecondary.ProtoReflect.Descriptor instead.
+func (*FailbackSecondary) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *FailbackSecondary) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *FailbackSecondary) GetVolume() string {
+	if x != nil {
+		return x.Volume
+	}
+	return ""
+}
+
+func (x *FailbackSecondary) GetBitmap() []byte {
+	if x != nil {
+		return x.Bitmap
+	}
+	return nil
+}
+
 // PromoteGroup promotes the group: unless a volume's promotion history
 // already holds promotion_id, it raises the epoch of every registered
 // volume by one and appends the promotion to each volume's history. The
@@ -3278,7 +3528,7 @@ type PromoteGroup struct {
 
 func (x *PromoteGroup) Reset() {
 	*x = PromoteGroup{}
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3290,7 +3540,7 @@ func (x *PromoteGroup) String() string {
 func (*PromoteGroup) ProtoMessage() {}
 
 func (x *PromoteGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3303,7 +3553,7 @@ func (x *PromoteGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteGroup.ProtoReflect.Descriptor instead.
 func (*PromoteGroup) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{40}
+	return file_wire_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *PromoteGroup) GetPromotionId() string {
@@ -3344,7 +3594,7 @@ type SuspendSecondary struct {
 
 func (x *SuspendSecondary) Reset() {
 	*x = SuspendSecondary{}
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3356,7 +3606,7 @@ func (x *SuspendSecondary) String() string {
 func (*SuspendSecondary) ProtoMessage() {}
 
 func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3369,7 +3619,7 @@ func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendSecondary.ProtoReflect.Descriptor instead.
 func (*SuspendSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{41}
+	return file_wire_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SuspendSecondary) GetId() string {
@@ -3387,9 +3637,9 @@ func (x *SuspendSecondary) GetAppliedSeq() uint64 {
 }
 
 // ClearSecondaryBitmap drops the intermediate bitmap of a secondary once it
-// applied a point at or above up_to_seq, the highest seq the bitmap marks
-// (its resync covered every region); a bitmap that marked a later batch
-// meanwhile is kept.
+// applied a point at or above up_to_seq, when up_to_seq is at or above the
+// bitmap's marked seq (its resync covered every region); a bitmap that
+// marked a later batch meanwhile is kept.
 type ClearSecondaryBitmap struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -3400,7 +3650,7 @@ type ClearSecondaryBitmap struct {
 
 func (x *ClearSecondaryBitmap) Reset() {
 	*x = ClearSecondaryBitmap{}
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3412,7 +3662,7 @@ func (x *ClearSecondaryBitmap) String() string {
 func (*ClearSecondaryBitmap) ProtoMessage() {}
 
 func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3425,7 +3675,7 @@ func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearSecondaryBitmap.ProtoReflect.Descriptor instead.
 func (*ClearSecondaryBitmap) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{42}
+	return file_wire_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *ClearSecondaryBitmap) GetId() string {
@@ -3456,7 +3706,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3468,7 +3718,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3481,7 +3731,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{43}
+	return file_wire_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -3515,7 +3765,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3527,7 +3777,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3540,7 +3790,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{44}
+	return file_wire_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -3561,7 +3811,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3573,7 +3823,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3586,7 +3836,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{45}
+	return file_wire_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -3607,7 +3857,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[46]
+	mi := &file_wire_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3619,7 +3869,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[46]
+	mi := &file_wire_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3632,7 +3882,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{46}
+	return file_wire_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -3659,7 +3909,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[47]
+	mi := &file_wire_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3671,7 +3921,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[47]
+	mi := &file_wire_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3684,7 +3934,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{47}
+	return file_wire_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -3718,7 +3968,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[48]
+	mi := &file_wire_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3730,7 +3980,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[48]
+	mi := &file_wire_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3743,7 +3993,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{48}
+	return file_wire_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -3778,7 +4028,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[49]
+	mi := &file_wire_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3790,7 +4040,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[49]
+	mi := &file_wire_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3803,7 +4053,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{49}
+	return file_wire_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -3832,7 +4082,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[50]
+	mi := &file_wire_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3844,7 +4094,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[50]
+	mi := &file_wire_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3857,7 +4107,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{50}
+	return file_wire_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -3988,7 +4238,7 @@ const file_wire_proto_rawDesc = "" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\x12\x1c\n" +
 	"\tsuspended\x18\x0f \x01(\bR\tsuspended\x12#\n" +
-	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xaf\x03\n" +
+	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xe7\x03\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -4009,7 +4259,8 @@ const file_wire_proto_rawDesc = "" +
 	"trimmedSeq\x12:\n" +
 	"\n" +
 	"promotions\x18\r \x03(\v2\x1a.tricopy.wire.v1.PromotionR\n" +
-	"promotions\"\x8c\x01\n" +
+	"promotions\x126\n" +
+	"\x17changed_since_promotion\x18\x0e \x01(\x04R\x15changedSincePromotion\"\x8c\x01\n" +
 	"\tPromotion\x12!\n" +
 	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
@@ -4035,7 +4286,16 @@ const file_wire_proto_rawDesc = "" +
 	"\vleader_addr\x18\x03 \x01(\tR\n" +
 	"leaderAddr\x12*\n" +
 	"\x11resume_volume_seq\x18\x04 \x01(\x04R\x0fresumeVolumeSeq\x12\x14\n" +
-	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"Y\n" +
+	"\x05epoch\x18\x05 \x01(\x04R\x05epoch\"u\n" +
+	"\x0fFailbackRequest\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
+	"\tsecondary\x18\x02 \x01(\tR\tsecondary\x12\x16\n" +
+	"\x06volume\x18\x03 \x01(\tR\x06volume\x12\x16\n" +
+	"\x06bitmap\x18\x04 \x01(\fR\x06bitmap\"g\n" +
+	"\x10FailbackResponse\x12\x18\n" +
+	"\aregions\x18\x01 \x01(\x04R\aregions\x12#\n" +
+	"\rpromotion_seq\x18\x02 \x01(\x04R\fpromotionSeq\x12\x14\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"Y\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fpromotion_id\x18\x02 \x01(\tR\vpromotionId\x12\x0e\n" +
@@ -4115,7 +4375,7 @@ const file_wire_proto_rawDesc = "" +
 	"\rcommitted_seq\x18\x02 \x01(\x04R\fcommittedSeq\x12\x1f\n" +
 	"\vblock_count\x18\x03 \x01(\x04R\n" +
 	"blockCount\x12\x16\n" +
-	"\x06resync\x18\x04 \x01(\bR\x06resync\"\xb2\x06\n" +
+	"\x06resync\x18\x04 \x01(\bR\x06resync\"\x87\a\n" +
 	"\x05Entry\x126\n" +
 	"\x06submit\x18\x01 \x01(\v2\x1c.tricopy.wire.v1.SubmitEntryH\x00R\x06submit\x12J\n" +
 	"\x0fregister_volume\x18\x02 \x01(\v2\x1f.tricopy.wire.v1.RegisterVolumeH\x00R\x0eregisterVolume\x128\n" +
@@ -4128,8 +4388,13 @@ const file_wire_proto_rawDesc = "" +
 	"\x11suspend_secondary\x18\t \x01(\v2!.tricopy.wire.v1.SuspendSecondaryH\x00R\x10suspendSecondary\x12]\n" +
 	"\x16clear_secondary_bitmap\x18\n" +
 	" \x01(\v2%.tricopy.wire.v1.ClearSecondaryBitmapH\x00R\x14clearSecondaryBitmap\x12D\n" +
-	"\rpromote_group\x18\v \x01(\v2\x1d.tricopy.wire.v1.PromoteGroupH\x00R\fpromoteGroupB\x04\n" +
-	"\x02op\"g\n" +
+	"\rpromote_group\x18\v \x01(\v2\x1d.tricopy.wire.v1.PromoteGroupH\x00R\fpromoteGroup\x12S\n" +
+	"\x12failback_secondary\x18\f \x01(\v2\".tricopy.wire.v1.FailbackSecondaryH\x00R\x11failbackSecondaryB\x04\n" +
+	"\x02op\"S\n" +
+	"\x11FailbackSecondary\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x16\n" +
+	"\x06bitmap\x18\x03 \x01(\fR\x06bitmap\"g\n" +
 	"\fPromoteGroup\x12!\n" +
 	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12$\n" +
@@ -4180,7 +4445,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\xc5\x06\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x96\a\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
@@ -4193,7 +4458,8 @@ const file_wire_proto_rawDesc = "" +
 	"ReadVolume\x12\".tricopy.wire.v1.ReadVolumeRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12d\n" +
 	"\x0fRemoveSecondary\x12'.tricopy.wire.v1.RemoveSecondaryRequest\x1a(.tricopy.wire.v1.RemoveSecondaryResponse\x12Y\n" +
 	"\vReadRegions\x12#.tricopy.wire.v1.ReadRegionsRequest\x1a#.tricopy.wire.v1.ReadVolumeResponse0\x01\x12L\n" +
-	"\aPromote\x12\x1f.tricopy.wire.v1.PromoteRequest\x1a .tricopy.wire.v1.PromoteResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
+	"\aPromote\x12\x1f.tricopy.wire.v1.PromoteRequest\x1a .tricopy.wire.v1.PromoteResponse\x12O\n" +
+	"\bFailback\x12 .tricopy.wire.v1.FailbackRequest\x1a!.tricopy.wire.v1.FailbackResponseB.Z,github.com/tricopy/tricopy/intermediate/wireb\x06proto3"
 
 var (
 	file_wire_proto_rawDescOnce sync.Once
@@ -4208,7 +4474,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 51)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),                  // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),                   // 1: tricopy.wire.v1.Block
@@ -4235,33 +4501,36 @@ var file_wire_proto_goTypes = []any{
 	(*RemoveRequest)(nil),           // 22: tricopy.wire.v1.RemoveRequest
 	(*RemoveResponse)(nil),          // 23: tricopy.wire.v1.RemoveResponse
 	(*ErrorDetail)(nil),             // 24: tricopy.wire.v1.ErrorDetail
-	(*PromoteRequest)(nil),          // 25: tricopy.wire.v1.PromoteRequest
-	(*PromoteResponse)(nil),         // 26: tricopy.wire.v1.PromoteResponse
-	(*PromotedVolume)(nil),          // 27: tricopy.wire.v1.PromotedVolume
-	(*ReadRegionsRequest)(nil),      // 28: tricopy.wire.v1.ReadRegionsRequest
-	(*RemoveSecondaryRequest)(nil),  // 29: tricopy.wire.v1.RemoveSecondaryRequest
-	(*RemoveSecondaryResponse)(nil), // 30: tricopy.wire.v1.RemoveSecondaryResponse
-	(*ReadVolumeRequest)(nil),       // 31: tricopy.wire.v1.ReadVolumeRequest
-	(*ReadVolumeResponse)(nil),      // 32: tricopy.wire.v1.ReadVolumeResponse
-	(*CoordinateRequest)(nil),       // 33: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),          // 34: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),             // 35: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),              // 36: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),         // 37: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil),      // 38: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),        // 39: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),                   // 40: tricopy.wire.v1.Entry
-	(*PromoteGroup)(nil),            // 41: tricopy.wire.v1.PromoteGroup
-	(*SuspendSecondary)(nil),        // 42: tricopy.wire.v1.SuspendSecondary
-	(*ClearSecondaryBitmap)(nil),    // 43: tricopy.wire.v1.ClearSecondaryBitmap
-	(*RegisterSecondary)(nil),       // 44: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),         // 45: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),         // 46: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),             // 47: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),             // 48: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),          // 49: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),                // 50: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),                // 51: tricopy.wire.v1.NodeAddr
+	(*FailbackRequest)(nil),         // 25: tricopy.wire.v1.FailbackRequest
+	(*FailbackResponse)(nil),        // 26: tricopy.wire.v1.FailbackResponse
+	(*PromoteRequest)(nil),          // 27: tricopy.wire.v1.PromoteRequest
+	(*PromoteResponse)(nil),         // 28: tricopy.wire.v1.PromoteResponse
+	(*PromotedVolume)(nil),          // 29: tricopy.wire.v1.PromotedVolume
+	(*ReadRegionsRequest)(nil),      // 30: tricopy.wire.v1.ReadRegionsRequest
+	(*RemoveSecondaryRequest)(nil),  // 31: tricopy.wire.v1.RemoveSecondaryRequest
+	(*RemoveSecondaryResponse)(nil), // 32: tricopy.wire.v1.RemoveSecondaryResponse
+	(*ReadVolumeRequest)(nil),       // 33: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil),      // 34: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),       // 35: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),          // 36: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),             // 37: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),              // 38: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),         // 39: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil),      // 40: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),        // 41: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),                   // 42: tricopy.wire.v1.Entry
+	(*FailbackSecondary)(nil),       // 43: tricopy.wire.v1.FailbackSecondary
+	(*PromoteGroup)(nil),            // 44: tricopy.wire.v1.PromoteGroup
+	(*SuspendSecondary)(nil),        // 45: tricopy.wire.v1.SuspendSecondary
+	(*ClearSecondaryBitmap)(nil),    // 46: tricopy.wire.v1.ClearSecondaryBitmap
+	(*RegisterSecondary)(nil),       // 47: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),         // 48: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),         // 49: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),             // 50: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),             // 51: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),          // 52: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),                // 53: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),                // 54: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -4279,51 +4548,54 @@ var file_wire_proto_depIdxs = []int32{
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
 	18, // 13: tricopy.wire.v1.VolumeStatus.promotions:type_name -> tricopy.wire.v1.Promotion
 	0,  // 14: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	27, // 15: tricopy.wire.v1.PromoteResponse.volumes:type_name -> tricopy.wire.v1.PromotedVolume
-	34, // 16: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	35, // 17: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	36, // 18: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	37, // 19: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	39, // 20: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	35, // 21: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	36, // 22: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	48, // 23: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	49, // 24: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	50, // 25: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	51, // 26: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	47, // 27: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	44, // 28: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	45, // 29: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	46, // 30: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
-	42, // 31: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
-	43, // 32: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
-	41, // 33: tricopy.wire.v1.Entry.promote_group:type_name -> tricopy.wire.v1.PromoteGroup
-	2,  // 34: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 35: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 36: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 37: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	20, // 38: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	22, // 39: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	33, // 40: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	31, // 41: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
-	29, // 42: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
-	28, // 43: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
-	25, // 44: tricopy.wire.v1.Intermediate.Promote:input_type -> tricopy.wire.v1.PromoteRequest
-	7,  // 45: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 46: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 47: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	21, // 48: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	23, // 49: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	38, // 50: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	32, // 51: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	30, // 52: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
-	32, // 53: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	26, // 54: tricopy.wire.v1.Intermediate.Promote:output_type -> tricopy.wire.v1.PromoteResponse
-	45, // [45:55] is the sub-list for method output_type
-	35, // [35:45] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	29, // 15: tricopy.wire.v1.PromoteResponse.volumes:type_name -> tricopy.wire.v1.PromotedVolume
+	36, // 16: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	37, // 17: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	38, // 18: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	39, // 19: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	41, // 20: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	37, // 21: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	38, // 22: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	51, // 23: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	52, // 24: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	53, // 25: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	54, // 26: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	50, // 27: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	47, // 28: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	48, // 29: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	49, // 30: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	45, // 31: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
+	46, // 32: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
+	44, // 33: tricopy.wire.v1.Entry.promote_group:type_name -> tricopy.wire.v1.PromoteGroup
+	43, // 34: tricopy.wire.v1.Entry.failback_secondary:type_name -> tricopy.wire.v1.FailbackSecondary
+	2,  // 35: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 36: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 37: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 38: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	20, // 39: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	22, // 40: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	35, // 41: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	33, // 42: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	31, // 43: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
+	30, // 44: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
+	27, // 45: tricopy.wire.v1.Intermediate.Promote:input_type -> tricopy.wire.v1.PromoteRequest
+	25, // 46: tricopy.wire.v1.Intermediate.Failback:input_type -> tricopy.wire.v1.FailbackRequest
+	7,  // 47: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 48: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 49: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	21, // 50: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	23, // 51: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	40, // 52: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	34, // 53: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	32, // 54: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
+	34, // 55: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	28, // 56: tricopy.wire.v1.Intermediate.Promote:output_type -> tricopy.wire.v1.PromoteResponse
+	26, // 57: tricopy.wire.v1.Intermediate.Failback:output_type -> tricopy.wire.v1.FailbackResponse
+	47, // [47:58] is the sub-list for method output_type
+	36, // [36:47] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -4340,18 +4612,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[32].OneofWrappers = []any{
+	file_wire_proto_msgTypes[34].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[37].OneofWrappers = []any{
+	file_wire_proto_msgTypes[39].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[39].OneofWrappers = []any{
+	file_wire_proto_msgTypes[41].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -4363,6 +4635,7 @@ func file_wire_proto_init() {
 		(*Entry_SuspendSecondary)(nil),
 		(*Entry_ClearSecondaryBitmap)(nil),
 		(*Entry_PromoteGroup)(nil),
+		(*Entry_FailbackSecondary)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4370,7 +4643,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   51,
+			NumMessages:   54,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

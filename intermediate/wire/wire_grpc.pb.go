@@ -1,6 +1,7 @@
 // The tricopy intermediate wire protocol: what primaries (Submit),
-// secondaries (Fetch) and operators (Status, Join, Remove, Promote) say to an
-// intermediate node, and the typed entries of the intermediate's Raft log.
+// secondaries (Fetch, Coordinate, ReadRegions, Failback) and operators
+// (Status, Join, Remove, Promote) say to an intermediate node, and the typed
+// entries of the intermediate's Raft log.
 //
 // Regenerate the Go code with `make proto` after editing this file.
 
@@ -35,6 +36,7 @@ const (
 	Intermediate_RemoveSecondary_FullMethodName = "/tricopy.wire.v1.Intermediate/RemoveSecondary"
 	Intermediate_ReadRegions_FullMethodName     = "/tricopy.wire.v1.Intermediate/ReadRegions"
 	Intermediate_Promote_FullMethodName         = "/tricopy.wire.v1.Intermediate/Promote"
+	Intermediate_Failback_FullMethodName        = "/tricopy.wire.v1.Intermediate/Failback"
 )
 
 // IntermediateClient is the client API for Intermediate service.
@@ -63,13 +65,17 @@ type IntermediateClient interface {
 	RemoveSecondary(ctx context.Context, in *RemoveSecondaryRequest, opts ...grpc.CallOption) (*RemoveSecondaryResponse, error)
 	// ReadRegions streams the regions of a secondary's intermediate bitmap
 	// from its volume's intermediate volume (leader only): the resync of a
-	// suspended secondary.
+	// suspended secondary, or the copy of a failback.
 	ReadRegions(ctx context.Context, in *ReadRegionsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ReadVolumeResponse], error)
 	// Promote fences every primary of the group (leader only): it records a
 	// PromoteGroup entry that raises the epoch of every registered volume,
 	// so that no batch of an old primary commits after it. Idempotent per
 	// promotion ID.
 	Promote(ctx context.Context, in *PromoteRequest, opts ...grpc.CallOption) (*PromoteResponse, error)
+	// Failback sets the intermediate bitmap of a registered secondary that
+	// starts from an old primary's volume (leader only): a FailbackSecondary
+	// entry. The secondary then copies the bitmap's regions (ReadRegions).
+	Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*FailbackResponse, error)
 }
 
 type intermediateClient struct {
@@ -213,6 +219,16 @@ func (c *intermediateClient) Promote(ctx context.Context, in *PromoteRequest, op
 	return out, nil
 }
 
+func (c *intermediateClient) Failback(ctx context.Context, in *FailbackRequest, opts ...grpc.CallOption) (*FailbackResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FailbackResponse)
+	err := c.cc.Invoke(ctx, Intermediate_Failback_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // IntermediateServer is the server API for Intermediate service.
 // All implementations must embed UnimplementedIntermediateServer
 // for forward compatibility.
@@ -239,13 +255,17 @@ type IntermediateServer interface {
 	RemoveSecondary(context.Context, *RemoveSecondaryRequest) (*RemoveSecondaryResponse, error)
 	// ReadRegions streams the regions of a secondary's intermediate bitmap
 	// from its volume's intermediate volume (leader only): the resync of a
-	// suspended secondary.
+	// suspended secondary, or the copy of a failback.
 	ReadRegions(*ReadRegionsRequest, grpc.ServerStreamingServer[ReadVolumeResponse]) error
 	// Promote fences every primary of the group (leader only): it records a
 	// PromoteGroup entry that raises the epoch of every registered volume,
 	// so that no batch of an old primary commits after it. Idempotent per
 	// promotion ID.
 	Promote(context.Context, *PromoteRequest) (*PromoteResponse, error)
+	// Failback sets the intermediate bitmap of a registered secondary that
+	// starts from an old primary's volume (leader only): a FailbackSecondary
+	// entry. The secondary then copies the bitmap's regions (ReadRegions).
+	Failback(context.Context, *FailbackRequest) (*FailbackResponse, error)
 	mustEmbedUnimplementedIntermediateServer()
 }
 
@@ -285,6 +305,9 @@ func (UnimplementedIntermediateServer) ReadRegions(*ReadRegionsRequest, grpc.Ser
 }
 func (UnimplementedIntermediateServer) Promote(context.Context, *PromoteRequest) (*PromoteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Promote not implemented")
+}
+func (UnimplementedIntermediateServer) Failback(context.Context, *FailbackRequest) (*FailbackResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Failback not implemented")
 }
 func (UnimplementedIntermediateServer) mustEmbedUnimplementedIntermediateServer() {}
 func (UnimplementedIntermediateServer) testEmbeddedByValue()                      {}
@@ -444,6 +467,24 @@ func _Intermediate_Promote_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Intermediate_Failback_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FailbackRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(IntermediateServer).Failback(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Intermediate_Failback_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(IntermediateServer).Failback(ctx, req.(*FailbackRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Intermediate_ServiceDesc is the grpc.ServiceDesc for Intermediate service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -470,6 +511,10 @@ var Intermediate_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Promote",
 			Handler:    _Intermediate_Promote_Handler,
+		},
+		{
+			MethodName: "Failback",
+			Handler:    _Intermediate_Failback_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
