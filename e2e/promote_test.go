@@ -354,3 +354,16 @@ func (w *txWriter) stop() {
 		<-w.done
 	})
 }
+
+// TestBenchFailover runs `tricopy bench failover` on small volumes, so the
+// benchmark keeps working (its figures are for `make bench`, not for a
+// test).
+func TestBenchFailover(t *testing.T) {
+	requireFUSE(t)
+	out := run(t, "", tricopyBin, "bench", "failover", "--dir", t.TempDir(), "--size", "64MiB", "--backlog", "8MiB",
+		"--log-format", "text", "--log-level", "warn")
+	if !strings.Contains(out, "| staged backlog at the disaster |") || !strings.Contains(out, "Target: RTO under") {
+		t.Fatalf("tricopy bench failover printed no report:\n%s", out)
+	}
+	t.Logf("%s", out)
+}
