@@ -263,6 +263,27 @@ func disasterRound(t *testing.T, seed uint64) {
 	}
 	// The promoted database takes transactions.
 	run(t, "", "sqlite3", pdb, fmt.Sprintf("INSERT INTO t VALUES (%d, randomblob(100));", len(ids)+1))
+
+	// The intermediate comes back: the promoted volumes attach (it learns
+	// the promotion at N, fencing the old primaries) and resynchronise, then
+	// mirror again.
+	s.nodes[0].restart(t)
+	pollStatus(t, time.Minute, "both promoted volumes attached, in PAIR at epoch 2", s.addrs, func(doc mirrorStatusDoc, _ int) bool {
+		for _, v := range []string{"a", "b"} {
+			if vs := doc.volume(v); vs == nil || vs.Epoch != 2 || vs.State != "PAIR" || !vs.PrimaryConnected {
+				return false
+			}
+		}
+		return true
+	})
+	if err := writeSynced(filepath.Join(s.sec["b"].mnt, "after-attach"), []byte("mirrored again")); err != nil {
+		t.Fatalf("write on promoted b after attach: %v", err)
+	}
+	// An old primary that comes back now is fenced.
+	startMirrored(t, s.prim["a"])
+	if err := writeSynced(filepath.Join(s.prim["a"].mnt, "split-brain"), []byte("x")); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write on the old primary after the intermediate learned the promotion: %v, want EROFS", err)
+	}
 }
 
 // parseIDs reads one id per line and checks they are 1, 2, 3, ...

@@ -9,9 +9,11 @@ package intermediate
 // size). The PromoteGroup entry creates it, replacing the previous one, with
 // the regions of every batch of the volume the journal holds at that entry
 // marked; from then on every batch of the volume committed marks its
-// regions. Let P be the promotion's seq and F the committed seq at a
-// FailbackSecondary entry. The old primary's volume then differs from the
-// intermediate volume at F only in regions
+// regions. Let P be the committed seq at the PromoteGroup entry (at or
+// above the promotion's seq, which is below it for a promotion recorded
+// late) and F the committed seq at a FailbackSecondary entry. The old
+// primary's volume then differs from the intermediate volume at F only in
+// regions
 //
 //  1. written by batches of the volume committed after P: marked as they
 //     commit;

@@ -40,7 +40,9 @@ func ftFuzzBase(t testing.TB, fsys blockdev.FS) *ftHarness {
 	h.apply(ftRegisterSecondary("sb", "b", ""))
 	h.apply(ftSuspend("sb", 0))
 	h.apply(ftRecordValidated(2))
-	h.apply(ftPromote("p0", "fuzz", ftPromoteTime)) // a at epoch 2, b at 3
+	// Recorded late, at seq 2: a's batch 3 follows the point. a is at
+	// epoch 2, b at 3.
+	h.apply(ftPromoteAt("p0", "fuzz", ftPromoteTime, 2, 0))
 	return h
 }
 
@@ -93,8 +95,13 @@ func FuzzFSMApply(f *testing.F) {
 		ftClear("sa", 0),
 		ftRegisterSecondary("sb", "b", ""), // resumes sb
 		ftPromote("p1", "host", ftPromoteTime),
-		ftPromote("p0", "again", ftPromoteTime), // already recorded
-		ftPromote("", "", ftPromoteTime),        // refused
+		ftPromote("p0", "again", ftPromoteTime),         // already recorded, with a's batch 3 after it
+		ftPromote("", "", ftPromoteTime),                // refused
+		ftPromoteAt("p1", "late", ftPromoteTime, 2, 0),  // at the last promotion's seq
+		ftPromoteAt("p1", "", ftPromoteTime, 4, 0),      // above the counter: refused
+		ftPromoteAt("p1", "", ftPromoteTime, 1, 0),      // below the last promotion's seq: refused
+		ftPromoteAt("p1", "", ftPromoteTime, 0, 2),      // b at another epoch: refused
+		ftPromoteAt("p0", "again", ftPromoteTime, 1, 9), // already recorded
 		ftFailback("sa", "a", nil),
 		ftFailback("sb", "b", ftPrimaryBitmap(f, 4, blockdev.BlockSize, 2)), // resumes sb
 		ftFailback("sa", "a", ftPrimaryBitmap(f, 8, 1<<20, 0)),
@@ -170,12 +177,13 @@ func FuzzFSMApply(f *testing.F) {
 		} else if after.CommittedSeq != before.CommittedSeq {
 			t.Fatalf("a %T entry moved the seq from %d to %d", res, before.CommittedSeq, after.CommittedSeq)
 		}
-		if pr, ok := res.(*PromoteResult); ok && pr.Err == nil && !pr.Already {
+		if pr, ok := res.(*PromoteResult); ok && pr.Err == nil {
 			// A promotion raised every epoch by one: none of the base's
 			// volumes keeps its epoch.
-			if pr.Seq != before.CommittedSeq || len(pr.Volumes) != 2 || pr.Volumes[0].Epoch != 3 || pr.Volumes[1].Epoch != 4 {
+			if !pr.Already && (pr.Seq > before.CommittedSeq || len(pr.Volumes) != 2 || pr.Volumes[0].Epoch != 3 || pr.Volumes[1].Epoch != 4) {
 				t.Fatalf("promotion of the base: %+v", pr)
 			}
+			ftCheckAfter(t, h.f, "promotion of the base", pr)
 		}
 		if fr, ok := res.(*FailbackResult); ok && fr.Err == nil {
 			s := fr.Secondary
@@ -317,7 +325,8 @@ func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapsho
 func FuzzSnapshotRestore(f *testing.F) {
 	// Small seeds: one volume of two blocks, one batch of a zero block (so
 	// the image's chunk carries no data), then the same trimmed, then with
-	// secondaries and a validated seq; and a version 2 stream.
+	// secondaries and a validated seq, promoted, failed back; a version 2
+	// stream; and a promotion recorded late.
 	src := ftNew(f, nil, "/src")
 	src.register("a", 2, 1)
 	src.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 1, Blocks: []*wire.Block{{Index: 1, Data: make([]byte, wire.BlockSize)}}}))
@@ -350,7 +359,14 @@ func FuzzSnapshotRestore(f *testing.F) {
 	if err := ftRestore(ftNew(f, nil, "/v2check").f, v2snap); err != nil {
 		f.Fatalf("the version 2 seed: %v", err)
 	}
-	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, promoted, v5, failback, empty, v2snap} {
+	// A promotion recorded late: the volume's last batch follows its seq.
+	late := ftNew(f, nil, "/late")
+	late.register("a", 2, 1)
+	late.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 1, Blocks: []*wire.Block{{Index: 1, Data: make([]byte, wire.BlockSize)}}}))
+	late.submit(wire.Seal(&wire.Batch{Volume: "a", Epoch: 1, VolumeSeq: 2, Blocks: []*wire.Block{{Index: 0, Data: make([]byte, wire.BlockSize)}}}))
+	late.apply(ftPromoteAt("p1", "host", ftPromoteTime, 1, 1))
+	lateSnap := ftSnapshot(f, late.f)
+	for _, seed := range [][]byte{full, trimmed, secondaries, bitmaps, promoted, v5, failback, empty, v2snap, lateSnap} {
 		f.Add(byte(ftSnapRaw), seed)
 		f.Add(byte(ftSnapFramed), ftUnframe(seed))
 	}

@@ -999,7 +999,8 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 // checkPromotionsMeta checks a volume's promotion history against its
 // record and the seq counter: at most MaxPromotions, well-formed and
 // distinct IDs, epochs rising up to the volume's, seqs never falling and
-// at most the counter, each with the volume's last batch then.
+// at most the counter, each with the volume's last batch then (which may
+// follow the promotion's seq: a promotion recorded late).
 func checkPromotionsMeta(v volumeMeta, seq uint64) error {
 	if len(v.promotions) > MaxPromotions {
 		return fmt.Errorf("%w: volume %q has %d promotions, more than %d", errBadSnapshot, v.name, len(v.promotions), MaxPromotions)
@@ -1011,7 +1012,7 @@ func checkPromotionsMeta(v volumeMeta, seq uint64) error {
 			return fmt.Errorf("%w: volume %q: promotion %d: %w", errBadSnapshot, v.name, i, err)
 		}
 		if ids[p.id] || p.epoch < 2 || p.epoch > v.epoch || p.epoch <= prev.epoch || p.seq < prev.seq || p.seq > seq ||
-			p.lastSeq > p.seq || p.lastSeq > v.lastSeq || p.lastVolumeSeq > v.lastVolumeSeq || (p.lastSeq == 0) != (p.lastVolumeSeq == 0) {
+			p.lastSeq > v.lastSeq || p.lastVolumeSeq > v.lastVolumeSeq || (p.lastSeq == 0) != (p.lastVolumeSeq == 0) {
 			return fmt.Errorf("%w: volume %q (epoch %d, last seq %d, last volume seq %d, counter %d): promotion %d %q to epoch %d at seq %d with last seq %d, last volume seq %d (duplicate %t), after epoch %d at seq %d",
 				errBadSnapshot, v.name, v.epoch, v.lastSeq, v.lastVolumeSeq, seq, i, p.id, p.epoch, p.seq, p.lastSeq, p.lastVolumeSeq,
 				ids[p.id], prev.epoch, prev.seq)

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"math"
 	"slices"
+	"sort"
 	"time"
 	"unicode"
 	"unicode/utf8"
@@ -25,6 +26,19 @@ import (
 // afterwards (RemoveSecondary). Each promoted volume gets a new
 // changed-since-promotion bitmap, for the failback of its old primary
 // (failback.go).
+//
+// A group promoted without the intermediate (it was unreachable) is
+// recorded late: its secondaries agreed on a validated point N, rolled
+// forward to N and run as primaries at their known epoch + 1. A
+// PromoteGroup entry with at_seq N (and from_epoch, the epoch they knew)
+// then fences the old primaries and records the promotion at N. The old
+// primaries may have committed batches after N; for each volume the
+// result marks the regions of those the journal holds (after regions),
+// which the new primary's resync overwrites, and says whether the journal
+// still holds all of them. The result is computed from the replicated
+// state and only returned, never stored: the same entry applied again, or
+// the same promotion ID run again, computes it from the journal as it is
+// then.
 
 // Limits of a promotion.
 const (
@@ -47,6 +61,10 @@ const (
 	fsmKeyLastSeq       = "last_seq"
 	fsmKeyLastVolumeSeq = "last_volume_seq"
 	fsmKeyAlready       = "already"
+	fsmKeyAtSeq         = "at_seq"
+	fsmKeyFromEpoch     = "from_epoch"
+	fsmKeyAfterRegions  = "after_regions"
+	fsmKeyComplete      = "journal_complete"
 )
 
 // PromotionInfo is one promotion in a volume's history.
@@ -55,8 +73,11 @@ type PromotionInfo struct {
 	ID string
 	// Epoch is the volume's epoch the promotion raised it to.
 	Epoch uint64
-	// Seq is the group's valid counter at the promotion: every batch of
-	// the volume under an older epoch has a seq <= Seq.
+	// Seq is the promotion's point: the group's valid counter at the
+	// promotion, so that every batch of the volume under an older epoch
+	// has a seq <= Seq; or, for a promotion recorded late (at_seq), the
+	// earlier point its secondaries were promoted at, and the old
+	// primary's batches up to LastSeq may follow it.
 	Seq uint64
 	// Time is when the leader proposed the promotion.
 	Time time.Time
@@ -79,12 +100,25 @@ type PromotedVolume struct {
 	LastSeq, LastVolumeSeq uint64
 	// BlockCount is the volume's size in blocks.
 	BlockCount uint64
+	// AfterRegions marks, in regions of wire.RegionBlocks blocks, the
+	// regions written by the volume's batches under its old epochs with a
+	// seq above the promotion's Seq (up to LastSeq) that the journal
+	// holds: what the intermediate volume holds and a new primary rolled
+	// forward to Seq lacks. Nil when there is no such batch (always for a
+	// promotion at the valid counter).
+	AfterRegions *blockdev.Bitmap
+	// JournalComplete is set when the journal holds every such batch, so
+	// AfterRegions is exact; when it is not, some were trimmed and every
+	// region of the volume must be taken as changed.
+	JournalComplete bool
 }
 
 // PromoteResult is what Apply returns for a PromoteGroup entry.
 type PromoteResult struct {
-	// Seq is the group's valid counter at the promotion: no batch with an
-	// epoch older than the promotion's commits after it.
+	// Seq is the promotion's point: the group's valid counter at the
+	// promotion (no batch with an epoch older than the promotion's
+	// commits after it), or the entry's at_seq for a promotion recorded
+	// late.
 	Seq uint64
 	// Volumes are the volumes promoted, sorted by name (none when the
 	// group had no registered volume).
@@ -93,9 +127,12 @@ type PromoteResult struct {
 	// entry changed nothing, and Seq and Volumes are what the promotion
 	// recorded (the volumes whose history still holds it).
 	Already bool
-	// Err is a *wire.Error BAD_REQUEST for a malformed promotion ID or by
-	// text, or when a volume's epoch cannot be raised (it is at the
-	// largest epoch); the entry then changed nothing.
+	// Err is a *wire.Error, and the entry changed nothing: BAD_REQUEST
+	// for a malformed promotion ID or by text, an at_seq above the valid
+	// counter or below the seq of a volume's last promotion, or when a
+	// volume's epoch cannot be raised (it is at the largest epoch);
+	// STALE_EPOCH (Epoch is the volume's epoch) when from_epoch is set and
+	// a volume is at another epoch.
 	Err error
 }
 
@@ -146,15 +183,74 @@ func checkPromotion(id, by string) error {
 	return nil
 }
 
+// afterRegions returns the regions written by the volume's batches with a
+// seq in (seq, lastSeq] that the journal holds, in regions of
+// wire.RegionBlocks blocks (nil when there is none), and whether the
+// journal holds every batch of the volume in that range. For a promotion
+// at seq that found the volume's last batch at lastSeq, these are the
+// batches its old primaries committed after the promotion's point (every
+// later batch of the volume carries a newer epoch and a seq above
+// lastSeq).
+func (r *volumeRecord) afterRegions(seq, lastSeq uint64) (*blockdev.Bitmap, bool, error) {
+	// The journal drops a volume's batches in seq order: it holds every
+	// one after seq unless it dropped one after seq.
+	complete := r.trimmedSeq <= seq || lastSeq <= seq
+	var b *blockdev.Bitmap
+	i := sort.Search(len(r.batches), func(i int) bool { return r.batches[i].GetSeq() > seq })
+	for _, cb := range r.batches[i:] {
+		if cb.GetSeq() > lastSeq {
+			break
+		}
+		if b == nil {
+			var err error
+			if b, err = blockdev.NewBitmap(r.blockCount, changedRegionSize); err != nil {
+				return nil, false, fmt.Errorf("after-promotion bitmap: %w", err)
+			}
+		}
+		markChanged(b, cb.GetBatch())
+	}
+	return b, complete, nil
+}
+
+// promoteRefusalLocked returns why a new promotion at the point at (0:
+// the valid counter) from the epoch from (0: any) is refused, or nil. The
+// caller holds mu.
+func (f *FSM) promoteRefusalLocked(names []string, at, from uint64) error {
+	if at > f.st.seq {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: at seq %d is above the valid counter %d", at, f.st.seq)
+	}
+	for _, name := range names {
+		rec := f.st.volumes[name]
+		if from != 0 && rec.epoch != from {
+			e := wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_EPOCH,
+				"promote group: volume %q is at epoch %d, the promotion is from epoch %d: the group was promoted meanwhile", name, rec.epoch, from)
+			e.Epoch = rec.epoch
+			return e
+		}
+		if n := len(rec.promotions); at != 0 && n > 0 && at < rec.promotions[n-1].seq {
+			last := rec.promotions[n-1]
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: at seq %d is below seq %d of promotion %q of volume %q",
+				at, last.seq, last.id, name)
+		}
+		if rec.epoch == math.MaxUint64 {
+			return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q is at the largest epoch", name)
+		}
+	}
+	return nil
+}
+
 // applyPromoteGroup applies a PromoteGroup entry: unless some volume's
 // history holds the promotion ID already, it raises the epoch of every
-// registered volume by one, records the promotion in each volume's history
-// (the latest MaxPromotions kept) and gives each volume a new
-// changed-since-promotion bitmap marking the batches of the volume the
-// journal holds. Refusals are results, never fatal.
+// registered volume by one, records the promotion at its point (at_seq,
+// or the valid counter) in each volume's history (the latest
+// MaxPromotions kept) and gives each volume a new changed-since-promotion
+// bitmap marking the batches of the volume the journal holds. Either way
+// each volume's result carries its after regions. Refusals are results,
+// never fatal.
 func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 	res := &PromoteResult{}
 	id, by, at := pg.GetPromotionId(), pg.GetBy(), pg.GetTimeUnixNano()
+	atSeq, from := pg.GetAtSeq(), pg.GetFromEpoch()
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.st.appliedIndex = index
@@ -165,33 +261,47 @@ func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 	names := slices.Sorted(maps.Keys(f.st.volumes))
 	for _, name := range names {
 		rec := f.st.volumes[name]
-		if p := rec.promotion(id); p != nil {
-			res.Already, res.Seq = true, p.seq
-			res.Volumes = append(res.Volumes, PromotedVolume{Name: name, Epoch: p.epoch, LastSeq: p.lastSeq,
-				LastVolumeSeq: p.lastVolumeSeq, BlockCount: rec.blockCount})
+		p := rec.promotion(id)
+		if p == nil {
+			continue
 		}
+		after, complete, err := rec.afterRegions(p.seq, p.lastSeq)
+		if err != nil {
+			return &PromoteResult{Err: wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q: %v", name, err)}
+		}
+		res.Already, res.Seq = true, p.seq
+		res.Volumes = append(res.Volumes, PromotedVolume{Name: name, Epoch: p.epoch, LastSeq: p.lastSeq,
+			LastVolumeSeq: p.lastVolumeSeq, BlockCount: rec.blockCount, AfterRegions: after, JournalComplete: complete})
 	}
 	if res.Already {
 		f.log.Info("promotion already recorded", fsmKeyPromotion, id, fsmKeySeq, res.Seq, fsmKeyVolumes, len(res.Volumes),
 			fsmKeyIndex, index, fsmKeyAlready, true)
 		return res
 	}
+	if err := f.promoteRefusalLocked(names, atSeq, from); err != nil {
+		res.Err = err
+		return res
+	}
+	res.Seq = f.st.seq
+	if atSeq != 0 {
+		res.Seq = atSeq
+	}
 	changed := make(map[string]*blockdev.Bitmap, len(names))
 	for _, name := range names {
 		rec := f.st.volumes[name]
-		if rec.epoch == math.MaxUint64 {
-			res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q is at the largest epoch", name)
-			return res
-		}
 		b, err := rec.newChanged()
 		if err != nil {
-			res.Err = wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q: %v", name, err)
-			return res
+			return &PromoteResult{Err: wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q: %v", name, err)}
 		}
 		changed[name] = b
+		after, complete, err := rec.afterRegions(res.Seq, rec.lastSeq)
+		if err != nil {
+			return &PromoteResult{Err: wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: volume %q: %v", name, err)}
+		}
+		res.Volumes = append(res.Volumes, PromotedVolume{Name: name, LastSeq: rec.lastSeq, LastVolumeSeq: rec.lastVolumeSeq,
+			BlockCount: rec.blockCount, AfterRegions: after, JournalComplete: complete})
 	}
-	res.Seq = f.st.seq
-	for _, name := range names {
+	for i, name := range names {
 		rec := f.st.volumes[name]
 		prev := rec.epoch
 		rec.epoch++
@@ -202,16 +312,21 @@ func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 			// A new array: a snapshot may share the old one.
 			rec.promotions = slices.Clone(rec.promotions[n-MaxPromotions:])
 		}
-		res.Volumes = append(res.Volumes, PromotedVolume{Name: name, Epoch: rec.epoch, LastSeq: rec.lastSeq,
-			LastVolumeSeq: rec.lastVolumeSeq, BlockCount: rec.blockCount})
+		v := &res.Volumes[i]
+		v.Epoch = rec.epoch
+		var after uint64
+		if v.AfterRegions != nil {
+			after = v.AfterRegions.Count()
+		}
 		f.log.Info("promoted volume", fsmKeyPromotion, id, fsmKeyVolume, name, fsmKeyEpoch, rec.epoch, fsmKeyPrevEpoch, prev,
-			fsmKeyLastSeq, rec.lastSeq, fsmKeyLastVolumeSeq, rec.lastVolumeSeq, fsmKeyRegions, rec.changed.Count(), fsmKeyIndex, index)
+			fsmKeyLastSeq, rec.lastSeq, fsmKeyLastVolumeSeq, rec.lastVolumeSeq, fsmKeyRegions, rec.changed.Count(),
+			fsmKeyAfterRegions, after, fsmKeyComplete, v.JournalComplete, fsmKeyIndex, index)
 	}
 	if len(names) > 0 {
 		f.broadcastLocked()
 	}
-	f.log.Info("promoted group", fsmKeyPromotion, id, fsmKeySeq, res.Seq, fsmKeyVolumes, len(names), fsmKeyBy, by,
-		fsmKeyIndex, index, fsmKeyAlready, false)
+	f.log.Info("promoted group", fsmKeyPromotion, id, fsmKeySeq, res.Seq, fsmKeyAtSeq, atSeq, fsmKeyFromEpoch, from,
+		fsmKeyVolumes, len(names), fsmKeyBy, by, fsmKeyIndex, index, fsmKeyAlready, false)
 	return res
 }
 
@@ -232,9 +347,10 @@ func (f *FSM) Promotions(volume string) []PromotionInfo {
 }
 
 // Promote fences every primary of the group (a PromoteGroup entry; leader
-// only) and answers the promotion's seq and each volume's new epoch; see
-// wire.PromoteRequest. Running the same promotion ID again changes nothing
-// and answers what the first run recorded, with already set.
+// only) and answers the promotion's seq and each volume's new epoch and
+// after regions; see wire.PromoteRequest. Running the same promotion ID
+// again changes nothing and answers what the first run recorded, with
+// already set.
 func (s *service) Promote(ctx context.Context, req *wire.PromoteRequest) (*wire.PromoteResponse, error) {
 	n := s.n
 	if err := s.checkGroup(req.GetGroup()); err != nil {
@@ -251,7 +367,7 @@ func (s *service) Promote(ctx context.Context, req *wire.PromoteRequest) (*wire.
 		return nil, n.notLeader("promotion goes to the leader")
 	}
 	res, err := n.apply(ctx, &wire.Entry{Op: &wire.Entry_PromoteGroup{PromoteGroup: &wire.PromoteGroup{
-		PromotionId: id, By: by, TimeUnixNano: time.Now().UnixNano(),
+		PromotionId: id, By: by, TimeUnixNano: time.Now().UnixNano(), AtSeq: req.GetAtSeq(), FromEpoch: req.GetFromEpoch(),
 	}}})
 	if err != nil {
 		return nil, err
@@ -265,8 +381,14 @@ func (s *service) Promote(ctx context.Context, req *wire.PromoteRequest) (*wire.
 	}
 	resp := &wire.PromoteResponse{Seq: pr.Seq, Already: pr.Already}
 	for _, v := range pr.Volumes {
-		resp.Volumes = append(resp.Volumes, &wire.PromotedVolume{Name: v.Name, Epoch: v.Epoch, LastSeq: v.LastSeq,
-			LastVolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount})
+		pv := &wire.PromotedVolume{Name: v.Name, Epoch: v.Epoch, LastSeq: v.LastSeq, LastVolumeSeq: v.LastVolumeSeq,
+			BlockCount: v.BlockCount, JournalComplete: v.JournalComplete}
+		if v.AfterRegions != nil {
+			if pv.AfterRegions, err = v.AfterRegions.MarshalBinary(); err != nil {
+				return nil, fmt.Errorf("promote %q: encode the after regions of volume %q: %w", id, v.Name, err)
+			}
+		}
+		resp.Volumes = append(resp.Volumes, pv)
 	}
 	// The state machine logged the promotion, on every node.
 	return resp, nil

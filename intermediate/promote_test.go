@@ -70,8 +70,8 @@ func TestFSMPromoteGroup(t *testing.T) {
 	oldSessionA := h.f.st.volumes["a"].session
 	res := h.promote("p1", "host-1 /dev/pts/0", ftPromoteTime)
 	want := &PromoteResult{Seq: 5, Volumes: []PromotedVolume{
-		{Name: "a", Epoch: 2, LastSeq: 5, LastVolumeSeq: 3, BlockCount: 16},
-		{Name: "b", Epoch: 4, LastSeq: 4, LastVolumeSeq: 2, BlockCount: 8},
+		{Name: "a", Epoch: 2, LastSeq: 5, LastVolumeSeq: 3, BlockCount: 16, JournalComplete: true},
+		{Name: "b", Epoch: 4, LastSeq: 4, LastVolumeSeq: 2, BlockCount: 8, JournalComplete: true},
 	}}
 	if !reflect.DeepEqual(res, want) {
 		t.Fatalf("promote: %+v, want %+v", res, want)
@@ -306,6 +306,13 @@ func TestSnapshotMetaRefusesBadPromotions(t *testing.T) {
 	if err != nil || !reflect.DeepEqual(m.volumes, base.volumes) {
 		t.Fatalf("valid meta: %+v, %v", m.volumes, err)
 	}
+	// A promotion recorded late has its volume's last batch after its seq.
+	late := base
+	late.volumes = []volumeMeta{base.volumes[0]}
+	late.volumes[0].promotions = []promotionRecord{p1, {id: "p2", epoch: 4, seq: 3, lastSeq: 5, lastVolumeSeq: 4}}
+	if m, err := decodeMeta(encodeMeta(late, snapVersion), snapVersion); err != nil || !reflect.DeepEqual(m.volumes, late.volumes) {
+		t.Fatalf("meta with a late promotion: %+v, %v", m.volumes, err)
+	}
 	for _, tc := range []struct {
 		name   string
 		change func(ps []promotionRecord) []promotionRecord
@@ -319,7 +326,7 @@ func TestSnapshotMetaRefusesBadPromotions(t *testing.T) {
 		{"epoch 1", func(ps []promotionRecord) []promotionRecord { ps[0].epoch = 1; return ps }, "to epoch 1"},
 		{"seq falling", func(ps []promotionRecord) []promotionRecord { ps[1].seq, ps[1].lastSeq = 2, 2; return ps }, "at seq 2"},
 		{"seq above the counter", func(ps []promotionRecord) []promotionRecord { ps[1].seq = 6; return ps }, "at seq 6"},
-		{"last seq above the seq", func(ps []promotionRecord) []promotionRecord { ps[0].lastSeq = 4; return ps }, "with last seq 4"},
+		{"last seq above the volume's", func(ps []promotionRecord) []promotionRecord { ps[1].lastSeq = 6; return ps }, "with last seq 6"},
 		{"last volume seq above the volume's", func(ps []promotionRecord) []promotionRecord { ps[1].lastVolumeSeq = 5; return ps }, "last volume seq 5"},
 		{"last seq without a volume seq", func(ps []promotionRecord) []promotionRecord { ps[0].lastVolumeSeq = 0; return ps }, "last volume seq 0"},
 		{"too many", func(ps []promotionRecord) []promotionRecord {

@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"sync/atomic"
 	"time"
 
+	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
@@ -130,30 +132,9 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 	if endSeq < startSeq {
 		return nil, fmt.Errorf("%w: copy ends at seq %d, before its start %d", wire.ErrBadRequest, endSeq, startSeq)
 	}
-	// Redo: the volume's batches in (start, end], in order.
-	redo := 0
-	if endSeq > startSeq {
-		err = cfg.Intermediate.Fetch(ctx, cfg.Volume, startSeq, func(resp *wire.FetchResponse) error {
-			if resp.GetCompacted() {
-				return fmt.Errorf("redo after seq %d: %w", startSeq, ErrCompacted)
-			}
-			for _, cb := range resp.GetBatches() {
-				if cb.GetSeq() > endSeq {
-					return errRedoDone
-				}
-				if err := b.ApplyBatch(ctx, cb); err != nil {
-					return err
-				}
-				redo++
-			}
-			if resp.GetCompleteSeq() >= endSeq {
-				return errRedoDone
-			}
-			return nil
-		})
-		if !errors.Is(err, errRedoDone) {
-			return nil, err
-		}
+	redo, err := redoBatches(ctx, cfg.Intermediate, cfg.Volume, startSeq, endSeq, b, nil)
+	if err != nil {
+		return nil, err
 	}
 	r, err := b.Finish(ctx, endSeq)
 	b = nil
@@ -171,4 +152,97 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 	log.Info("initial copy done", "blocks", blocks, "start_seq", startSeq, "end_seq", endSeq, "redo_batches", redo,
 		"took", time.Since(start).Round(time.Millisecond))
 	return r, nil
+}
+
+// redoBatches applies to b the volume's journal batches in (after, end],
+// in seq order, calling onBatch (if not nil) for each, and returns how many
+// it applied. The journal must still hold them.
+func redoBatches(ctx context.Context, in Intermediate, volume string, after, end uint64, b *ReplicaBuilder, onBatch func(*wire.CommittedBatch)) (int, error) {
+	if end <= after {
+		return 0, nil
+	}
+	redo := 0
+	err := in.Fetch(ctx, volume, after, func(resp *wire.FetchResponse) error {
+		if resp.GetCompacted() {
+			return fmt.Errorf("redo after seq %d: %w", after, ErrCompacted)
+		}
+		for _, cb := range resp.GetBatches() {
+			if cb.GetSeq() > end {
+				return errRedoDone
+			}
+			if err := b.ApplyBatch(ctx, cb); err != nil {
+				return err
+			}
+			if onBatch != nil {
+				onBatch(cb)
+			}
+			redo++
+		}
+		if resp.GetCompleteSeq() >= end {
+			return errRedoDone
+		}
+		return nil
+	})
+	if !errors.Is(err, errRedoDone) {
+		return redo, err
+	}
+	return redo, nil
+}
+
+// copyBase writes into b the blocks of src that are not all zeros (the
+// base a resync or a failback writes its regions over).
+func copyBase(ctx context.Context, src blockdev.Reader, blocks uint64, b *ReplicaBuilder) error {
+	buf := make([]byte, resyncChunk*blockdev.BlockSize)
+	zero := make([]byte, len(buf))
+	for first := uint64(0); first < blocks; first += resyncChunk {
+		p := buf[:min(resyncChunk, blocks-first)*blockdev.BlockSize]
+		if err := readRange(src, first, p); err != nil {
+			return err
+		}
+		if string(p) != string(zero[:len(p)]) {
+			if err := b.WriteBlocks(ctx, first, slices.Clone(p)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// copyRegions writes into b the regions of the secondary's intermediate
+// bitmap (ReadRegions), calling onChunk (if not nil) for each chunk, and
+// returns the redo point and the end seq the stream announced.
+func copyRegions(ctx context.Context, in Intermediate, id string, blocks uint64, b *ReplicaBuilder, onChunk func(first, n uint64)) (redoAfter, endSeq uint64, err error) {
+	err = in.ReadRegions(ctx, id, blocks, func(c *wire.ReadVolumeResponse) error {
+		if c.GetStartSeq() != 0 {
+			// The first chunk (again, after a leader change: writing the
+			// regions again over the base is harmless).
+			redoAfter = c.GetRedoAfter()
+		}
+		if c.GetDone() {
+			endSeq = c.GetEndSeq()
+			return nil
+		}
+		data := c.GetData()
+		if len(data) == 0 {
+			data = make([]byte, int(c.GetBlockCount())*blockdev.BlockSize)
+		}
+		if onChunk != nil {
+			onChunk(c.GetFirstBlock(), uint64(c.GetBlockCount()))
+		}
+		return b.WriteBlocks(ctx, c.GetFirstBlock(), data)
+	})
+	return redoAfter, endSeq, err
+}
+
+// readRange reads consecutive blocks from r, with one call when r can.
+func readRange(r blockdev.Reader, first uint64, p []byte) error {
+	if rr, ok := r.(blockdev.RangeReader); ok {
+		return rr.ReadBlocks(first, p)
+	}
+	for i := 0; i*blockdev.BlockSize < len(p); i++ {
+		if err := r.ReadBlock(first+uint64(i), p[i*blockdev.BlockSize:(i+1)*blockdev.BlockSize]); err != nil {
+			return err
+		}
+	}
+	return nil
 }

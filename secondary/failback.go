@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"slices"
 	"sync/atomic"
 	"time"
 
@@ -123,60 +122,17 @@ func failbackCopy(ctx context.Context, cfg Config, log *slog.Logger, src *Failba
 			}
 		}
 	}()
-	buf := make([]byte, resyncChunk*blockdev.BlockSize)
-	zero := make([]byte, len(buf))
-	for first := uint64(0); first < blocks; first += resyncChunk {
-		p := buf[:min(resyncChunk, blocks-first)*blockdev.BlockSize]
-		if err := readRange(src.Volume, first, p); err != nil {
-			return nil, stats, fmt.Errorf("read the old primary's volume: %w", err)
-		}
-		if string(p) != string(zero[:len(p)]) {
-			if err := b.WriteBlocks(ctx, first, slices.Clone(p)); err != nil {
-				return nil, stats, err
-			}
-		}
+	if err := copyBase(ctx, src.Volume, blocks, b); err != nil {
+		return nil, stats, fmt.Errorf("copy the old primary's volume: %w", err)
 	}
-	var redoAfter, endSeq uint64
-	err = cfg.Intermediate.ReadRegions(ctx, cfg.ID, blocks, func(c *wire.ReadVolumeResponse) error {
-		if c.GetStartSeq() != 0 {
-			redoAfter = c.GetRedoAfter()
-		}
-		if c.GetDone() {
-			endSeq = c.GetEndSeq()
-			return nil
-		}
-		data := c.GetData()
-		if len(data) == 0 {
-			data = make([]byte, int(c.GetBlockCount())*blockdev.BlockSize)
-		}
-		copied.Add(uint64(len(data)))
-		return b.WriteBlocks(ctx, c.GetFirstBlock(), data)
+	redoAfter, endSeq, err := copyRegions(ctx, cfg.Intermediate, cfg.ID, blocks, b, func(_, n uint64) {
+		copied.Add(n * blockdev.BlockSize)
 	})
 	if err != nil {
 		return nil, stats, err
 	}
-	if endSeq > redoAfter {
-		err = cfg.Intermediate.Fetch(ctx, cfg.Volume, redoAfter, func(resp *wire.FetchResponse) error {
-			if resp.GetCompacted() {
-				return fmt.Errorf("redo after seq %d: %w", redoAfter, ErrCompacted)
-			}
-			for _, cb := range resp.GetBatches() {
-				if cb.GetSeq() > endSeq {
-					return errRedoDone
-				}
-				if err := b.ApplyBatch(ctx, cb); err != nil {
-					return err
-				}
-				stats.RedoBatches++
-			}
-			if resp.GetCompleteSeq() >= endSeq {
-				return errRedoDone
-			}
-			return nil
-		})
-		if !errors.Is(err, errRedoDone) {
-			return nil, stats, err
-		}
+	if stats.RedoBatches, err = redoBatches(ctx, cfg.Intermediate, cfg.Volume, redoAfter, endSeq, b, nil); err != nil {
+		return nil, stats, err
 	}
 	r, err := b.Finish(ctx, endSeq)
 	b = nil
@@ -221,19 +177,6 @@ func failbackReplica(ctx context.Context, cfg Config, log *slog.Logger) (*Replic
 		return nil, st, fmt.Errorf("failback: %w", err)
 	}
 	return r, st, nil
-}
-
-// readRange reads consecutive blocks from r, with one call when r can.
-func readRange(r blockdev.Reader, first uint64, p []byte) error {
-	if rr, ok := r.(blockdev.RangeReader); ok {
-		return rr.ReadBlocks(first, p)
-	}
-	for i := 0; i*blockdev.BlockSize < len(p); i++ {
-		if err := r.ReadBlock(first+uint64(i), p[i*blockdev.BlockSize:(i+1)*blockdev.BlockSize]); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // HasReplica reports whether the secondary data directory dir holds a

@@ -2,14 +2,12 @@ package secondary
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
 	"time"
 
-	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -57,70 +55,27 @@ func (s *Secondary) resync(ctx context.Context) (uint64, error) {
 		}
 	}()
 	// The replica as it is: the base the regions are written over.
-	buf := make([]byte, resyncChunk*blockdev.BlockSize)
-	zero := make([]byte, len(buf))
-	for first := uint64(0); first < blocks; first += resyncChunk {
-		p := buf[:min(resyncChunk, blocks-first)*blockdev.BlockSize]
-		if err := cur.ReadBlocks(first, p); err != nil {
-			return 0, err
-		}
-		if string(p) != string(zero[:len(p)]) {
-			if err := b.WriteBlocks(ctx, first, slices.Clone(p)); err != nil {
-				return 0, err
-			}
-		}
+	if err := copyBase(ctx, cur, blocks, b); err != nil {
+		return 0, err
 	}
 	changed := map[uint64]struct{}{}
-	var redoAfter, endSeq, regionsBlocks uint64
-	err = s.cfg.Intermediate.ReadRegions(ctx, s.cfg.ID, blocks, func(c *wire.ReadVolumeResponse) error {
-		if c.GetStartSeq() != 0 {
-			// The first chunk (again, after a leader change: writing the
-			// regions again over the base is harmless).
-			redoAfter = c.GetRedoAfter()
+	var regionsBlocks uint64
+	redoAfter, endSeq, err := copyRegions(ctx, s.cfg.Intermediate, s.cfg.ID, blocks, b, func(first, n uint64) {
+		for i := range n {
+			changed[first+i] = struct{}{}
 		}
-		if c.GetDone() {
-			endSeq = c.GetEndSeq()
-			return nil
-		}
-		data := c.GetData()
-		if len(data) == 0 {
-			data = make([]byte, int(c.GetBlockCount())*blockdev.BlockSize)
-		}
-		for i := range uint64(c.GetBlockCount()) {
-			changed[c.GetFirstBlock()+i] = struct{}{}
-		}
-		regionsBlocks += uint64(c.GetBlockCount())
-		return b.WriteBlocks(ctx, c.GetFirstBlock(), data)
+		regionsBlocks += n
 	})
 	if err != nil {
 		return 0, err
 	}
-	redo := 0
-	if endSeq > redoAfter {
-		err = s.cfg.Intermediate.Fetch(ctx, s.cfg.Volume, redoAfter, func(resp *wire.FetchResponse) error {
-			if resp.GetCompacted() {
-				return fmt.Errorf("redo after seq %d: %w", redoAfter, ErrCompacted)
-			}
-			for _, cb := range resp.GetBatches() {
-				if cb.GetSeq() > endSeq {
-					return errRedoDone
-				}
-				if err := b.ApplyBatch(ctx, cb); err != nil {
-					return err
-				}
-				for _, blk := range cb.GetBatch().GetBlocks() {
-					changed[blk.GetIndex()] = struct{}{}
-				}
-				redo++
-			}
-			if resp.GetCompleteSeq() >= endSeq {
-				return errRedoDone
-			}
-			return nil
-		})
-		if !errors.Is(err, errRedoDone) {
-			return 0, err
+	redo, err := redoBatches(ctx, s.cfg.Intermediate, s.cfg.Volume, redoAfter, endSeq, b, func(cb *wire.CommittedBatch) {
+		for _, blk := range cb.GetBatch().GetBlocks() {
+			changed[blk.GetIndex()] = struct{}{}
 		}
+	})
+	if err != nil {
+		return 0, err
 	}
 	dir, err := b.Seal(ctx, endSeq)
 	b = nil

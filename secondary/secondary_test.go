@@ -122,27 +122,12 @@ func openVolumeN(t *testing.T, cl *client.Client, name string, blocks uint64) *c
 	return v
 }
 
-// submitRandom submits n batches of 1 to 4 random blocks and returns the
+// submitRandom submits n batches of 1 to 3 random blocks and returns the
 // last seq.
 func submitRandom(t *testing.T, v *client.Volume, rng *rand.Rand, n int) uint64 {
 	t.Helper()
-	var last uint64
-	for range n {
-		var blocks []*wire.Block
-		for range 1 + rng.IntN(4) {
-			data := make([]byte, wire.BlockSize)
-			for i := range data {
-				data[i] = byte(rng.Uint32())
-			}
-			blocks = append(blocks, &wire.Block{Index: uint64(rng.IntN(int(v.BlockCount()))), Data: data})
-		}
-		ack, err := v.Submit(context.Background(), blocks)
-		if err != nil {
-			t.Fatal(err)
-		}
-		last = ack.Seq
-	}
-	return last
+	sent := submitLogged(t, v, rng, n)
+	return sent[len(sent)-1].seq
 }
 
 func openSecondary(t *testing.T, cl *client.Client, dir, volume string) *secondary.Secondary {

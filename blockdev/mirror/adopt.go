@@ -24,9 +24,10 @@ type AdoptOptions struct {
 	// AppliedVolumeSeq and AppliedSeq are the volume's last batch at the
 	// intermediate that the volume holds: the mirror resumes after it.
 	AppliedVolumeSeq, AppliedSeq uint64
-	// Suspended starts the mirror suspended (state SUSP, every change
-	// marked in the primary bitmap): the intermediate was unreachable at
-	// the promotion. Reason says why.
+	// Suspended starts the mirror suspended and detached (state SUSP,
+	// every change marked in the primary bitmap, the intermediate not
+	// contacted until Attach): the intermediate was unreachable at the
+	// promotion. Reason says why.
 	Suspended bool
 	Reason    string
 }
@@ -73,7 +74,7 @@ func Adopt(opts AdoptOptions) error {
 	st = persisted{Version: stateVersion, Volume: opts.Volume, Group: opts.Group, Epoch: opts.Epoch, State: StatePair,
 		AppliedVolumeSeq: opts.AppliedVolumeSeq, AppliedSeq: opts.AppliedSeq}
 	if opts.Suspended {
-		st.State, st.Reason = StateSusp, opts.Reason
+		st.State, st.Reason, st.Detached = StateSusp, opts.Reason, true
 	}
 	return saveState(opts.FS, opts.Dir, st)
 }
@@ -119,4 +120,71 @@ func Inspect(fsys blockdev.FS, dir string) (rec Recorded, found bool, err error)
 		return rec, true, fmt.Errorf("mirror of volume %q is in state %s but its primary bitmap is unreadable: %w", st.Volume, st.State, err)
 	}
 	return rec, true, nil
+}
+
+// Attachment is what the intermediate said when it learned of a promotion
+// made without it (Mirror.Attach).
+type Attachment struct {
+	// Epoch is the volume's epoch there, which must be the mirror's.
+	Epoch uint64
+	// Regions is a blockdev.Bitmap (MarshalBinary) of the volume's block
+	// count marking the regions of the intermediate volume that hold
+	// batches this volume lacks (the old primaries' batches after the
+	// promote point); AllRegions says every region may (the journal no
+	// longer held them all).
+	Regions    []byte
+	AllRegions bool
+}
+
+// Detached reports whether the mirror is detached from the intermediate
+// (a volume promoted without it, not attached yet).
+func (m *Mirror) Detached() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.st.Detached
+}
+
+// Attach ends the detachment of a volume promoted without the
+// intermediate, once the intermediate learned the promotion (its epoch is
+// the mirror's): the regions it holds that this volume lacks are marked in
+// the primary bitmap, so the resync that follows the reconnection
+// overwrites them with this volume's blocks, together with every change
+// made while detached. Attach records this durably, then lets the mirror
+// reconnect. On a mirror not detached it does nothing.
+func (m *Mirror) Attach(a Attachment) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.st.Detached {
+		return nil
+	}
+	if a.Epoch != m.st.Epoch {
+		return fmt.Errorf("attach volume %q: the intermediate has it at epoch %d, this primary at %d", m.cfg.Name, a.Epoch, m.st.Epoch)
+	}
+	marked := m.bitmap.Count()
+	switch {
+	case a.AllRegions:
+		m.bitmap.SetAll()
+	case len(a.Regions) > 0:
+		var b blockdev.Bitmap
+		if err := b.UnmarshalBinary(a.Regions); err != nil {
+			return fmt.Errorf("attach volume %q: regions: %w", m.cfg.Name, err)
+		}
+		if b.BlockCount() != m.blocks {
+			return fmt.Errorf("attach volume %q: regions of %d blocks, the volume has %d", m.cfg.Name, b.BlockCount(), m.blocks)
+		}
+		for r := range b.Iterate {
+			first, n := b.RegionBlocks(r)
+			m.bitmap.SetRange(first, n)
+		}
+	}
+	m.bitmapDirty = true
+	m.st.Detached = false
+	m.st.Reason = "attached to the intermediate: resynchronising"
+	if err := m.persistLocked(); err != nil {
+		return m.failLocked(err)
+	}
+	m.log.Warn("attached to the intermediate after a promotion without it: reconnecting and resynchronising",
+		"dirty_regions", m.bitmap.Count(), "newly_marked_regions", m.bitmap.Count()-marked, "epoch", m.st.Epoch)
+	m.kickApplier()
+	return nil
 }

@@ -27,10 +27,13 @@ func (m *Mirror) runApplier() {
 			m.suspendLocked(m.suspend)
 			m.mu.Unlock()
 			continue
-		case m.stream == nil && m.cfg.Detached:
+		case m.stream == nil && m.st.Detached:
 			m.mu.Unlock()
-			<-m.ctx.Done()
-			return
+			select {
+			case <-m.kick: // Attach
+			case <-m.ctx.Done():
+			}
+			continue
 		case m.stream == nil:
 			m.mu.Unlock()
 			m.reconnect()

@@ -139,14 +139,6 @@ type Config struct {
 	RetryInterval time.Duration
 	// Logger receives the mirror's logs; default slog.Default().
 	Logger *slog.Logger
-	// Detached keeps a suspended mirror away from the intermediate: it
-	// never reconnects, and changes stay local and marked in the primary
-	// bitmap. A volume promoted while the intermediate was unreachable runs
-	// detached (its epoch is newer than the intermediate's, and the
-	// intermediate may hold batches of the old primary after the promoted
-	// point, which a plain reconnection would replay over the new data).
-	// Client may then be nil.
-	Detached bool
 }
 
 func (cfg Config) withDefaults() (Config, error) {
@@ -155,7 +147,7 @@ func (cfg Config) withDefaults() (Config, error) {
 		return cfg, errors.New("mirror config: Name is empty")
 	case cfg.Local == nil:
 		return cfg, errors.New("mirror config: Local is nil")
-	case cfg.Client == nil && !cfg.Detached:
+	case cfg.Client == nil:
 		return cfg, errors.New("mirror config: Client is nil")
 	case cfg.Dir == "":
 		return cfg, errors.New("mirror config: Dir is empty")
@@ -363,8 +355,8 @@ func (m *Mirror) load() error {
 
 // start brings the mirror to its serving state.
 func (m *Mirror) start(ctx context.Context) error {
-	if m.cfg.Detached && m.st.State != StateSusp {
-		return fmt.Errorf("mirror of volume %q is in state %s: only a suspended mirror runs detached", m.cfg.Name, m.st.State)
+	if m.st.Detached && m.st.State != StateSusp {
+		return fmt.Errorf("mirror state in %s: volume %q is detached in state %s: only a suspended mirror can be", m.cfg.Dir, m.cfg.Name, m.st.State)
 	}
 	switch m.st.State {
 	case StateFenced:
@@ -443,7 +435,7 @@ func (m *Mirror) start(ctx context.Context) error {
 	}
 	m.stream = v
 	m.startCopyLocked()
-	m.reportLocked()
+	m.finishCopyLocked() // a copy with nothing (left) to copy ends here; it reports
 	m.log.Info("mirror open", "state", m.st.State, "fence", m.cfg.Fence, "epoch", m.st.Epoch,
 		"applied_volume_seq", lastVS, "applied_seq", lastSeq, "dirty_regions", m.bitmap.Count())
 	return nil
@@ -733,8 +725,10 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 		}
 		m.stream = v
 		m.startCopyLocked()
-		m.reportLocked()
 		m.log.Info("intermediate reachable again: resynchronising the marked regions", "dirty_regions", m.bitmap.Count())
+		// Nothing marked (a volume promoted without the intermediate that
+		// changed nothing since): the resync is done at once.
+		m.finishCopyLocked()
 		m.cond.Broadcast()
 		return nil
 	}
@@ -764,7 +758,7 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 	}
 	m.stream = v
 	m.startCopyLocked()
-	m.reportLocked()
+	m.finishCopyLocked() // a copy with nothing (left) to copy ends here; it reports
 	m.log.Info("submit stream reopened", "resubmitted", len(keep), "last_volume_seq", lastVS)
 	m.cond.Broadcast()
 	return nil

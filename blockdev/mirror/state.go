@@ -52,6 +52,10 @@ type persisted struct {
 	// lacks.
 	Clean  bool   `json:"clean"`
 	Reason string `json:"reason,omitempty"`
+	// Detached is set on a volume promoted while the intermediate was
+	// unreachable (Adopt with Suspended): it stays suspended and does not
+	// contact the intermediate until Attach.
+	Detached bool `json:"detached,omitempty"`
 }
 
 // errBadState marks a state file that cannot be decoded.

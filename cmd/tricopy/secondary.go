@@ -19,6 +19,7 @@ import (
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
 	"github.com/tricopy/tricopy/intermediate/client"
+	"github.com/tricopy/tricopy/intermediate/wire"
 	"github.com/tricopy/tricopy/secondary"
 )
 
@@ -140,12 +141,14 @@ type secondaryRun struct {
 	// Once promoted: the volume's mirror and, when the replica was not
 	// mounted at the promotion (a restart), the read-write mount. Guarded
 	// by mu; set by becomePrimary.
-	mu      sync.Mutex
-	m       *mirror.Mirror
-	primary *fusefs.Server
-	gone    chan struct{} // closed when the read-write mount is gone
-	served  chan struct{} // closed once the admin server returned
-	stopped chan struct{} // closed by close
+	mu         sync.Mutex
+	m          *mirror.Mirror
+	primary    *fusefs.Server
+	gone       chan struct{}      // closed when the read-write mount is gone
+	stopAttach context.CancelFunc // stops attach; nil when it never ran
+	attached   chan struct{}      // closed when attach returned
+	served     chan struct{}      // closed once the admin server returned
+	stopped    chan struct{}      // closed by close
 }
 
 // openSecondary opens the secondary of cfg, mounts its replica, starts
@@ -273,7 +276,7 @@ func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion)
 	}
 	m, err := mirror.Open(ctx, mirror.Config{
 		Name: r.cfg.Volume, Group: r.cfg.Group, Local: rep.PrimaryVolume(), Dir: dir, Client: r.cl,
-		Fence: mirror.Fence(r.cfg.Fence), Timeout: r.cfg.FenceTimeout, Detached: !p.Drained,
+		Fence: mirror.Fence(r.cfg.Fence), Timeout: r.cfg.FenceTimeout,
 		Logger: r.log.With("component", "mirror"),
 	})
 	if err != nil {
@@ -301,7 +304,72 @@ func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion)
 		return fmt.Errorf("mount promoted volume %s read-write at %s: %w", r.cfg.Volume, r.cfg.Mountpoint, err)
 	}
 	r.m = m
+	if m.Detached() {
+		actx, cancel := context.WithCancel(context.Background())
+		r.stopAttach = cancel
+		r.attached = make(chan struct{})
+		go func() {
+			defer close(r.attached)
+			r.attach(actx, m, p)
+		}()
+	}
 	return nil
+}
+
+// attachRetry spaces the attempts of a detached promoted volume to reach
+// the intermediate.
+const attachRetry = time.Second
+
+// attach runs while the volume, promoted without the intermediate, is
+// detached: it tries the intermediate every attachRetry; once it answers,
+// it records the promotion there at its point N (PromoteAt: the old
+// primaries are fenced from then on), and attaches the mirror with the
+// regions the old primaries wrote after N, so that its resync overwrites
+// them. Promotions are idempotent by ID: every promoted secondary of the
+// group does this, the first records it.
+func (r *secondaryRun) attach(ctx context.Context, m *mirror.Mirror, p secondary.Promotion) {
+	log := r.log.With("promotion", p.ID, "n", p.N, "epoch", p.Epoch)
+	log.Warn("promoted without the intermediate: changes stay local until it is reachable again")
+	for attempt := 0; ; attempt++ {
+		err := r.attachOnce(ctx, m, p)
+		if err == nil {
+			return
+		}
+		if errors.Is(err, wire.ErrStaleEpoch) {
+			log.Error("the intermediate had the volume at another epoch than the promotion expected (promoted elsewhere meanwhile?): staying detached; resolve by hand", "err", err)
+			return
+		}
+		if attempt%30 == 0 {
+			log.Info("intermediate still unreachable; the promoted volume stays detached", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(attachRetry):
+		}
+	}
+}
+
+// attachOnce makes one attempt of attach.
+func (r *secondaryRun) attachOnce(ctx context.Context, m *mirror.Mirror, p secondary.Promotion) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	resp, err := r.cl.PromoteAt(ctx, p.ID, p.By, p.N, p.Epoch-1)
+	if err != nil {
+		return err
+	}
+	for _, v := range resp.GetVolumes() {
+		if v.GetName() != r.cfg.Volume {
+			continue
+		}
+		if err := m.Attach(mirror.Attachment{Epoch: v.GetEpoch(), Regions: v.GetAfterRegions(), AllRegions: !v.GetJournalComplete()}); err != nil {
+			return err
+		}
+		r.log.Warn("the intermediate learned the promotion: the volume mirrors to it again after a resync",
+			"promotion", p.ID, "epoch", v.GetEpoch(), "journal_complete", v.GetJournalComplete())
+		return nil
+	}
+	return fmt.Errorf("the intermediate's promotion %s does not list volume %s", p.ID, r.cfg.Volume)
 }
 
 // holdApply returns the test-only HoldApply of holdApplyEnv, nil when it
@@ -370,8 +438,12 @@ func (r *secondaryRun) closeParts() error {
 		}
 	}
 	r.mu.Lock()
-	m, srv := r.m, r.primary
+	m, srv, stopAttach, attached := r.m, r.primary, r.stopAttach, r.attached
 	r.mu.Unlock()
+	if stopAttach != nil {
+		stopAttach()
+		<-attached
+	}
 	if srv != nil {
 		if err := srv.Unmount(); err != nil {
 			errs = append(errs, fmt.Errorf("unmount %s: %w", r.cfg.Mountpoint, err))

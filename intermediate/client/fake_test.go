@@ -52,6 +52,8 @@ type fakeCluster struct {
 	regionsN   int                                   // ReadRegions calls
 	failbacks  []*wire.FailbackRequest               // Failback requests the leader served
 	failbackTo []error                               // the next Failback calls at the leader are refused with these, in order
+	promotes   []*wire.PromoteRequest                // Promote requests the leader served
+	promoteTo  []error                               // the next Promote calls at the leader are refused with these, in order
 }
 
 // fakeCoord is the state of the fake Coordinate streams: what the

@@ -20,9 +20,31 @@ import (
 // follows NOT_LEADER redirects and retries transient failures until ctx
 // ends.
 func (c *Client) Promote(ctx context.Context, promotionID, by string) (*wire.PromoteResponse, error) {
+	return c.PromoteAt(ctx, promotionID, by, 0, 0)
+}
+
+// PromoteAt is Promote for a promotion that happened without the
+// intermediate (it was unreachable): the secondaries agreed on the
+// validated point atSeq, rolled forward to it and run as primaries at
+// fromEpoch + 1. The intermediate records the promotion at atSeq (at most
+// its valid counter, and not below a volume's last promotion: otherwise
+// the call fails wrapping wire.ErrBadRequest), which fences the old
+// primaries from then on. Each volume of the answer carries its
+// after_regions, the regions of the intermediate volume written by the old
+// primaries' batches after atSeq, which the new primary's resync must
+// overwrite, unless journal_complete is false: the journal no longer held
+// all of them, and every region must be taken as changed. fromEpoch, when
+// not 0, is the epoch the secondaries knew: if a volume is at another
+// epoch (the group was promoted meanwhile), the call fails wrapping
+// wire.ErrStaleEpoch and nothing changes. atSeq 0 is Promote (the
+// promotion's point is the valid counter). Running it again with the same
+// promotionID changes nothing and answers what the first run recorded,
+// with the after regions computed again from the journal then.
+func (c *Client) PromoteAt(ctx context.Context, promotionID, by string, atSeq, fromEpoch uint64) (*wire.PromoteResponse, error) {
 	var resp *wire.PromoteResponse
 	err := c.leaderCall(ctx, fmt.Sprintf("promote %s", promotionID), func(ctx context.Context, cl wire.IntermediateClient) error {
-		r, err := cl.Promote(ctx, &wire.PromoteRequest{Group: c.cfg.Group, PromotionId: promotionID, By: by})
+		r, err := cl.Promote(ctx, &wire.PromoteRequest{Group: c.cfg.Group, PromotionId: promotionID, By: by, AtSeq: atSeq,
+			FromEpoch: fromEpoch})
 		if err != nil {
 			return err
 		}

@@ -1552,9 +1552,11 @@ func (x *VolumeStatus) GetChangedSincePromotion() uint64 {
 }
 
 // Promotion is one promotion of a volume's group: the PromoteGroup entry
-// promotion_id raised the volume's epoch to epoch when the group's valid
-// counter was seq, so every batch the volume's old primary ever had
-// acknowledged has a seq <= seq.
+// promotion_id raised the volume's epoch to epoch at the point seq: the
+// group's valid counter then, so that every batch the volume's old primary
+// ever had acknowledged has a seq <= seq; or, for a promotion recorded
+// late (PromoteRequest.at_seq), the earlier point the secondaries were
+// promoted at without the intermediate.
 type Promotion struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PromotionId   string                 `protobuf:"bytes,1,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
@@ -2097,11 +2099,24 @@ func (x *FailbackResponse) GetEpoch() uint64 {
 // already recorded changes nothing and answers what it recorded, so a
 // promote that lost its answer can run again. by says who ran it and
 // where (free text, at most 256 bytes), for the history.
+//
+// at_seq is the promotion's point: 0 for now (the group's valid counter);
+// above 0 it records a promotion that happened at that earlier point
+// without the intermediate (the secondaries rolled forward to the
+// validated point at_seq and run as primaries since): at_seq must be at
+// most the valid counter, and at or above the seq of every volume's last
+// promotion (BAD_REQUEST otherwise). from_epoch, when above 0, is the
+// epoch the promoted secondaries knew: a volume at another epoch (someone
+// promoted meanwhile) refuses the whole promotion with STALE_EPOCH naming
+// the volume and both epochs, changing nothing. A promotion already
+// recorded answers what it recorded whatever at_seq and from_epoch say.
 type PromoteRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
 	PromotionId   string                 `protobuf:"bytes,2,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
 	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	AtSeq         uint64                 `protobuf:"varint,4,opt,name=at_seq,json=atSeq,proto3" json:"at_seq,omitempty"`
+	FromEpoch     uint64                 `protobuf:"varint,5,opt,name=from_epoch,json=fromEpoch,proto3" json:"from_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2157,13 +2172,30 @@ func (x *PromoteRequest) GetBy() string {
 	return ""
 }
 
-// PromoteResponse answers PromoteRequest. seq is the group's valid counter
-// at the promotion: every batch any old primary had acknowledged has a seq
-// <= seq, and none with the old epochs commits after it, so the
-// secondaries hold the whole old state once they applied seq. volumes are
-// the volumes promoted, sorted by name, each with its new epoch. already
-// is set when the promotion had been recorded before (the values are the
-// recorded ones).
+func (x *PromoteRequest) GetAtSeq() uint64 {
+	if x != nil {
+		return x.AtSeq
+	}
+	return 0
+}
+
+func (x *PromoteRequest) GetFromEpoch() uint64 {
+	if x != nil {
+		return x.FromEpoch
+	}
+	return 0
+}
+
+// PromoteResponse answers PromoteRequest. seq is the promotion's point: the
+// group's valid counter at the promotion (at_seq 0), or the request's
+// at_seq. Every batch any old primary had acknowledged has a seq <= the
+// valid counter at the promotion, and none with the old epochs commits
+// after it; the secondaries hold the whole old state once they applied
+// seq, except for a late promotion (at_seq below the counter), whose
+// volumes may hold batches of the old primaries after seq (see
+// PromotedVolume.after_regions). volumes are the volumes promoted, sorted
+// by name, each with its new epoch. already is set when the promotion had
+// been recorded before (the values are the recorded ones).
 type PromoteResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -2226,16 +2258,34 @@ func (x *PromoteResponse) GetAlready() bool {
 
 // PromotedVolume is one volume of a promotion: its new epoch, and its last
 // committed batch (seq and volume seq) under the old epoch, where its new
-// primary resumes.
+// primary resumes (its Submit stream opens at epoch and continues after
+// last_volume_seq).
+//
+// after_regions is a blockdev.Bitmap (MarshalBinary) of block_count blocks
+// in regions of 64 KiB (wire.RegionBlocks blocks, the secondaries'
+// intermediate bitmaps) marking the regions written by the volume's
+// batches under the old epochs with a seq above the promotion's seq that
+// the journal holds: the regions of the intermediate volume that hold data
+// the new primary (rolled forward to seq) does not have, which its resync
+// must overwrite. It is empty when there is no such batch (always for a
+// promotion at the valid counter). journal_complete says that the journal
+// still holds every such batch (the volume's trimmed seq is at most seq,
+// or the volume had no batch after seq), so after_regions is exact; when
+// it is false some were trimmed, and the caller must treat every region of
+// the volume as changed (after_regions then marks only some of them). An
+// already recorded promotion computes both again from the journal as it is
+// then.
 type PromotedVolume struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Epoch         uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	LastSeq       uint64                 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
-	LastVolumeSeq uint64                 `protobuf:"varint,4,opt,name=last_volume_seq,json=lastVolumeSeq,proto3" json:"last_volume_seq,omitempty"`
-	BlockCount    uint64                 `protobuf:"varint,5,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Name            string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Epoch           uint64                 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	LastSeq         uint64                 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
+	LastVolumeSeq   uint64                 `protobuf:"varint,4,opt,name=last_volume_seq,json=lastVolumeSeq,proto3" json:"last_volume_seq,omitempty"`
+	BlockCount      uint64                 `protobuf:"varint,5,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	AfterRegions    []byte                 `protobuf:"bytes,6,opt,name=after_regions,json=afterRegions,proto3" json:"after_regions,omitempty"`
+	JournalComplete bool                   `protobuf:"varint,7,opt,name=journal_complete,json=journalComplete,proto3" json:"journal_complete,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *PromotedVolume) Reset() {
@@ -2301,6 +2351,20 @@ func (x *PromotedVolume) GetBlockCount() uint64 {
 		return x.BlockCount
 	}
 	return 0
+}
+
+func (x *PromotedVolume) GetAfterRegions() []byte {
+	if x != nil {
+		return x.AfterRegions
+	}
+	return nil
+}
+
+func (x *PromotedVolume) GetJournalComplete() bool {
+	if x != nil {
+		return x.JournalComplete
+	}
+	return false
 }
 
 // ReadRegionsRequest asks for the regions marked in the intermediate bitmap
@@ -3516,12 +3580,16 @@ func (x *FailbackSecondary) GetBitmap() []byte {
 // already holds promotion_id, it raises the epoch of every registered
 // volume by one and appends the promotion to each volume's history. The
 // state machine takes the time from the entry (time_unix_nano, stamped by
-// the leader), never from its clock.
+// the leader), never from its clock. at_seq and from_epoch are those of
+// PromoteRequest: the promotion's point (0: the valid counter) and the
+// epoch every volume must be at (0: not checked).
 type PromoteGroup struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	PromotionId   string                 `protobuf:"bytes,1,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
 	By            string                 `protobuf:"bytes,2,opt,name=by,proto3" json:"by,omitempty"`
 	TimeUnixNano  int64                  `protobuf:"varint,3,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	AtSeq         uint64                 `protobuf:"varint,4,opt,name=at_seq,json=atSeq,proto3" json:"at_seq,omitempty"`
+	FromEpoch     uint64                 `protobuf:"varint,5,opt,name=from_epoch,json=fromEpoch,proto3" json:"from_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -3573,6 +3641,20 @@ func (x *PromoteGroup) GetBy() string {
 func (x *PromoteGroup) GetTimeUnixNano() int64 {
 	if x != nil {
 		return x.TimeUnixNano
+	}
+	return 0
+}
+
+func (x *PromoteGroup) GetAtSeq() uint64 {
+	if x != nil {
+		return x.AtSeq
+	}
+	return 0
+}
+
+func (x *PromoteGroup) GetFromEpoch() uint64 {
+	if x != nil {
+		return x.FromEpoch
 	}
 	return 0
 }
@@ -4295,22 +4377,27 @@ const file_wire_proto_rawDesc = "" +
 	"\x10FailbackResponse\x12\x18\n" +
 	"\aregions\x18\x01 \x01(\x04R\aregions\x12#\n" +
 	"\rpromotion_seq\x18\x02 \x01(\x04R\fpromotionSeq\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"Y\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x8f\x01\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fpromotion_id\x18\x02 \x01(\tR\vpromotionId\x12\x0e\n" +
-	"\x02by\x18\x03 \x01(\tR\x02by\"x\n" +
+	"\x02by\x18\x03 \x01(\tR\x02by\x12\x15\n" +
+	"\x06at_seq\x18\x04 \x01(\x04R\x05atSeq\x12\x1d\n" +
+	"\n" +
+	"from_epoch\x18\x05 \x01(\x04R\tfromEpoch\"x\n" +
 	"\x0fPromoteResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x129\n" +
 	"\avolumes\x18\x02 \x03(\v2\x1f.tricopy.wire.v1.PromotedVolumeR\avolumes\x12\x18\n" +
-	"\aalready\x18\x03 \x01(\bR\aalready\"\x9e\x01\n" +
+	"\aalready\x18\x03 \x01(\bR\aalready\"\xee\x01\n" +
 	"\x0ePromotedVolume\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x19\n" +
 	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\x12&\n" +
 	"\x0flast_volume_seq\x18\x04 \x01(\x04R\rlastVolumeSeq\x12\x1f\n" +
 	"\vblock_count\x18\x05 \x01(\x04R\n" +
-	"blockCount\"H\n" +
+	"blockCount\x12#\n" +
+	"\rafter_regions\x18\x06 \x01(\fR\fafterRegions\x12)\n" +
+	"\x10journal_complete\x18\a \x01(\bR\x0fjournalComplete\"H\n" +
 	"\x12ReadRegionsRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1c\n" +
 	"\tsecondary\x18\x02 \x01(\tR\tsecondary\">\n" +
@@ -4394,11 +4481,14 @@ const file_wire_proto_rawDesc = "" +
 	"\x11FailbackSecondary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x16\n" +
-	"\x06bitmap\x18\x03 \x01(\fR\x06bitmap\"g\n" +
+	"\x06bitmap\x18\x03 \x01(\fR\x06bitmap\"\x9d\x01\n" +
 	"\fPromoteGroup\x12!\n" +
 	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x0e\n" +
 	"\x02by\x18\x02 \x01(\tR\x02by\x12$\n" +
-	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\"C\n" +
+	"\x0etime_unix_nano\x18\x03 \x01(\x03R\ftimeUnixNano\x12\x15\n" +
+	"\x06at_seq\x18\x04 \x01(\x04R\x05atSeq\x12\x1d\n" +
+	"\n" +
+	"from_epoch\x18\x05 \x01(\x04R\tfromEpoch\"C\n" +
 	"\x10SuspendSecondary\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vapplied_seq\x18\x02 \x01(\x04R\n" +
