@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -222,6 +223,7 @@ func disasterRound(t *testing.T, seed uint64) {
 	s := startSite(t, nil)
 	db := filepath.Join(s.prim["a"].mnt, "app.db")
 	logPath := filepath.Join(s.prim["b"].mnt, "tx.log")
+	waitGroupKnown(t, s)
 	w := startTxWriter(t, db, logPath)
 	defer w.stop()
 	waitFor(t, time.Minute, "20 logged transactions", func() bool { return w.logged() >= 20 })
@@ -387,4 +389,27 @@ func TestBenchFailover(t *testing.T) {
 		t.Fatalf("tricopy bench failover printed no report:\n%s", out)
 	}
 	t.Logf("%s", out)
+}
+
+// waitGroupKnown waits until every secondary of the site knows the others
+// (a promotion without the intermediate needs it).
+func waitGroupKnown(t *testing.T, s *site) {
+	t.Helper()
+	waitFor(t, 30*time.Second, "the secondaries to know each other", func() bool {
+		for _, v := range []string{"a", "b"} {
+			var st struct {
+				Peers []struct{ ID string } `json:"peers"`
+			}
+			resp, err := http.Get("http://" + s.sec[v].listen + "/v1/status")
+			if err != nil {
+				return false
+			}
+			err = json.NewDecoder(resp.Body).Decode(&st)
+			resp.Body.Close()
+			if err != nil || len(st.Peers) != 2 {
+				return false
+			}
+		}
+		return true
+	})
 }

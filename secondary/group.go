@@ -216,6 +216,29 @@ func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, addr s
 	if len(errs) > 0 {
 		return nil, fmt.Errorf("promote needs every secondary of the group: %w", errors.Join(errs...))
 	}
+	// Every volume of the group needs a secondary: promoting part of a
+	// group would leave the rest behind at another point.
+	covered := map[string]bool{}
+	var volumes []string
+	for _, p := range byID {
+		covered[p.st.Volume] = true
+		for _, v := range p.st.GroupVolumes {
+			if !slices.Contains(volumes, v) {
+				volumes = append(volumes, v)
+			}
+		}
+	}
+	var missing []string
+	for _, v := range volumes {
+		if !covered[v] {
+			missing = append(missing, v)
+		}
+	}
+	if len(missing) > 0 {
+		slices.Sort(missing)
+		return nil, fmt.Errorf("no secondary the group knows follows volume(s) %s: promote refuses to promote part of the group (a secondary registered after the others last asked the intermediate is found once they ask again, every second)",
+			strings.Join(missing, ", "))
+	}
 	out := make([]peerState, 0, len(byID))
 	for _, p := range byID {
 		out = append(out, *p)

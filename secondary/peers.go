@@ -13,7 +13,7 @@ import (
 
 // DefaultPeerInterval is how often a secondary asks the intermediate for
 // its group's secondaries when Config.PeerInterval is zero.
-const DefaultPeerInterval = 5 * time.Second
+const DefaultPeerInterval = time.Second
 
 // peersFile holds what a secondary learned of its group, in its data
 // directory; peersMagic starts it.
@@ -50,11 +50,14 @@ type GroupView struct {
 	Peers []Peer `json:"peers"`
 	// Epoch is the epoch of the secondary's volume at the intermediate.
 	Epoch uint64 `json:"epoch"`
+	// Volumes are the group's volumes at the intermediate, sorted: a
+	// promotion must find a secondary of each.
+	Volumes []string `json:"volumes,omitempty"`
 }
 
-// equal reports whether v and o hold the same peers and epoch.
+// equal reports whether v and o hold the same peers, epoch and volumes.
 func (v GroupView) equal(o GroupView) bool {
-	return v.Epoch == o.Epoch && slices.Equal(v.Peers, o.Peers)
+	return v.Epoch == o.Epoch && slices.Equal(v.Peers, o.Peers) && slices.Equal(v.Volumes, o.Volumes)
 }
 
 // loadGroupView reads the group view in dir; a missing file is an empty
@@ -73,6 +76,7 @@ func (s *Secondary) Group() GroupView {
 	defer s.mu.Unlock()
 	v := s.group
 	v.Peers = slices.Clone(v.Peers)
+	v.Volumes = slices.Clone(v.Volumes)
 	return v
 }
 
@@ -115,10 +119,12 @@ func (s *Secondary) learnGroup(ctx context.Context) error {
 	}
 	slices.SortFunc(v.Peers, func(a, b Peer) int { return strings.Compare(a.ID, b.ID) })
 	for _, vol := range st.GetVolumes() {
+		v.Volumes = append(v.Volumes, vol.GetName())
 		if vol.GetName() == s.cfg.Volume {
 			v.Epoch = vol.GetEpoch()
 		}
 	}
+	slices.Sort(v.Volumes)
 	if v.Epoch == 0 || len(v.Peers) == 0 {
 		return nil // the volume or this secondary is not registered yet
 	}

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -220,5 +222,40 @@ func TestPromote(t *testing.T) {
 	sa = open(false)
 	if p := sa.Promotion(); p == nil || !p.Done || sa.Status().Role != secondary.RolePrimary {
 		t.Fatalf("after a restart: %+v", p)
+	}
+}
+
+// TestPromoteGroupRefusesPart: a group with a volume no known secondary
+// follows is not promoted in part.
+func TestPromoteGroupRefusesPart(t *testing.T) {
+	_, addr := startNode(t)
+	cl := newClient(t, addr)
+	rng := rand.New(rand.NewPCG(7, 8))
+	va, vb := openVolume(t, cl, "a"), openVolume(t, cl, "b")
+	submitLogged(t, va, rng, 3)
+	submitLogged(t, vb, rng, 3)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s, err := secondary.Open(ctx, secondary.Config{Volume: "a", Dir: t.TempDir(), Addr: "127.0.0.1:1", Intermediate: cl,
+		PeerInterval: 50 * time.Millisecond, Logger: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Start(nil); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "a to learn its group", func() bool {
+		st := s.Status()
+		return len(st.Peers) == 1 && len(st.GroupVolumes) == 2
+	})
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	_, err = secondary.PromoteGroup(ctx, secondary.GroupOptions{Secondary: strings.TrimPrefix(srv.URL, "http://"), Logger: testLog(t)})
+	if err == nil || !strings.Contains(err.Error(), "volume(s) b") {
+		t.Fatalf("promote of a group whose volume b has no secondary: %v, want a refusal naming b", err)
+	}
+	if s.Promotion() != nil {
+		t.Fatal("a refused group promotion promoted a")
 	}
 }

@@ -194,6 +194,9 @@ type Status struct {
 	// Peers are the group's secondaries, as last learned from the
 	// intermediate (kept on disk, so known when it is gone).
 	Peers []Peer `json:"peers"`
+	// GroupVolumes are the group's volumes at the intermediate, as last
+	// learned.
+	GroupVolumes []string `json:"group_volumes"`
 	// Intermediate lists the intermediate's addresses it uses.
 	Intermediate []string `json:"intermediate"`
 	// Promotion is its promotion record, absent if never promoted.
@@ -825,6 +828,7 @@ func (s *Secondary) Status() Status {
 	}
 	st.Epoch, st.Role = s.group.Epoch, RoleSecondary
 	st.Peers = append([]Peer{}, s.group.Peers...)
+	st.GroupVolumes = append([]string{}, s.group.Volumes...)
 	st.Intermediate = append([]string{}, s.cfg.IntermediateAddrs...)
 	st.Failback = s.failback
 	if p := s.promotion; p != nil {
