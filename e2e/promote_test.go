@@ -71,7 +71,11 @@ type promotionStatusDoc struct {
 			Epoch       uint64 `json:"epoch"`
 			Seq         uint64 `json:"seq"`
 		} `json:"promotions"`
+		StalePrimary *struct {
+			Epoch uint64 `json:"epoch"`
+		} `json:"stale_primary"`
 	} `json:"volumes"`
+	Problems []string `json:"problems"`
 }
 
 // TestPromoteDrained kills both primaries with the intermediate alive and
@@ -170,6 +174,19 @@ func TestPromoteDrained(t *testing.T) {
 		t.Errorf("the old primary does not say it is fenced:\n%s", clip(old.stderr.String()))
 	}
 	checkFile(t, filepath.Join(s.prim["a"].mnt, "f00"), want["a/f00"])
+	// tricopy status reports the stale primary (exit 1: a problem).
+	pst = promotionStatusDoc{}
+	if err := json.Unmarshal([]byte(runStatus(t, s.addrs)), &pst); err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range pst.Volumes {
+		if v.Name == "a" && (v.StalePrimary == nil || v.StalePrimary.Epoch != 1) {
+			t.Errorf("status of volume a after the old primary came back: stale primary %+v, want epoch 1", v.StalePrimary)
+		}
+	}
+	if !strings.Contains(strings.Join(pst.Problems, "; "), "stale epoch 1") {
+		t.Errorf("status problems %v do not name the stale primary", pst.Problems)
+	}
 	old.stop(t)
 	if _, err := os.Stat(filepath.Join(s.sec["a"].mnt, "split-brain")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("the old primary's write reached the new one: %v", err)
@@ -412,4 +429,16 @@ func waitGroupKnown(t *testing.T, s *site) {
 		}
 		return true
 	})
+}
+
+// runStatus runs `tricopy status --json`, whatever its exit code, and
+// returns its output.
+func runStatus(t testing.TB, addrs []string) string {
+	t.Helper()
+	out, err := command(t, "", tricopyBin, "status", "--intermediate", strings.Join(addrs, ","), "--json").Output()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		t.Fatalf("tricopy status: %v", err)
+	}
+	return string(out)
 }

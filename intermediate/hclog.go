@@ -20,6 +20,8 @@ const (
 	logKeyLeader    = "leader"
 	logKeySeq       = "seq"
 	logKeyIndex     = "index"
+	logKeyEpoch     = "epoch"
+	logKeyPeer      = "peer"
 )
 
 // hclogAdapter sends hashicorp/raft's hclog output to a slog.Logger, so the

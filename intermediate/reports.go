@@ -23,6 +23,11 @@ type primaryReport struct {
 	connected bool
 	report    *wire.PrimaryReport
 	at        time.Time
+
+	// The last open refused for a stale epoch: a fenced old primary.
+	staleEpoch uint64
+	stalePeer  string
+	staleAt    time.Time
 }
 
 func newPrimaryReports() *primaryReports {
@@ -68,6 +73,15 @@ func (r *primaryReports) report(volume string, session uint64, rep *wire.Primary
 	pr.session, pr.report, pr.at = session, proto.CloneOf(rep), time.Now()
 }
 
+// staleOpen records an open of volume at a stale epoch (refused) from
+// peer.
+func (r *primaryReports) staleOpen(volume string, epoch uint64, peer string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pr := r.get(volume)
+	pr.staleEpoch, pr.stalePeer, pr.staleAt = epoch, peer, time.Now()
+}
+
 // fill copies what is known of volume's primary into vs.
 func (r *primaryReports) fill(vs *wire.VolumeStatus) {
 	r.mu.Lock()
@@ -77,6 +91,9 @@ func (r *primaryReports) fill(vs *wire.VolumeStatus) {
 		return
 	}
 	vs.Connected = pr.connected
+	if pr.staleEpoch != 0 {
+		vs.StalePrimaryEpoch, vs.StalePrimaryPeer, vs.StalePrimaryTimeUnixNano = pr.staleEpoch, pr.stalePeer, pr.staleAt.UnixNano()
+	}
 	if rep := pr.report; rep != nil {
 		vs.State, vs.DirtyRegions, vs.ResyncDone, vs.ResyncTotal, vs.Reason =
 			rep.GetState(), rep.GetDirtyRegions(), rep.GetResyncDone(), rep.GetResyncTotal(), rep.GetReason()

@@ -10,6 +10,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
@@ -94,6 +95,15 @@ func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
 		return fmt.Errorf("register volume %q: unexpected state machine response %T", open.GetVolume(), res)
 	}
 	if rr.Err != nil {
+		if errors.Is(rr.Err, wire.ErrStaleEpoch) {
+			peerAddr := ""
+			if p, ok := peer.FromContext(stream.Context()); ok {
+				peerAddr = p.Addr.String()
+			}
+			n.reports.staleOpen(open.GetVolume(), open.GetEpoch(), peerAddr)
+			n.log.Warn("refused a primary at a stale epoch (fenced by a promotion)", logKeyVolume, open.GetVolume(),
+				logKeyEpoch, open.GetEpoch(), logKeyPeer, peerAddr)
+		}
 		return rr.Err
 	}
 	info := rr.Volume

@@ -67,7 +67,22 @@ type volumeJSON struct {
 	// the last promotion: what a failback of the old primary copies (with
 	// the regions it changed locally). 0 when it was never promoted.
 	ChangedSincePromotion uint64 `json:"changed_since_promotion_regions"`
+	// StalePrimary is the last refused attempt of a primary at another
+	// epoch (an old primary fenced by a promotion) to open the volume, as
+	// this leader saw it; absent when none.
+	StalePrimary *stalePrimaryJSON `json:"stale_primary,omitempty"`
 }
+
+// stalePrimaryJSON is a fenced old primary that tried to open its volume.
+type stalePrimaryJSON struct {
+	Epoch uint64 `json:"epoch"`
+	Peer  string `json:"peer"`
+	Time  string `json:"time"`
+}
+
+// staleProblemFor is how long after a fenced old primary tried to open its
+// volume status counts it as a problem.
+const staleProblemFor = 10 * time.Minute
 
 // promotionJSON is one promotion of a volume in statusJSON.
 type promotionJSON struct {
@@ -205,6 +220,14 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				vj.Promotions = append(vj.Promotions, promotionJSON{ID: p.GetPromotionId(), Epoch: p.GetEpoch(), Seq: p.GetSeq(),
 					Time: time.Unix(0, p.GetTimeUnixNano()).UTC().Format(time.RFC3339Nano), By: p.GetBy()})
 			}
+			if e := v.GetStalePrimaryEpoch(); e != 0 {
+				at := time.Unix(0, v.GetStalePrimaryTimeUnixNano())
+				vj.StalePrimary = &stalePrimaryJSON{Epoch: e, Peer: v.GetStalePrimaryPeer(), Time: at.UTC().Format(time.RFC3339Nano)}
+				if time.Since(at) < staleProblemFor {
+					doc.Problems = append(doc.Problems, fmt.Sprintf("volume %s: a primary at stale epoch %d (from %s) tried to open it at %s and was refused: it is fenced (read-only); fail it back (tricopy failback) or stop it",
+						vj.Name, e, vj.StalePrimary.Peer, vj.StalePrimary.Time))
+				}
+			}
 			if vj.State != "" && !vj.PrimaryConnected {
 				vj.State = "DISCONNECTED"
 			}
@@ -313,6 +336,9 @@ func printStatus(a *app, doc *statusJSON) {
 				line += " by " + p.By
 			}
 			fmt.Fprintf(a.stdout, "%s (promotion %s); regions changed since: %d\n", line, p.ID, v.ChangedSincePromotion)
+		}
+		if sp := v.StalePrimary; sp != nil {
+			fmt.Fprintf(a.stdout, "%s: STALE primary at epoch %d from %s refused at %s (fenced, read-only)\n", v.Name, sp.Epoch, sp.Peer, sp.Time)
 		}
 	}
 	tw = tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -227,7 +228,7 @@ func TestStatusJSONSchema(t *testing.T) {
 		t.Errorf("the secondary in status: %v", sec)
 	}
 	for _, f := range documentedFields(t) {
-		if f == "nodes[].error" || f == "volumes[].reason" || f == "volumes[].secondaries[].reason" {
+		if f == "nodes[].error" || f == "volumes[].reason" || f == "volumes[].secondaries[].reason" || f == "volumes[].stale_primary" {
 			continue // documented as omitted when empty
 		}
 		if strings.HasPrefix(f, "volumes[].promotions[].") {
@@ -349,6 +350,32 @@ func TestStatusPromotions(t *testing.T) {
 	}
 	if vol, _ := lookup(doc, "volumes[]"); vol.(map[string]any)["changed_since_promotion_regions"] != 2.0 {
 		t.Errorf("volume after the new primary's batch: %v, want 2 regions changed since the promotion", vol)
+	}
+
+	// The old primary comes back at epoch 1: refused, and status says so.
+	ocl, err := client.New(client.Config{Addrs: []string{addr}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ocl.Close()
+	if _, err := ocl.OpenVolume(ctx, client.VolumeOptions{Name: "a", Epoch: 1, BlockCount: 40}); !errors.Is(err, wire.ErrStaleEpoch) {
+		t.Fatalf("open at the old epoch: %v, want ErrStaleEpoch", err)
+	}
+	r = runCmd(t, nil, "status", "--intermediate", addr, "--json")
+	r.expect(t, 1)
+	if err := json.Unmarshal([]byte(r.stdout), &doc); err != nil {
+		t.Fatalf("status --json is not one JSON object: %v\n%s", err, r.stdout)
+	}
+	sp, ok := lookup(doc, "volumes[].stale_primary")
+	if spm, _ := sp.(map[string]any); !ok || spm["epoch"] != 1.0 || spm["peer"] == "" || spm["time"] == "" {
+		t.Errorf("stale primary in status: %v", sp)
+	}
+	if probs := fmt.Sprint(doc["problems"]); !strings.Contains(probs, "stale epoch 1") {
+		t.Errorf("problems %s do not name the stale primary", probs)
+	}
+	r = runCmd(t, nil, "status", "--intermediate", addr)
+	if !strings.Contains(r.stdout, "a: STALE primary at epoch 1") {
+		t.Errorf("status text does not show the stale primary:\n%s", r.stdout)
 	}
 }
 

@@ -1419,8 +1419,15 @@ type VolumeStatus struct {
 	// the regions it changed locally without committing them); 0 when the
 	// volume was never promoted.
 	ChangedSincePromotion uint64 `protobuf:"varint,14,opt,name=changed_since_promotion,json=changedSincePromotion,proto3" json:"changed_since_promotion,omitempty"`
-	unknownFields         protoimpl.UnknownFields
-	sizeCache             protoimpl.SizeCache
+	// stale_primary_*: the last attempt, seen by this leader, of a primary at
+	// another epoch than the volume's to open the volume (an old primary
+	// fenced by a promotion, restarted): its epoch, its address, and when;
+	// zero when none was seen. Such a primary was refused: it is read-only.
+	StalePrimaryEpoch        uint64 `protobuf:"varint,15,opt,name=stale_primary_epoch,json=stalePrimaryEpoch,proto3" json:"stale_primary_epoch,omitempty"`
+	StalePrimaryPeer         string `protobuf:"bytes,16,opt,name=stale_primary_peer,json=stalePrimaryPeer,proto3" json:"stale_primary_peer,omitempty"`
+	StalePrimaryTimeUnixNano int64  `protobuf:"varint,17,opt,name=stale_primary_time_unix_nano,json=stalePrimaryTimeUnixNano,proto3" json:"stale_primary_time_unix_nano,omitempty"`
+	unknownFields            protoimpl.UnknownFields
+	sizeCache                protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
@@ -1547,6 +1554,27 @@ func (x *VolumeStatus) GetPromotions() []*Promotion {
 func (x *VolumeStatus) GetChangedSincePromotion() uint64 {
 	if x != nil {
 		return x.ChangedSincePromotion
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetStalePrimaryEpoch() uint64 {
+	if x != nil {
+		return x.StalePrimaryEpoch
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetStalePrimaryPeer() string {
+	if x != nil {
+		return x.StalePrimaryPeer
+	}
+	return ""
+}
+
+func (x *VolumeStatus) GetStalePrimaryTimeUnixNano() int64 {
+	if x != nil {
+		return x.StalePrimaryTimeUnixNano
 	}
 	return 0
 }
@@ -4320,7 +4348,7 @@ const file_wire_proto_rawDesc = "" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\x12\x1c\n" +
 	"\tsuspended\x18\x0f \x01(\bR\tsuspended\x12#\n" +
-	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xe7\x03\n" +
+	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\x85\x05\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -4342,7 +4370,10 @@ const file_wire_proto_rawDesc = "" +
 	"\n" +
 	"promotions\x18\r \x03(\v2\x1a.tricopy.wire.v1.PromotionR\n" +
 	"promotions\x126\n" +
-	"\x17changed_since_promotion\x18\x0e \x01(\x04R\x15changedSincePromotion\"\x8c\x01\n" +
+	"\x17changed_since_promotion\x18\x0e \x01(\x04R\x15changedSincePromotion\x12.\n" +
+	"\x13stale_primary_epoch\x18\x0f \x01(\x04R\x11stalePrimaryEpoch\x12,\n" +
+	"\x12stale_primary_peer\x18\x10 \x01(\tR\x10stalePrimaryPeer\x12>\n" +
+	"\x1cstale_primary_time_unix_nano\x18\x11 \x01(\x03R\x18stalePrimaryTimeUnixNano\"\x8c\x01\n" +
 	"\tPromotion\x12!\n" +
 	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
