@@ -213,6 +213,10 @@ type Status struct {
 	JSON bool `key:"json" help:"print the status as one JSON object (a stable schema, see docs/STATUS.md)"`
 	// Timeout bounds the queries.
 	Timeout time.Duration `key:"timeout" meta:"DURATION" help:"give up on a node after this long"`
+	// MaxLag is the lag above which a secondary makes the group unhealthy.
+	MaxLag time.Duration `key:"max-lag" meta:"DURATION" help:"a secondary whose lag (the age of the oldest batch it has not applied) exceeds this makes the group unhealthy (exit 1); 0: no limit"`
+	// Watch refreshes the status every interval until interrupted.
+	Watch time.Duration `key:"watch" meta:"DURATION" help:"refresh every DURATION until interrupted (on a terminal the screen is redrawn; with --json one object per line); 0: once"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -226,6 +230,12 @@ func DefaultStatus() Status {
 func (c *Status) Validate() error {
 	if err := validateAddrs("intermediate", c.Intermediate); err != nil {
 		return err
+	}
+	switch {
+	case c.MaxLag < 0:
+		return Invalid("max-lag", "%v is negative", c.MaxLag)
+	case c.Watch != 0 && c.Watch < 100*time.Millisecond:
+		return Invalid("watch", "%v is below the minimum of 100ms", c.Watch)
 	}
 	return validateName("group", c.Group)
 }

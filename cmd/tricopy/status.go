@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -150,9 +151,12 @@ With --json it prints one JSON object whose fields are a stable contract for
 scripts (docs/STATUS.md). It exits 0 when the group is healthy (a leader is
 known and answers, every listed node answers, every volume whose primary
 reported is in PAIR, every secondary is connected and in PAIR), 1 otherwise, so
-it serves as a health check.`,
+it serves as a health check; with --max-lag a secondary lagging more than that
+(the age of the oldest batch it has not applied) makes it unhealthy too. --watch
+refreshes it every interval until interrupted.`,
 		example: `  tricopy status --intermediate 127.0.0.1:7100
-  tricopy status --intermediate 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100 --json | jq .committed_seq`,
+  tricopy status --intermediate 10.0.0.1:7100,10.0.0.2:7100,10.0.0.3:7100 --json | jq .committed_seq
+  tricopy status --intermediate 127.0.0.1:7100 --max-lag 30s --watch 2s`,
 	}, &cfg, runStatus)
 }
 
@@ -163,12 +167,52 @@ func runStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Statu
 		return err
 	}
 	defer cl.Close()
-	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	if cfg.Watch == 0 {
+		return statusOnce(ctx, a, cl, cfg, false)
+	}
+	return watchStatus(ctx, a, cl, cfg)
+}
+
+// watchStatus shows the status every cfg.Watch until ctx ends, redrawing
+// the screen on a terminal, and returns the health of the last complete
+// one.
+func watchStatus(ctx context.Context, a *app, cl *client.Client, cfg *configs.Status) error {
+	f, ok := a.stdout.(*os.File)
+	redraw := ok && isTerminal(f) && !cfg.JSON
+	var last error
+	for {
+		if redraw {
+			fmt.Fprint(a.stdout, "\x1b[H\x1b[2J")
+		}
+		err := statusOnce(ctx, a, cl, cfg, true)
+		if ctx.Err() != nil {
+			return last // the interruption cut this one short
+		}
+		last = err
+		if redraw {
+			fmt.Fprintf(a.stdout, "\nevery %s; Ctrl-C to stop\n", cfg.Watch)
+		}
+		select {
+		case <-ctx.Done():
+			return last
+		case <-time.After(cfg.Watch):
+		}
+	}
+}
+
+// statusOnce collects and prints the status once (JSON on one line when
+// watching) and returns errUnhealthy, wrapped, when the group is not
+// healthy.
+func statusOnce(ctx context.Context, a *app, cl *client.Client, cfg *configs.Status, watching bool) error {
+	qctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	doc := collectStatus(ctx, cl, cfg.Group)
+	doc := collectStatus(qctx, cl, cfg.Group)
+	checkMaxLag(doc, cfg.MaxLag)
 	if cfg.JSON {
 		enc := json.NewEncoder(a.stdout)
-		enc.SetIndent("", "  ")
+		if !watching {
+			enc.SetIndent("", "  ")
+		}
 		if err := enc.Encode(doc); err != nil {
 			return fmt.Errorf("write status: %w", err)
 		}
@@ -179,6 +223,23 @@ func runStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Statu
 		return fmt.Errorf("%w: %v", errUnhealthy, doc.Problems)
 	}
 	return nil
+}
+
+// checkMaxLag makes every secondary whose lag exceeds maxLag (when not 0)
+// a problem.
+func checkMaxLag(doc *statusJSON, maxLag time.Duration) {
+	if maxLag <= 0 {
+		return
+	}
+	for _, v := range doc.Volumes {
+		for _, sec := range v.Secondaries {
+			if lag := time.Duration(sec.LagSeconds * float64(time.Second)); lag > maxLag {
+				doc.Problems = append(doc.Problems, fmt.Sprintf("secondary %s of volume %s lags %s, more than --max-lag %s",
+					sec.ID, v.Name, lag.Round(time.Millisecond), maxLag))
+				doc.Healthy = false
+			}
+		}
+	}
 }
 
 // collectStatus builds the status document from every node's answer.

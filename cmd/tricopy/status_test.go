@@ -436,3 +436,51 @@ func TestIntermediateRemoveCommand(t *testing.T) {
 		t.Errorf("stdout: %s", r.stdout)
 	}
 }
+
+// TestStatusMaxLag: a secondary lagging more than --max-lag is a problem.
+func TestStatusMaxLag(t *testing.T) {
+	doc := &statusJSON{Healthy: true, Volumes: []volumeJSON{{Name: "a", Secondaries: []secondaryJSON{
+		{ID: "a1", LagSeconds: 0.2}, {ID: "a2", LagSeconds: 45},
+	}}}}
+	checkMaxLag(doc, 0)
+	if !doc.Healthy || len(doc.Problems) != 0 {
+		t.Fatalf("no --max-lag: %+v", doc)
+	}
+	checkMaxLag(doc, 30*time.Second)
+	if doc.Healthy || len(doc.Problems) != 1 || !strings.Contains(doc.Problems[0], "secondary a2 of volume a lags 45s") {
+		t.Fatalf("--max-lag 30s: healthy %v, problems %v", doc.Healthy, doc.Problems)
+	}
+}
+
+// TestStatusWatch: --watch prints the status again every interval until
+// the context ends, one JSON object per line with --json.
+func TestStatusWatch(t *testing.T) {
+	addr := startIntermediate(t)
+	clearEnv(t)
+	for deadline := time.Now().Add(15 * time.Second); ; {
+		var out, errOut syncBuffer
+		if run(context.Background(), []string{"status", "--intermediate", addr}, strings.NewReader(""), &out, &errOut) == 0 {
+			break // a leader
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no healthy status after 15s:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	var stdout, stderr syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
+	defer cancel()
+	code := run(ctx, []string{"status", "--intermediate", addr, "--json", "--watch", "100ms"}, strings.NewReader(""), &stdout, &stderr)
+	lines := strings.Split(strings.TrimSpace(stdout.String()), "\n")
+	if code != 0 || len(lines) < 3 {
+		t.Fatalf("status --watch: exit %d, %d lines (want at least 3)\nstdout:\n%s\nstderr:\n%s", code, len(lines), stdout.String(), stderr.String())
+	}
+	for _, l := range lines {
+		var doc map[string]any
+		if err := json.Unmarshal([]byte(l), &doc); err != nil || doc["leader"] != "i1" {
+			t.Fatalf("a line of status --watch --json is not a status object: %v: %q", err, l)
+		}
+	}
+	r := runCmd(t, nil, "status", "--intermediate", addr, "--watch", "10ms")
+	r.expect(t, 2, "watch")
+}
