@@ -139,6 +139,8 @@ type Mount struct {
 	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"how long a write may wait for its commit at the intermediate before the fence level applies (used with --intermediate)"`
 	// RegionSize is the region size of a new primary bitmap.
 	RegionSize Size `key:"region-size" help:"region size of the primary bitmap created with a new mirror (a power of two multiple of 4KiB); resync copies whole regions (used with --intermediate)"`
+	// Metrics is the address of the Prometheus metrics server; empty: none.
+	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -185,7 +187,7 @@ func (c *Mount) Validate() error {
 	if r := c.RegionSize.Bytes(); r < 4096 || r > MaxRegionSize || r&(r-1) != 0 {
 		return Invalid("region-size", "%s is not a power of two between 4KiB and %s", c.RegionSize, Size(MaxRegionSize))
 	}
-	return nil
+	return validateMetrics(c.Metrics, nil)
 }
 
 // validateVolumeSize checks a volume size against MinVolumeSize.
@@ -211,6 +213,24 @@ func validateName(key, name string) error {
 			r == '_' || (i > 0 && (r == '.' || r == '-'))
 		if !ok {
 			return Invalid(key, "name %q: character %q at %d not allowed (use letters, digits, '.', '_', '-'; start with a letter, digit or '_')", name, r, i)
+		}
+	}
+	return nil
+}
+
+// validateMetrics checks the metrics key: empty, or a host:port address
+// that none of the command's other listeners (others, key to address)
+// uses.
+func validateMetrics(addr string, others map[string]string) error {
+	if addr == "" {
+		return nil
+	}
+	if err := validateAddr("metrics", addr); err != nil {
+		return err
+	}
+	for key, other := range others {
+		if other == addr {
+			return Invalid("metrics", "%s is also the %s address: the metrics server needs a port of its own", addr, key)
 		}
 	}
 	return nil

@@ -55,6 +55,8 @@ type Intermediate struct {
 	SnapshotInterval time.Duration `key:"snapshot-interval" meta:"DURATION" help:"how often to check whether a snapshot is due"`
 	// TrailingLogs is the number of entries kept after a snapshot.
 	TrailingLogs uint64 `key:"trailing-logs" meta:"N" help:"Raft entries kept after a snapshot, so a briefly absent node catches up without one"`
+	// Metrics is the address of the Prometheus metrics server; empty: none.
+	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -144,7 +146,7 @@ func (c *Intermediate) Validate() error {
 	if c.SnapshotInterval <= 0 {
 		return Invalid("snapshot-interval", "must be positive")
 	}
-	return nil
+	return validateMetrics(c.Metrics, map[string]string{"listen": c.Listen, "raft": c.Raft})
 }
 
 // Peers parses Cluster into [ID, RAFTADDR] pairs. Without Cluster and

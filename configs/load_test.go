@@ -172,6 +172,19 @@ func TestLoadErrors(t *testing.T) {
 		{name: "format without data", cfg: formatCfg, args: []string{"--size", "1GiB"}, key: "data", is: ErrRequired},
 		{name: "format tiny size", cfg: formatCfg, args: []string{"--data", "/d", "--size", "4096"}, key: "size", is: ErrInvalid},
 		{name: "fsck without data", cfg: fsckCfg, key: "data", is: ErrRequired},
+		{name: "bad metrics address", cfg: mountCfg, args: append([]string{"--metrics", "nohost"}, mountArgs...),
+			key: "metrics", is: ErrInvalid, message: `"nohost"`},
+		{name: "metrics port zero", cfg: mountCfg, args: mountArgs, env: map[string]string{"TRICOPY_METRICS": "127.0.0.1:0"},
+			key: "metrics", is: ErrInvalid},
+		{name: "intermediate metrics on raft", cfg: intermediateCfg,
+			args: []string{"--node", "i1", "--data", "/d", "--listen", "127.0.0.1:7100", "--raft", "127.0.0.1:7200", "--metrics", "127.0.0.1:7200"},
+			key:  "metrics", is: ErrInvalid, message: "also the raft address"},
+		{name: "secondary metrics on listen", cfg: secondaryCfg,
+			args: []string{"--volume", "a", "--data", "/d", "--mountpoint", "/m", "--intermediate", "h:1", "--listen", "h:2"},
+			file: "metrics: h:2\n", key: "metrics", is: ErrInvalid, message: "also the listen address"},
+		{name: "up bad metrics", cfg: upCfg, args: []string{"--dir", "/d", "--metrics", "127.0.0.1:http"}, key: "metrics", is: ErrInvalid},
+		{name: "up metrics on secondary-listen", cfg: upCfg, args: []string{"--dir", "/d", "--metrics", DefaultUpSecondaryListen},
+			key: "metrics", is: ErrInvalid, message: "also the secondary-listen address"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -205,6 +218,39 @@ func TestLoadErrors(t *testing.T) {
 func mountCfg() Config  { c := DefaultMount(); return &c }
 func fsckCfg() Config   { c := DefaultFsck(); return &c }
 func formatCfg() Config { c := DefaultFormat(); return &c }
+
+func intermediateCfg() Config { c := DefaultIntermediate(); return &c }
+func secondaryCfg() Config    { c := DefaultSecondary(); return &c }
+func upCfg() Config           { c := DefaultUp(); return &c }
+
+// TestMetricsKey loads the metrics key of every command that has it.
+func TestMetricsKey(t *testing.T) {
+	for _, tt := range []struct {
+		cfg  Config
+		args []string
+		get  func(Config) string
+	}{
+		{mountCfg(), mountArgs, func(c Config) string { return c.(*Mount).Metrics }},
+		{intermediateCfg(), []string{"--node", "i1", "--data", "/d", "--listen", "127.0.0.1:7100", "--raft", "127.0.0.1:7200"},
+			func(c Config) string { return c.(*Intermediate).Metrics }},
+		{secondaryCfg(), []string{"--volume", "a", "--data", "/d", "--mountpoint", "/m", "--intermediate", "h:1", "--listen", "h:2"},
+			func(c Config) string { return c.(*Secondary).Metrics }},
+		{upCfg(), []string{"--dir", "/d"}, func(c Config) string { return c.(*Up).Metrics }},
+	} {
+		if err := loadCase(t, tt.cfg, tt.args, nil, ""); err != nil {
+			t.Fatalf("%T without metrics: %v", tt.cfg, err)
+		}
+		if got := tt.get(tt.cfg); got != "" {
+			t.Errorf("%T: metrics defaults to %q, want empty", tt.cfg, got)
+		}
+		if err := loadCase(t, tt.cfg, append(tt.args, "--metrics", "0.0.0.0:9100"), nil, ""); err != nil {
+			t.Fatalf("%T with metrics: %v", tt.cfg, err)
+		}
+		if got := tt.get(tt.cfg); got != "0.0.0.0:9100" {
+			t.Errorf("%T: metrics %q, want 0.0.0.0:9100", tt.cfg, got)
+		}
+	}
+}
 
 // allTypes exercises every supported field type.
 type allTypes struct {

@@ -26,6 +26,8 @@ type Secondary struct {
 	Fence string `key:"fence" oneof:"data,never" help:"fence level of the volume once tricopy promote made it a primary (see tricopy mount --fence)"`
 	// FenceTimeout is the fence timeout once promoted.
 	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"fence timeout of the volume once promoted (see tricopy mount --fence-timeout)"`
+	// Metrics is the address of the Prometheus metrics server; empty: none.
+	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -64,6 +66,9 @@ func (c *Secondary) Validate() error {
 		if err := validateName("name", c.Name); err != nil {
 			return err
 		}
+	}
+	if err := validateMetrics(c.Metrics, map[string]string{"listen": c.Listen}); err != nil {
+		return err
 	}
 	return validateName("group", c.Group)
 }

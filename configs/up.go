@@ -44,6 +44,9 @@ type Up struct {
 	Secondaries bool `key:"secondaries" help:"also run a secondary of every volume: its replica in DIR/secondary-data/NAME, mounted read-only at DIR/secondary/NAME"`
 	// SecondaryListen is the admin address of the first secondary.
 	SecondaryListen string `key:"secondary-listen" meta:"ADDR" help:"host:port of the first secondary's admin API; the secondary of the i-th volume listens on the port i higher"`
+	// Metrics is the address of the Prometheus metrics server of the whole
+	// deployment; empty: none.
+	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) of the whole deployment (intermediate node, primaries, secondaries) at http://ADDR/metrics; empty: none"`
 	// Common holds the keys every command has.
 	Common
 }
@@ -103,12 +106,14 @@ func (c *Up) Validate() error {
 	if c.Raft == c.Listen {
 		return Invalid("raft", "%s is also the listen address: the Raft transport needs a port of its own", c.Raft)
 	}
+	others := map[string]string{"listen": c.Listen, "raft": c.Raft}
 	if c.Secondaries {
 		if err := validateAddr("secondary-listen", c.SecondaryListen); err != nil {
 			return err
 		}
+		others["secondary-listen"] = c.SecondaryListen
 	}
-	return nil
+	return validateMetrics(c.Metrics, others)
 }
 
 var _ Config = (*Up)(nil)

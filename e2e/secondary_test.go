@@ -33,6 +33,7 @@ type secondarySpec struct {
 	volume, data, mnt, listen string
 	addrs                     []string
 	env                       []string // added to the environment (the test-only switch)
+	extra                     []string // more flags (--metrics, ...)
 }
 
 // startSecondary starts the secondary of spec and returns once its replica
@@ -41,6 +42,7 @@ func startSecondary(t *testing.T, spec secondarySpec) *mount {
 	t.Helper()
 	args := []string{"secondary", "--volume", spec.volume, "--data", spec.data, "--mountpoint", spec.mnt,
 		"--intermediate", strings.Join(spec.addrs, ","), "--listen", spec.listen, "--log-format", "text"}
+	args = append(args, spec.extra...)
 	return launchReady(t, spec.mnt, spec.data, "mounted replica of volume", spec.env, secondaryMountTimeout, args...)
 }
 

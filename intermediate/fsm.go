@@ -69,6 +69,14 @@ type FSMConfig struct {
 	// error (see FSM): from the goroutine that calls Apply or Restore, or
 	// from the FSM's applier goroutine for an error writing a volume.
 	OnFatal func(error)
+	// OnBatchApplied, when set, is called for each batch Apply accepts
+	// (neither refused nor a duplicate) with its volume and block bytes:
+	// once per committed batch for each time this state machine applies
+	// the log (on the leader and on followers, and again for the entries
+	// the log replays at start; not for what Restore brings). It is
+	// called on the apply goroutine, without the FSM's lock, and must not
+	// block.
+	OnBatchApplied func(volume string, blockBytes int)
 	// ApplyQueueBytes bounds the block data of the entries queued to the
 	// applier goroutine (see FSM); 0 means DefaultApplyQueueBytes.
 	ApplyQueueBytes int64
@@ -528,6 +536,7 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry, at int64) any {
 	res := &SubmitResult{Batches: make([]BatchResult, len(batches))}
 	job := &volumeJob{index: index}
 	accepted := false
+	var applied []*wire.Batch // for OnBatchApplied
 	f.mu.Lock()
 	for i, b := range batches {
 		r := f.submitLocked(b, se.GetSessions()[i], at)
@@ -536,6 +545,9 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry, at int64) any {
 			continue
 		}
 		accepted = true
+		if f.cfg.OnBatchApplied != nil {
+			applied = append(applied, b)
+		}
 		iv := f.vols[b.GetVolume()]
 		if iv == nil {
 			f.mu.Unlock()
@@ -584,6 +596,9 @@ func (f *FSM) applySubmit(index uint64, se *wire.SubmitEntry, at int64) any {
 		f.mu.Lock()
 		f.broadcastLocked()
 		f.mu.Unlock()
+	}
+	for _, b := range applied {
+		f.cfg.OnBatchApplied(b.GetVolume(), wire.BatchBytes(b))
 	}
 	return res
 }

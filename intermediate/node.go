@@ -14,6 +14,7 @@ import (
 
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -113,6 +114,11 @@ type Config struct {
 	CoordinatorRetransmitTicks int
 	// Logger receives the node's logs and Raft's.
 	Logger *slog.Logger
+	// Metrics, when set, receives the node's Prometheus metrics
+	// (tricopy_intermediate_*): Open registers them on it, and fails when
+	// that fails (another node's metrics on the same registerer, say);
+	// Close unregisters them. Nil: the node keeps no metrics.
+	Metrics prometheus.Registerer
 	// GRPCOptions are extra server options (TLS later).
 	GRPCOptions []grpc.ServerOption
 	// DialOptions are extra client options for Join calls.
@@ -210,7 +216,9 @@ func (c Config) withDefaults() (Config, error) {
 // the log when it becomes leader; the coordinator's driver and its Record
 // proposals (see coordinator), while this node leads; the journal trimmer;
 // the gRPC server (serve) and one goroutine per stream. Close stops all of
-// them.
+// them. With Config.Metrics, a scrape reads the node's state on the
+// scraper's goroutine (see nodeMetrics); Close unregisters the metrics
+// first.
 type Node struct {
 	cfg       Config
 	log       *slog.Logger
@@ -225,6 +233,11 @@ type Node struct {
 	coord     *coordinator
 	notify    chan bool
 	logCount  *CountingLogStore
+	metrics   *nodeMetrics // nil without Config.Metrics
+	// metricsReg is Config.Metrics once metrics are registered on it: Close
+	// unregisters only what Open registered (a collector is unregistered
+	// by its descriptions, which another node's share).
+	metricsReg prometheus.Registerer
 
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -256,12 +269,18 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 			n.Close()
 		}
 	}()
+	var onBatch func(volume string, blockBytes int)
+	if cfg.Metrics != nil {
+		n.metrics = newNodeMetrics(n)
+		onBatch = n.metrics.applied
+	}
 
 	n.fsm, err = NewFSM(FSMConfig{
-		Group:   cfg.Group,
-		Dir:     filepath.Join(cfg.Dir, "volumes"),
-		Logger:  log,
-		OnFatal: n.setFatal,
+		Group:          cfg.Group,
+		Dir:            filepath.Join(cfg.Dir, "volumes"),
+		Logger:         log,
+		OnFatal:        n.setFatal,
+		OnBatchApplied: onBatch,
 	})
 	if err != nil {
 		return nil, err
@@ -339,6 +358,12 @@ func Open(ctx context.Context, cfg Config) (_ *Node, err error) {
 	n.prop = newProposer(n)
 	n.reports = newPrimaryReports()
 	n.coord = newCoordinator(n)
+	if n.metrics != nil {
+		if err := n.metrics.register(cfg.Metrics); err != nil {
+			return nil, err
+		}
+		n.metricsReg = cfg.Metrics
+	}
 
 	n.clientLis = cfg.ClientListener
 	if n.clientLis == nil {
@@ -650,6 +675,9 @@ func (n *Node) IsLeader() bool { return n.raft != nil && n.raft.State() == raft.
 // state when opened again.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		if n.metricsReg != nil {
+			n.metrics.unregister(n.metricsReg)
+		}
 		n.cancel(ErrClosed)
 		if n.grpc != nil {
 			n.grpc.Stop()

@@ -54,8 +54,16 @@ func (s *service) checkFailed() error {
 	return nil
 }
 
-// Submit implements the primaries' write stream; see wire.proto.
+// Submit implements the primaries' write stream; see wire.proto. A stream
+// it ends with a protocol error counts in the refusals metric.
 func (s *service) Submit(stream wire.Intermediate_SubmitServer) error {
+	err := s.submit(stream)
+	s.n.metrics.refusal(err)
+	return err
+}
+
+// submit is Submit without the refusal count.
+func (s *service) submit(stream wire.Intermediate_SubmitServer) error {
 	n := s.n
 	req, err := stream.Recv()
 	if err != nil {
@@ -140,13 +148,19 @@ type submitStream struct {
 
 	mu          sync.Mutex
 	cond        *sync.Cond // signalled when inFlight drops
-	results     [][]BatchResult
+	results     []proposalResults
 	resultErr   error
 	outstanding int   // proposals submitted and not completed
 	inFlight    int   // their payload bytes
 	recvErr     error // why the receiver stopped (io.EOF: the client closed)
 	recvDone    bool
 	wake        chan struct{}
+}
+
+// proposalResults are the results of one proposal of a Submit stream.
+type proposalResults struct {
+	results []BatchResult
+	arrived time.Time // when its batches came in on the stream
 }
 
 func (ss *submitStream) signal() {
@@ -182,21 +196,27 @@ func (ss *submitStream) run() error {
 		ss.mu.Unlock()
 
 		var acks []*wire.SubmitAck
+		var arrivals []time.Time // of the acked batches, when metrics are on
+		timed := ss.s.n.metrics != nil
 		var refusal error
 	collect:
-		for _, rs := range results {
-			for _, r := range rs {
+		for _, pr := range results {
+			for _, r := range pr.results {
 				if r.Err != nil {
 					refusal = r.Err
 					break collect
 				}
 				acks = append(acks, &wire.SubmitAck{VolumeSeq: r.VolumeSeq, Seq: r.Seq, Duplicate: r.Duplicate})
+				if timed {
+					arrivals = append(arrivals, pr.arrived)
+				}
 			}
 		}
 		if len(acks) > 0 {
 			if err := ss.stream.Send(&wire.SubmitResponse{Msg: &wire.SubmitResponse_Acks{Acks: &wire.SubmitAcks{Acks: acks}}}); err != nil {
 				return err
 			}
+			ss.s.n.metrics.submitted(arrivals, time.Now())
 		}
 		switch {
 		case refusal != nil:
@@ -227,6 +247,7 @@ func (ss *submitStream) receiveLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		arrived := time.Now()
 		if rep := req.GetReport(); rep != nil {
 			n.reports.report(ss.volume, ss.session, rep)
 			continue
@@ -279,7 +300,7 @@ func (ss *submitStream) receiveLoop(ctx context.Context) error {
 				ss.resultErr = err
 			}
 			if err == nil {
-				ss.results = append(ss.results, results)
+				ss.results = append(ss.results, proposalResults{results: results, arrived: arrived})
 			}
 			ss.cond.Broadcast()
 			ss.mu.Unlock()
@@ -542,9 +563,18 @@ func (s *service) Status(ctx context.Context, _ *wire.StatusRequest) (*wire.Stat
 
 // Status returns this node's view of the group.
 func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
+	resp, _ := n.status()
+	return resp, ctx.Err()
+}
+
+// status builds the answer of Status, which the metrics collector reads
+// too; leading reports whether this node coordinates, so that the
+// secondaries' figures and the primaries' reports are the leader's view
+// (elsewhere they are left out or zero).
+func (n *Node) status() (resp *wire.StatusResponse, leading bool) {
 	st := n.fsm.Stats()
 	_, id := n.raft.LeaderWithID()
-	resp := &wire.StatusResponse{
+	resp = &wire.StatusResponse{
 		Group:          n.cfg.Group,
 		Node:           n.cfg.ID,
 		RaftState:      n.raft.State().String(),
@@ -608,7 +638,7 @@ func (n *Node) Status(ctx context.Context) (*wire.StatusResponse, error) {
 	if n.FatalErr() != nil {
 		resp.RaftState = "Failed"
 	}
-	return resp, ctx.Err()
+	return resp, view.leading
 }
 
 // Join implements adding a node (leader only).

@@ -50,6 +50,11 @@ primaries and drains first, so nothing is lost (a planned switch-over).`,
 
 // runFailback is `tricopy failback`.
 func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Failback) error {
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	exists, err := secondary.HasReplica(nil, cfg.Data)
 	if err != nil {
 		return &configs.Error{Key: "data", Err: err}
@@ -67,7 +72,7 @@ func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Fai
 			}
 		}()
 	}
-	r, err := openSecondary(ctx, log, &cfg.Secondary, fb)
+	r, err := openSecondary(ctx, log, &cfg.Secondary, fb, reg)
 	if err != nil {
 		return err
 	}

@@ -53,6 +53,11 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 	if err != nil {
 		return err
 	}
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 	icfg := intermediate.Config{
 		ID:                cfg.Node,
 		Dir:               cfg.Data,
@@ -67,6 +72,7 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 		TrailingLogs:      cfg.TrailingLogs,
 		TrimInterval:      cfg.TrimInterval,
 		SuspendThreshold:  uint64(cfg.SuspendThreshold),
+		Metrics:           reg,
 		Logger:            log,
 	}
 	for _, p := range peers {

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/tricopy/tricopy/blockdev"
@@ -65,7 +66,12 @@ promoted elsewhere (a newer epoch), the mount turns read-only for good
 
 // runMount is `tricopy mount`.
 func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
-	p, err := openPrimary(ctx, log, cfg)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	p, err := openPrimary(ctx, log, cfg, reg)
 	if err != nil {
 		return err
 	}
@@ -79,11 +85,11 @@ func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount)
 const unmountSlowAfter = 5 * time.Second
 
 // primary is one mounted primary volume: the local volume, its mirror and
-// the mirror's client when it is mirrored, the FUSE server, and two
-// goroutines: one logs the mirror's state changes (until close), one waits
-// for the filesystem to be unmounted and closes unmounted. openPrimary
-// starts it; serve runs it until it is unmounted and closes it. `mount`
-// serves one, `up` several.
+// the mirror's client when it is mirrored (and the mirror's metrics), the
+// FUSE server, and two goroutines: one logs the mirror's state changes
+// (until close), one waits for the filesystem to be unmounted and closes
+// unmounted. openPrimary starts it; serve runs it until it is unmounted and
+// closes it. `mount` serves one, `up` several.
 type primary struct {
 	cfg *configs.Mount
 	log *slog.Logger
@@ -91,6 +97,8 @@ type primary struct {
 	m   *mirror.Mirror // nil: a local-only or read-only mount
 	cl  *client.Client // the mirror's; nil without m
 	srv *fusefs.Server
+
+	unregister func() // unregisters the mirror's collector; nil without m
 
 	unmounted chan struct{}      // closed once the filesystem is unmounted, from inside or outside
 	stopWatch context.CancelFunc // stops the mirror watcher
@@ -100,8 +108,9 @@ type primary struct {
 // openPrimary opens the volume of cfg (creating and formatting it if cfg
 // says so), opens its mirror when cfg names an intermediate, and mounts its
 // filesystem. If anything fails it closes what it opened. A fenced volume
-// is mounted read-only (cfg.ReadOnly is set).
-func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*primary, error) {
+// is mounted read-only (cfg.ReadOnly is set). The mirror's collector is
+// registered on reg (none if reg is nil) until close.
+func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg prometheus.Registerer) (*primary, error) {
 	vol, err := openOrCreate(ctx, log, cfg)
 	if err != nil {
 		return nil, err
@@ -119,6 +128,7 @@ func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount) (*pr
 				}
 				return nil, err
 			}
+			p.unregister = registerCollector(reg, mirror.NewCollector(p.m, cfg.Volume), log, "mirror of volume "+cfg.Volume)
 			dev = mirrordev.Device{M: p.m}
 			if st := p.m.Status(); st.State == mirror.StateFenced {
 				log.Error("volume is fenced (promoted elsewhere): mounting read-only", "volume", cfg.Volume, "reason", st.Reason)
@@ -182,6 +192,7 @@ func (p *primary) close() error {
 func (p *primary) closeDevices() error {
 	var errs []error
 	if p.m != nil {
+		p.unregister()
 		errs = append(errs, p.m.Close())
 		p.cl.Close()
 	}

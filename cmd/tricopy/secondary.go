@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/tricopy/tricopy/blockdev/mirror"
@@ -113,7 +114,12 @@ func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *conf
 
 // runSecondary is `tricopy secondary`.
 func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Secondary) error {
-	r, err := openSecondary(ctx, log, cfg, nil)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	r, err := openSecondary(ctx, log, cfg, nil, reg)
 	if err != nil {
 		return err
 	}
@@ -128,8 +134,9 @@ func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Se
 }
 
 // secondaryRun is one running secondary: its client, the secondary, its
-// read-only mount and its admin API. openSecondary starts it, serve runs it
-// until it is stopped and closes it. `secondary` runs one, `up` several.
+// read-only mount, its admin API and its metrics. openSecondary starts it,
+// serve runs it until it is stopped and closes it. `secondary` runs one,
+// `up` several.
 type secondaryRun struct {
 	cfg   *configs.Secondary
 	log   *slog.Logger
@@ -138,24 +145,30 @@ type secondaryRun struct {
 	mount *secondary.Mount
 	admin *http.Server
 
+	reg        prometheus.Registerer // the process registry; nil: no metrics
+	unregister func()                // unregisters the secondary's collector; nil until registered
+
 	// Once promoted: the volume's mirror and, when the replica was not
 	// mounted at the promotion (a restart), the read-write mount. Guarded
 	// by mu; set by becomePrimary.
-	mu         sync.Mutex
-	m          *mirror.Mirror
-	primary    *fusefs.Server
-	gone       chan struct{}      // closed when the read-write mount is gone
-	stopAttach context.CancelFunc // stops attach; nil when it never ran
-	attached   chan struct{}      // closed when attach returned
-	served     chan struct{}      // closed once the admin server returned
-	stopped    chan struct{}      // closed by close
+	mu               sync.Mutex
+	m                *mirror.Mirror
+	unregisterMirror func() // unregisters m's collector; nil without m
+	primary          *fusefs.Server
+	gone             chan struct{}      // closed when the read-write mount is gone
+	stopAttach       context.CancelFunc // stops attach; nil when it never ran
+	attached         chan struct{}      // closed when attach returned
+	served           chan struct{}      // closed once the admin server returned
+	stopped          chan struct{}      // closed by close
 }
 
 // openSecondary opens the secondary of cfg, mounts its replica, starts
 // following and serves the admin API. A new secondary with fb builds its
-// replica from an old primary's volume (tricopy failback). If anything
-// fails it closes what it opened.
-func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource) (_ *secondaryRun, err error) {
+// replica from an old primary's volume (tricopy failback). The collectors
+// of the secondary and, once promoted, of its volume's mirror are
+// registered on reg (none if reg is nil) until close. If anything fails it
+// closes what it opened.
+func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource, reg prometheus.Registerer) (_ *secondaryRun, err error) {
 	log = log.With("volume", cfg.Volume)
 	independent, delay, err := independentApply()
 	if err != nil {
@@ -168,7 +181,7 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 	if err != nil {
 		return nil, &configs.Error{Key: "listen", Err: err}
 	}
-	r := &secondaryRun{cfg: cfg, log: log, served: make(chan struct{}), stopped: make(chan struct{})}
+	r := &secondaryRun{cfg: cfg, log: log, reg: reg, served: make(chan struct{}), stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			ln.Close()
@@ -189,6 +202,7 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 	if err != nil {
 		return nil, err
 	}
+	r.unregister = registerCollector(reg, secondary.NewCollector(r.s), log, "secondary of volume "+cfg.Volume)
 	if p := r.s.Promotion(); p != nil {
 		// Promoted before: the volume is a primary. Finish the promotion
 		// if it was cut (becomePrimary mounts read-write).
@@ -304,6 +318,7 @@ func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion)
 		return fmt.Errorf("mount promoted volume %s read-write at %s: %w", r.cfg.Volume, r.cfg.Mountpoint, err)
 	}
 	r.m = m
+	r.unregisterMirror = registerCollector(r.reg, mirror.NewCollector(m, r.cfg.Volume), r.log, "mirror of promoted volume "+r.cfg.Volume)
 	if m.Detached() {
 		actx, cancel := context.WithCancel(context.Background())
 		r.stopAttach = cancel
@@ -429,7 +444,7 @@ func (r *secondaryRun) close() error {
 }
 
 // closeParts unmounts the replica and closes the admin API, the secondary
-// and the client; each may be nil.
+// (its metrics unregistered first) and the client; each may be nil.
 func (r *secondaryRun) closeParts() error {
 	var errs []error
 	if r.mount != nil {
@@ -438,7 +453,7 @@ func (r *secondaryRun) closeParts() error {
 		}
 	}
 	r.mu.Lock()
-	m, srv, stopAttach, attached := r.m, r.primary, r.stopAttach, r.attached
+	m, unregisterMirror, srv, stopAttach, attached := r.m, r.unregisterMirror, r.primary, r.stopAttach, r.attached
 	r.mu.Unlock()
 	if stopAttach != nil {
 		stopAttach()
@@ -450,12 +465,16 @@ func (r *secondaryRun) closeParts() error {
 		}
 	}
 	if m != nil {
+		unregisterMirror()
 		errs = append(errs, m.Close())
 	}
 	if r.admin != nil {
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		errs = append(errs, r.admin.Shutdown(sctx))
 		cancel()
+	}
+	if r.unregister != nil {
+		r.unregister()
 	}
 	if r.s != nil {
 		errs = append(errs, r.s.Close())

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spf13/cobra"
 
 	"github.com/tricopy/tricopy/configs"
@@ -83,8 +84,16 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 	if err != nil {
 		return &configs.Error{Key: "dir", Err: err}
 	}
+	// One registry and metrics server for every part: the collectors of
+	// the node, the mirrors and the secondaries, told apart by their
+	// volume label.
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
 
-	node, err := openUpNode(ctx, log, cfg, dir)
+	node, err := openUpNode(ctx, log, cfg, dir, reg)
 	if err != nil {
 		return err
 	}
@@ -113,7 +122,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 
 	for _, name := range cfg.Volumes {
 		mcfg := primaryConfig(cfg, dir, name, node.ClientAddr())
-		p, err := openPrimary(pctx, log, mcfg)
+		p, err := openPrimary(pctx, log, mcfg, reg)
 		if err != nil {
 			if ctx.Err() != nil {
 				err = fmt.Errorf("interrupted while starting volume %s: %w", name, err)
@@ -160,7 +169,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			if err != nil {
 				return errors.Join(err, stop(err))
 			}
-			r, err := openSecondary(sctx, log, scfg, nil)
+			r, err := openSecondary(sctx, log, scfg, nil, reg)
 			if err != nil {
 				err = fmt.Errorf("start the secondary of volume %s: %w", name, err)
 				if serr := stop(err); serr != nil {
@@ -207,8 +216,9 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 }
 
 // openUpNode starts up's intermediate node, a single-node cluster with its
-// state in DIR/intermediate/i1, and waits until it is leader.
-func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir string) (*intermediate.Node, error) {
+// state in DIR/intermediate/i1, and waits until it is leader. Its metrics
+// are registered on reg (none if nil).
+func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir string, reg prometheus.Registerer) (*intermediate.Node, error) {
 	ndir := filepath.Join(dir, "intermediate", upNode)
 	node, err := intermediate.Open(ctx, intermediate.Config{
 		ID:       upNode,
@@ -217,6 +227,7 @@ func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir stri
 		Listen:   cfg.Listen,
 		RaftAddr: cfg.Raft,
 		Cluster:  []intermediate.Peer{{ID: upNode, RaftAddr: cfg.Raft}},
+		Metrics:  reg,
 		Logger:   log,
 	})
 	if err != nil {

@@ -172,8 +172,8 @@ func volumeStatus(doc *statusJSON, name string) volumeJSON {
 func TestUpRun(t *testing.T) {
 	requireFUSE(t)
 	dir := t.TempDir()
-	listen, raftAddr := freeAddr(t), freeAddr(t)
-	args := []string{"--size", "64MiB", "--listen", listen, "--raft", raftAddr}
+	listen, raftAddr, metrics := freeAddr(t), freeAddr(t), freeAddr(t)
+	args := []string{"--size", "64MiB", "--listen", listen, "--raft", raftAddr, "--metrics", metrics}
 	up := startUp(t, dir, args...)
 
 	out := up.stdout.String()
@@ -218,6 +218,21 @@ func TestUpRun(t *testing.T) {
 	if after.Leader != "i1" || !after.Healthy {
 		t.Errorf("group: leader %q healthy %v problems %v", after.Leader, after.Healthy, after.Problems)
 	}
+	// One metrics server for every part: the node, and a mirror and a
+	// secondary of each volume, told apart by their volume label.
+	body := getMetrics(t, metrics)
+	for _, w := range []string{
+		"\ntricopy_intermediate_leader 1\n",
+		"\ntricopy_mirror_state{state=\"PAIR\",volume=\"a\"} 1\n",
+		"\ntricopy_mirror_state{state=\"PAIR\",volume=\"b\"} 1\n",
+		"\ntricopy_secondary_applied_seq{secondary=\"a\",volume=\"a\"} ",
+		"\ntricopy_secondary_applied_seq{secondary=\"b\",volume=\"b\"} ",
+		"\ngo_goroutines ",
+	} {
+		if !strings.Contains(body, w) {
+			t.Errorf("metrics of up lack %q:\n%s", w, body)
+		}
+	}
 
 	// The volumes are locked while up runs.
 	runCmd(t, nil, "fsck", "--data", filepath.Join(dir, "data", "a")).expect(t, exitFailed, "in use")
@@ -242,7 +257,7 @@ func TestUpRun(t *testing.T) {
 		}
 	}
 	// The node released its ports.
-	for _, a := range []string{listen, raftAddr} {
+	for _, a := range []string{listen, raftAddr, metrics} {
 		l, err := net.Listen("tcp", a)
 		if err != nil {
 			t.Errorf("address %s still in use after up exited: %v", a, err)
