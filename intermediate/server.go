@@ -82,6 +82,11 @@ func (s *service) submit(stream wire.Intermediate_SubmitServer) error {
 	if err := wire.CheckVolumeName(open.GetVolume()); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
 	}
+	if open.GetEpoch() == 0 {
+		// An epoch is the primary's fencing token: an open without one
+		// could write after a promotion.
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "open volume %q: epoch 0: a primary must give its epoch (1 for a new volume)", open.GetVolume())
+	}
 	if !n.IsLeader() {
 		return n.notLeader("submit goes to the leader")
 	}
@@ -119,7 +124,7 @@ func (s *service) submit(stream wire.Intermediate_SubmitServer) error {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_VOLUME_MISMATCH, "volume %q has %d blocks at the intermediate, the primary says %d",
 			info.Name, info.BlockCount, open.GetBlockCount())
 	}
-	if open.GetEpoch() != 0 && open.GetEpoch() != info.Epoch {
+	if open.GetEpoch() != info.Epoch {
 		e := wire.Errorf(wire.ErrorCode_ERROR_CODE_STALE_EPOCH, "volume %q is at epoch %d, the primary says %d", info.Name, info.Epoch, open.GetEpoch())
 		e.Epoch = info.Epoch
 		return e

@@ -143,6 +143,7 @@ func TestServerRefusesHostileSubmits(t *testing.T) {
 		{&wire.SubmitOpen{Volume: "../etc", Epoch: 1, BlockCount: 16}, wire.ErrBadRequest},
 		{&wire.SubmitOpen{Volume: "a", Epoch: 1, BlockCount: 17}, wire.ErrVolumeMismatch},
 		{&wire.SubmitOpen{Volume: "a", Epoch: 2, BlockCount: 16}, wire.ErrStaleEpoch},
+		{&wire.SubmitOpen{Volume: "a", BlockCount: 16}, wire.ErrBadRequest}, // no epoch: no fencing token
 	} {
 		s, err := cl.Submit(ctx)
 		if err != nil {
