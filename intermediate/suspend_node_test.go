@@ -83,8 +83,22 @@ func TestSuspendLaggingSecondaryAndResync(t *testing.T) {
 	})
 	s2Applied, _, _ := s2.state()
 
-	// s2 stops answering; the primary writes three budgets' worth.
+	// s2 stops answering; the primary writes three budgets' worth. The
+	// leader must have seen it go (else, both connected at one point,
+	// either may be suspended first).
 	s2.disconnect()
+	waitFor(t, 10*time.Second, "the leader to see s2 disconnected", func() bool {
+		st, err := pc.Status(ctx)
+		if err != nil {
+			return false
+		}
+		for _, sec := range st.GetSecondaries() {
+			if sec.GetId() == "s2" {
+				return !sec.GetConnected()
+			}
+		}
+		return false
+	})
 	for range 3 * budget / wire.BlockSize / 32 {
 		submit(32, false)
 	}
