@@ -113,7 +113,7 @@ func PromoteGroup(ctx context.Context, opts GroupOptions) (*GroupPromotion, erro
 	opts = opts.withDefaults()
 	log, hc := opts.Logger, opts.HTTP
 	start := time.Now()
-	peers, err := promotePeers(ctx, log, hc, opts.Secondary)
+	peers, err := promotePeers(ctx, log, hc, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -180,20 +180,39 @@ func PromoteGroup(ctx context.Context, opts GroupOptions) (*GroupPromotion, erro
 	return res, nil
 }
 
-// promotePeers asks the secondary at addr for the group's secondaries,
-// then each of those for the ones it knows (a secondary that registered
-// after another last asked is known to the later ones), and returns the
-// status of each; every one must answer.
-func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, addr string) ([]peerState, error) {
+// promotePeers asks the secondary at opts.Secondary for the group's
+// secondaries, then each of those for the ones it knows (a secondary that
+// registered after another last asked is known to the later ones), and,
+// when it answers within opts.IntermediateTimeout, the intermediate, which
+// knows every registered secondary and volume; it returns the status of
+// each secondary; every one must answer. Without the intermediate, every
+// secondary found must know its group (it learned it from the
+// intermediate), else the group cannot be told whole.
+func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, opts GroupOptions) ([]peerState, error) {
+	addr := opts.Secondary
 	st, err := getSecondaryStatus(ctx, hc, addr)
 	if err != nil {
 		return nil, fmt.Errorf("secondary at %s: %w", addr, err)
 	}
-	if !slices.ContainsFunc(st.Peers, func(p Peer) bool { return p.ID == st.ID }) {
-		log.Warn("the secondary does not know its group (it never reached the intermediate): promoting the secondaries it knows", "secondary", st.ID)
-	}
 	byID := map[string]*peerState{st.ID: {peer: Peer{ID: st.ID, Volume: st.Volume, Addr: addr}, st: st}}
 	queue := slices.Clone(st.Peers)
+	var volumes []string
+	membershipKnown := false
+	// A promoted secondary's group is the one its promotion found: the
+	// intermediate registers other secondaries since (failbacks).
+	if st.Promotion != nil {
+		membershipKnown = true // checked when it was promoted
+	} else if ist, err := intermediateStatus(ctx, log, opts, st); err == nil {
+		membershipKnown = true
+		for _, sec := range ist.GetSecondaries() {
+			queue = append(queue, Peer{ID: sec.GetId(), Volume: sec.GetVolume(), Addr: sec.GetAddr()})
+		}
+		for _, v := range ist.GetVolumes() {
+			volumes = append(volumes, v.GetName())
+		}
+	} else {
+		log.Info("the group's membership comes from the secondaries' views: the intermediate did not answer", "err", err)
+	}
 	var errs []error
 	for len(queue) > 0 {
 		p := queue[0]
@@ -219,8 +238,10 @@ func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, addr s
 	// Every volume of the group needs a secondary: promoting part of a
 	// group would leave the rest behind at another point.
 	covered := map[string]bool{}
-	var volumes []string
 	for _, p := range byID {
+		if !membershipKnown && !slices.ContainsFunc(p.st.Peers, func(q Peer) bool { return q.ID == p.st.ID }) {
+			return nil, fmt.Errorf("secondary %s never learned its group from the intermediate, which does not answer: the group's members cannot be told, and promote refuses to promote part of a group", p.st.ID)
+		}
 		covered[p.st.Volume] = true
 		for _, v := range p.st.GroupVolumes {
 			if !slices.Contains(volumes, v) {
@@ -245,6 +266,27 @@ func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, addr s
 	}
 	slices.SortFunc(out, func(x, y peerState) int { return strings.Compare(x.peer.ID, y.peer.ID) })
 	return out, nil
+}
+
+// intermediateStatus asks the intermediate (opts.Intermediate, else the
+// addresses the secondary uses) for the group's status, within
+// opts.IntermediateTimeout.
+func intermediateStatus(ctx context.Context, log *slog.Logger, opts GroupOptions, st Status) (*wire.StatusResponse, error) {
+	addrs := opts.Intermediate
+	if len(addrs) == 0 {
+		addrs = st.Intermediate
+	}
+	if len(addrs) == 0 {
+		return nil, errors.New("no intermediate address known")
+	}
+	cl, err := client.New(client.Config{Addrs: addrs, Group: st.Group, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("intermediate: %w", err)
+	}
+	defer cl.Close()
+	ictx, cancel := context.WithTimeout(ctx, opts.IntermediateTimeout)
+	defer cancel()
+	return cl.Status(ictx)
 }
 
 // promotePlan decides N and each secondary's request: through the
