@@ -101,6 +101,15 @@ func TestSuspendLaggingSecondaryAndResync(t *testing.T) {
 	})
 	for range 3 * budget / wire.BlockSize / 32 {
 		submit(32, false)
+		// Once s2 is suspended, s1 can follow: keep the writer at its pace,
+		// else on a slow machine (GOMAXPROCS=1 and -race) s1 itself lags
+		// the journal past the threshold and is rightly suspended too.
+		if info, _ := fsm.Secondary("s2"); info.Suspended {
+			waitFor(t, 10*time.Second, "s1 to apply the last batch", func() bool {
+				a1, _, _ := s1.state()
+				return a1 == last
+			})
+		}
 	}
 	waitFor(t, 10*time.Second, "s1 validated the last batch", func() bool {
 		a1, _, _ := s1.state()
