@@ -103,13 +103,29 @@ func (p *process) terminate(t testing.TB) {
 // freeAddr returns a free address on 127.0.0.1.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	reserved.Lock()
+	defer reserved.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		// The kernel may hand a port just closed out again: never give
+		// one address twice in a process.
+		if !reserved.addrs[addr] {
+			reserved.addrs[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+// reserved are the addresses freeAddr gave out.
+var reserved = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // statusDoc is the part of `tricopy status --json` these tests read.
 type statusDoc struct {

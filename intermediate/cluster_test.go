@@ -107,14 +107,29 @@ type testCluster struct {
 // reserveAddr returns a free 127.0.0.1 address.
 func reserveAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	reserved.Lock()
+	defer reserved.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		// The kernel may hand a port just closed out again: never give
+		// one address twice in a process (a cluster's nodes would share it).
+		if !reserved.addrs[addr] {
+			reserved.addrs[addr] = true
+			return addr
+		}
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
+
+// reserved are the addresses reserveAddr gave out.
+var reserved = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 func testLogger(t testing.TB) *slog.Logger {
 	if os.Getenv("TRICOPY_TEST_LOG") != "" {

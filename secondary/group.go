@@ -202,6 +202,7 @@ func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, opts G
 	// intermediate registers other secondaries since (failbacks).
 	if st.Promotion != nil {
 		membershipKnown = true // checked when it was promoted
+		queue = append(queue, st.Promotion.Group...)
 	} else if ist, err := intermediateStatus(ctx, log, opts, st); err == nil {
 		membershipKnown = true
 		for _, sec := range ist.GetSecondaries() {
@@ -268,6 +269,17 @@ func promotePeers(ctx context.Context, log *slog.Logger, hc *http.Client, opts G
 	return out, nil
 }
 
+// setGroup records the group's secondaries in every request.
+func setGroup(reqs []PromoteRequest, peers []peerState) {
+	group := make([]Peer, len(peers))
+	for i, p := range peers {
+		group[i] = Peer{ID: p.peer.ID, Volume: p.st.Volume, Addr: p.peer.Addr}
+	}
+	for i := range reqs {
+		reqs[i].Group = group
+	}
+}
+
 // intermediateStatus asks the intermediate (opts.Intermediate, else the
 // addresses the secondary uses) for the group's status, within
 // opts.IntermediateTimeout.
@@ -314,6 +326,7 @@ func promotePlan(ctx context.Context, log *slog.Logger, hc *http.Client, opts Gr
 					VolumeSeq: v.GetLastVolumeSeq(), Seq: v.GetLastSeq(), By: by}
 			}
 			log.Info("the old primaries are fenced; draining", "n", res.N)
+			setGroup(reqs, peers)
 			return reqs, drain(ctx, hc, peers, res.N)
 		case prev != nil:
 			return nil, fmt.Errorf("promotion %s fenced the old primaries at the intermediate, which is needed to finish it: %w", prev.ID, err)
@@ -338,6 +351,7 @@ func promotePlan(ctx context.Context, log *slog.Logger, hc *http.Client, opts Gr
 		}
 		reqs[i] = PromoteRequest{ID: res.PromotionID, N: res.N, Epoch: epoch, By: by}
 	}
+	setGroup(reqs, peers)
 	return reqs, nil
 }
 

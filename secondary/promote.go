@@ -51,6 +51,9 @@ type PromoteRequest struct {
 	Seq       uint64 `json:"seq"`
 	// By says who asked (host, user), for the record.
 	By string `json:"by,omitempty"`
+	// Group lists the group's secondaries the promotion found, so that a
+	// promote run again through any of them finds them all.
+	Group []Peer `json:"group,omitempty"`
 }
 
 // check validates a request.

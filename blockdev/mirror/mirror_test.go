@@ -46,13 +46,29 @@ func testLogger(t testing.TB) *slog.Logger {
 
 func reserveAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	reserved.Lock()
+	defer reserved.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		// The kernel may hand a port just closed out again: never give
+		// one address twice in a process.
+		if !reserved.addrs[addr] {
+			reserved.addrs[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
+
+// reserved are the addresses reserveAddr gave out.
+var reserved = struct {
+	sync.Mutex
+	addrs map[string]bool
+}{addrs: map[string]bool{}}
 
 // inter is a one-node intermediate that can be stopped and started again.
 type inter struct {
