@@ -50,7 +50,7 @@ primaries and drains first, so nothing is lost (a planned switch-over).`,
 
 // runFailback is `tricopy failback`.
 func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Failback) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
 	if err != nil {
 		return err
 	}

@@ -53,7 +53,7 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 	if err != nil {
 		return err
 	}
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group}, log)
 	if err != nil {
 		return err
 	}

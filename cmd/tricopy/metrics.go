@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/intermediate/client"
 )
 
 // metricsPath is where the metrics server serves the registry.
@@ -27,21 +28,26 @@ func newRegistry() *prometheus.Registry {
 	return reg
 }
 
-// startMetrics listens on addr and serves reg at /metrics, from a goroutine
-// that the returned stop ends (a graceful Shutdown bounded by its context)
-// and waits for. It listens before it returns, so that an address that
-// cannot be bound fails the command at start, as a configuration error of
-// the key metrics.
-func startMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop func(context.Context) error, err error) {
+// startMetrics listens on addr and serves, from a goroutine that the
+// returned stop ends (a graceful Shutdown bounded by its context) and waits
+// for: reg at /metrics, and the web page of the group's status at / with
+// its document at /status.json (web.go), which status collects. It listens
+// before it returns, so that an address that cannot be bound fails the
+// command at start, as a configuration error of the key metrics.
+func startMetrics(addr string, reg *prometheus.Registry, status func(context.Context) *statusJSON, log *slog.Logger) (stop func(context.Context) error, err error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, &configs.Error{Key: "metrics", Err: err}
 	}
+	// base ends when stop is called: it cuts a status collection short, so
+	// that Shutdown does not wait for it.
+	base, cancel := context.WithCancel(context.Background())
 	mux := http.NewServeMux()
 	mux.Handle(metricsPath, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 		ErrorHandling: promhttp.ContinueOnError,
 	}))
+	handleWeb(mux, base, status, log)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	served := make(chan struct{})
 	go func() {
@@ -50,8 +56,10 @@ func startMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop
 			log.Error("metrics server stopped", "metrics", addr, "err", err)
 		}
 	}()
-	log.Info("serving metrics", "url", "http://"+ln.Addr().String()+metricsPath)
+	url := "http://" + ln.Addr().String()
+	log.Info("serving metrics", "url", url+metricsPath, "status_page", url+"/")
 	return func(ctx context.Context) error {
+		cancel()
 		err := srv.Shutdown(ctx)
 		if err != nil {
 			// Shutdown gave up on open connections: drop them.
@@ -65,18 +73,40 @@ func startMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (stop
 	}, nil
 }
 
+// statusFrom is where the web page of a process's metrics server gets the
+// status of its group: the client addresses of the intermediate nodes the
+// process knows (none: a local-only mount) and the consistency group.
+type statusFrom struct {
+	addrs []string
+	group string
+}
+
 // processMetrics is the metrics of one command: a process registry served
-// on addr (the metrics key). With addr empty there is neither: reg is a nil
+// on addr (the metrics key), with the web page of the status of the group
+// that from names (web.go). With addr empty there is neither: reg is a nil
 // interface (every part registers nothing; intermediate.Config.Metrics
 // takes nil as "no metrics") and stop does nothing. The command calls stop
-// on its way out.
-func processMetrics(addr string, log *slog.Logger) (reg prometheus.Registerer, stop func(), err error) {
+// on its way out; it stops the server, then closes the status client.
+func processMetrics(addr string, from statusFrom, log *slog.Logger) (reg prometheus.Registerer, stop func(), err error) {
 	if addr == "" {
 		return nil, func() {}, nil
 	}
+	var cl *client.Client
+	status := func(context.Context) *statusJSON { return noIntermediateStatus(from.group) }
+	if len(from.addrs) > 0 {
+		// The client does no I/O until the first request of /status.json.
+		cl, err = client.New(client.Config{Addrs: from.addrs, Group: from.group, Logger: log})
+		if err != nil {
+			return nil, nil, fmt.Errorf("status client of the metrics server: %w", err)
+		}
+		status = func(ctx context.Context) *statusJSON { return collectStatus(ctx, cl, from.group) }
+	}
 	r := newRegistry()
-	stopServer, err := startMetrics(addr, r, log)
+	stopServer, err := startMetrics(addr, r, status, log)
 	if err != nil {
+		if cl != nil {
+			cl.Close()
+		}
 		return nil, nil, err
 	}
 	reg = r
@@ -85,6 +115,9 @@ func processMetrics(addr string, log *slog.Logger) (reg prometheus.Registerer, s
 		defer cancel()
 		if err := stopServer(ctx); err != nil {
 			log.Warn("stop metrics server", "err", err)
+		}
+		if cl != nil {
+			cl.Close()
 		}
 	}, nil
 }

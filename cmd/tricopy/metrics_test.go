@@ -76,7 +76,7 @@ func TestStartMetrics(t *testing.T) {
 	reg.MustRegister(c)
 	addr := freeAddr(t)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	stop, err := startMetrics(addr, reg, log)
+	stop, err := startMetrics(addr, reg, func(context.Context) *statusJSON { return noIntermediateStatus("default") }, log)
 	if err != nil {
 		t.Fatal(err)
 	}
