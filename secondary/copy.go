@@ -78,7 +78,13 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 			State: StateCopy, Reason: "initial copy of the intermediate volume", ResyncDone: done.Load(), ResyncTotal: blocks,
 		}}})
 	}
+	progress := func() {
+		if cfg.OnCopyProgress != nil {
+			cfg.OnCopyProgress(done.Load(), blocks)
+		}
+	}
 	report()
+	progress()
 	rdir := filepath.Join(cfg.Dir, replicaDirName)
 	ropts := ReplicaOptions{FS: cfg.FS, Logger: log}
 	var b *ReplicaBuilder
@@ -107,6 +113,7 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 			}
 			startSeq = c.GetStartSeq()
 			done.Store(0)
+			progress()
 		}
 		if c.GetDone() {
 			endSeq = c.GetEndSeq()
@@ -118,6 +125,7 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 			}
 		}
 		done.Store(c.GetFirstBlock() + uint64(c.GetBlockCount()))
+		progress()
 		if time.Since(lastLog) >= copyProgressEvery {
 			lastLog = time.Now()
 			log.Info("copy progress", "blocks_done", done.Load(), "blocks_total", blocks,

@@ -110,6 +110,12 @@ type Config struct {
 	IndependentApply bool
 	// IndependentApplyDelay is the delay of IndependentApply.
 	IndependentApplyDelay time.Duration
+	// OnCopyProgress, when set, is told the progress of an initial copy of
+	// the intermediate volume, in blocks: with 0 and the volume's block
+	// count when the copy starts (again after a leader change restarts it),
+	// then after each chunk written. Open calls it on its own goroutine;
+	// it must return quickly.
+	OnCopyProgress func(doneBlocks, totalBlocks uint64)
 	// HoldApply is a test-only switch: while it returns true the applier
 	// applies no validated point (the secondary still stages and
 	// prepares), so that a benchmark can build a backlog of staged batches

@@ -66,12 +66,14 @@ promoted elsewhere (a newer epoch), the mount turns read-only for good
 
 // runMount is `tricopy mount`.
 func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
-	p, err := openPrimary(ctx, log, cfg, reg)
+	prog, a, log := startProgress(a, log) // bars of the copy and resyncs on a terminal
+	defer prog.Close()
+	p, err := openPrimary(ctx, log, cfg, reg, prog)
 	if err != nil {
 		return err
 	}
@@ -109,8 +111,9 @@ type primary struct {
 // says so), opens its mirror when cfg names an intermediate, and mounts its
 // filesystem. If anything fails it closes what it opened. A fenced volume
 // is mounted read-only (cfg.ReadOnly is set). The mirror's collector is
-// registered on reg (none if reg is nil) until close.
-func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg prometheus.Registerer) (*primary, error) {
+// registered on reg (none if reg is nil) until close; its copies and
+// resyncs show on prog (none if nil) from the moment it opens.
+func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg prometheus.Registerer, prog *progressDisplay) (*primary, error) {
 	vol, err := openOrCreate(ctx, log, cfg)
 	if err != nil {
 		return nil, err
@@ -130,6 +133,7 @@ func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg 
 			}
 			p.unregister = registerCollector(reg, mirror.NewCollector(p.m, cfg.Volume), log, "mirror of volume "+cfg.Volume)
 			dev = mirrordev.Device{M: p.m}
+			prog.trackMirror(cfg.Volume, p.m)
 			if st := p.m.Status(); st.State == mirror.StateFenced {
 				log.Error("volume is fenced (promoted elsewhere): mounting read-only", "volume", cfg.Volume, "reason", st.Reason)
 				cfg.ReadOnly = true

@@ -114,12 +114,14 @@ func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *conf
 
 // runSecondary is `tricopy secondary`.
 func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Secondary) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
-	r, err := openSecondary(ctx, log, cfg, nil, reg)
+	prog, a, log := startProgress(a, log) // a bar of the initial copy on a terminal
+	defer prog.Close()
+	r, err := openSecondary(ctx, log, cfg, nil, reg, prog)
 	if err != nil {
 		return err
 	}
@@ -166,9 +168,10 @@ type secondaryRun struct {
 // following and serves the admin API. A new secondary with fb builds its
 // replica from an old primary's volume (tricopy failback). The collectors
 // of the secondary and, once promoted, of its volume's mirror are
-// registered on reg (none if reg is nil) until close. If anything fails it
-// closes what it opened.
-func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource, reg prometheus.Registerer) (_ *secondaryRun, err error) {
+// registered on reg (none if reg is nil) until close. An initial copy shows
+// its progress on prog, when one is given. If anything fails it closes what
+// it opened.
+func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource, reg prometheus.Registerer, prog ...*progressDisplay) (_ *secondaryRun, err error) {
 	log = log.With("volume", cfg.Volume)
 	independent, delay, err := independentApply()
 	if err != nil {
@@ -193,12 +196,18 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 		return nil, &configs.Error{Key: "intermediate", Err: err}
 	}
 	log.Info("opening secondary", "data", cfg.Data, "intermediate", cfg.Intermediate, "group", cfg.Group)
+	var copying *copyProgress
+	if len(prog) > 0 {
+		copying = prog[0].trackCopy(cfg.Volume + " (secondary)")
+	}
 	r.s, err = secondary.Open(ctx, secondary.Config{
 		ID: cfg.Name, Volume: cfg.Volume, Group: cfg.Group, Dir: cfg.Data, Addr: cfg.Listen,
 		Intermediate: r.cl, IntermediateAddrs: cfg.Intermediate, OnPromote: r.becomePrimary, Failback: fb,
 		Logger:           log.With("component", "secondary"),
 		IndependentApply: independent, IndependentApplyDelay: delay, HoldApply: holdApply(log),
+		OnCopyProgress: copying.callback(),
 	})
+	copying.end(err)
 	if err != nil {
 		return nil, err
 	}

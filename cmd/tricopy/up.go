@@ -87,11 +87,13 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 	// One registry and metrics server for every part: the collectors of
 	// the node, the mirrors and the secondaries, told apart by their
 	// volume label.
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group}, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
+	prog, a, log := startProgress(a, log) // bars of the copies and resyncs on a terminal
+	defer prog.Close()
 
 	node, err := openUpNode(ctx, log, cfg, dir, reg)
 	if err != nil {
@@ -122,7 +124,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 
 	for _, name := range cfg.Volumes {
 		mcfg := primaryConfig(cfg, dir, name, node.ClientAddr())
-		p, err := openPrimary(pctx, log, mcfg, reg)
+		p, err := openPrimary(pctx, log, mcfg, reg, prog)
 		if err != nil {
 			if ctx.Err() != nil {
 				err = fmt.Errorf("interrupted while starting volume %s: %w", name, err)
@@ -169,7 +171,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			if err != nil {
 				return errors.Join(err, stop(err))
 			}
-			r, err := openSecondary(sctx, log, scfg, nil, reg)
+			r, err := openSecondary(sctx, log, scfg, nil, reg, prog)
 			if err != nil {
 				err = fmt.Errorf("start the secondary of volume %s: %w", name, err)
 				if serr := stop(err); serr != nil {
