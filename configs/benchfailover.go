@@ -20,6 +20,8 @@ type BenchFailover struct {
 	Backlog Size `key:"backlog" help:"bytes written on each primary while its secondary stages but does not apply (at most half the size)"`
 	// JSON names a file for the raw results.
 	JSON string `key:"json" meta:"FILE" help:"also write the raw results as JSON to FILE"`
+	// Report names a directory for a report with plots; empty for none.
+	Report string `key:"report" meta:"DIR" help:"also write a report to DIR (created if missing): README.md with the tables and the machine they ran on, and PNG plots of the latency distributions"`
 	// Strict makes a missed target an error (exit 1).
 	Strict bool `key:"strict" help:"exit 1 when the performance target is missed"`
 	// Common holds the keys every command has.

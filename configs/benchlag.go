@@ -21,6 +21,8 @@ type BenchLag struct {
 	Backlog Size `key:"backlog" help:"bytes written with the secondary down before it catches up (0 skips the catch-up measurement)"`
 	// JSON names a file for the raw results.
 	JSON string `key:"json" meta:"FILE" help:"also write the raw results as JSON to FILE"`
+	// Report names a directory for a report with plots; empty for none.
+	Report string `key:"report" meta:"DIR" help:"also write a report to DIR (created if missing): README.md with the tables and the machine they ran on, and PNG plots of the latency distributions"`
 	// Strict makes a missed target an error (exit 1).
 	Strict bool `key:"strict" help:"exit 1 when a performance target is missed"`
 	// Common holds the keys every command has.

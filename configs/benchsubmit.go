@@ -34,6 +34,8 @@ type BenchSubmit struct {
 	Nodes []string `key:"nodes" meta:"LIST" help:"comma-separated cluster sizes to run every scenario on, like 1,3"`
 	// JSON names a file for the raw results.
 	JSON string `key:"json" meta:"FILE" help:"also write the raw results as JSON to FILE"`
+	// Report names a directory for a report with plots; empty for none.
+	Report string `key:"report" meta:"DIR" help:"also write a report to DIR (created if missing): README.md with the tables and the machine they ran on, and PNG plots of the latency distributions"`
 	// Strict makes a missed target an error (exit 1).
 	Strict bool `key:"strict" help:"exit 1 when a performance target is missed"`
 	// Common holds the keys every command has.

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchreport"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/failoverbench"
 	"github.com/tricopy/tricopy/configs"
 )
@@ -35,15 +36,23 @@ root and /dev/fuse.`,
 
 // runBenchFailover is `tricopy bench failover`.
 func runBenchFailover(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchFailover) error {
-	res, err := failoverbench.Run(ctx, failoverbench.Options{
-		Dir: cfg.Dir, Volumes: int(cfg.Volumes), Size: int64(cfg.Size.Bytes()), Backlog: int64(cfg.Backlog.Bytes()),
-		Logger: log, JSONPath: cfg.JSON,
-	}, a.stdout)
+	res, err := benchFailover(ctx, a, log, cfg)
 	if err != nil {
+		return err
+	}
+	if err := writeReport(a, cfg.Report, cfg.Dir, func(r *benchreport.Report) error { return r.AddFailover(res) }); err != nil {
 		return err
 	}
 	if cfg.Strict && !res.Passed {
 		return errTargetsMissed
 	}
 	return nil
+}
+
+// benchFailover runs the benchmark of cfg, printing its tables.
+func benchFailover(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchFailover) (*failoverbench.Results, error) {
+	return failoverbench.Run(ctx, failoverbench.Options{
+		Dir: cfg.Dir, Volumes: int(cfg.Volumes), Size: int64(cfg.Size.Bytes()), Backlog: int64(cfg.Backlog.Bytes()),
+		Logger: log, JSONPath: cfg.JSON,
+	}, a.stdout)
 }

@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchreport"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/lagbench"
 	"github.com/tricopy/tricopy/configs"
 )
@@ -37,18 +38,26 @@ makes the exit code 1. It needs root and /dev/fuse.`,
 
 // runBenchLag is `tricopy bench lag`.
 func runBenchLag(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchLag) error {
-	backlog := int64(cfg.Backlog.Bytes())
-	if backlog == 0 {
-		backlog = -1 // skip
-	}
-	res, err := lagbench.Run(ctx, lagbench.Options{
-		Dir: cfg.Dir, Duration: cfg.Duration, Backlog: backlog, Logger: log, JSONPath: cfg.JSON,
-	}, a.stdout)
+	res, err := benchLag(ctx, a, log, cfg)
 	if err != nil {
+		return err
+	}
+	if err := writeReport(a, cfg.Report, cfg.Dir, func(r *benchreport.Report) error { return r.AddLag(res) }); err != nil {
 		return err
 	}
 	if cfg.Strict && !res.Passed() {
 		return errTargetsMissed
 	}
 	return nil
+}
+
+// benchLag runs the benchmark of cfg, printing its tables.
+func benchLag(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchLag) (*lagbench.Results, error) {
+	backlog := int64(cfg.Backlog.Bytes())
+	if backlog == 0 {
+		backlog = -1 // skip
+	}
+	return lagbench.Run(ctx, lagbench.Options{
+		Dir: cfg.Dir, Duration: cfg.Duration, Backlog: backlog, Logger: log, JSONPath: cfg.JSON,
+	}, a.stdout)
 }

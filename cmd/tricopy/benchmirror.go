@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchreport"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrorbench"
 	"github.com/tricopy/tricopy/configs"
 )
@@ -36,18 +37,26 @@ It needs root, /dev/fuse and fio.`,
 
 // runBenchMirror is `tricopy bench mirror`.
 func runBenchMirror(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchMirror) error {
-	nodes, err := cfg.NodeCounts()
+	res, err := benchMirror(ctx, a, log, cfg)
 	if err != nil {
 		return err
 	}
-	res, err := mirrorbench.Run(ctx, mirrorbench.Options{
-		Dir: cfg.Dir, Runtime: cfg.Runtime, SeqSize: int64(cfg.SeqSize.Bytes()), Nodes: nodes, Logger: log, JSONPath: cfg.JSON,
-	}, a.stdout)
-	if err != nil {
+	if err := writeReport(a, cfg.Report, cfg.Dir, func(r *benchreport.Report) error { return r.AddMirror(res) }); err != nil {
 		return err
 	}
 	if cfg.Strict && !res.Passed() {
 		return errTargetsMissed
 	}
 	return nil
+}
+
+// benchMirror runs the benchmark of cfg, printing its tables.
+func benchMirror(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchMirror) (*mirrorbench.Results, error) {
+	nodes, err := cfg.NodeCounts()
+	if err != nil {
+		return nil, err
+	}
+	return mirrorbench.Run(ctx, mirrorbench.Options{
+		Dir: cfg.Dir, Runtime: cfg.Runtime, SeqSize: int64(cfg.SeqSize.Bytes()), Nodes: nodes, Logger: log, JSONPath: cfg.JSON,
+	}, a.stdout)
 }

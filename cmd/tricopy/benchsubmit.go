@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchreport"
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/replbench"
 	"github.com/tricopy/tricopy/configs"
 )
@@ -39,11 +40,26 @@ table; with --strict it also makes the exit code 1.`,
 
 // runBenchSubmit is `tricopy bench submit`.
 func runBenchSubmit(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchSubmit) error {
-	nodes, err := cfg.NodeCounts()
+	res, err := benchSubmit(ctx, a, log, cfg)
 	if err != nil {
 		return err
 	}
-	res, err := replbench.Run(ctx, replbench.Options{
+	if err := writeReport(a, cfg.Report, cfg.Dir, func(r *benchreport.Report) error { return r.AddSubmit(res) }); err != nil {
+		return err
+	}
+	if cfg.Strict && !res.Passed() {
+		return errTargetsMissed
+	}
+	return nil
+}
+
+// benchSubmit runs the benchmark of cfg, printing its tables.
+func benchSubmit(ctx context.Context, a *app, log *slog.Logger, cfg *configs.BenchSubmit) (*replbench.Results, error) {
+	nodes, err := cfg.NodeCounts()
+	if err != nil {
+		return nil, err
+	}
+	return replbench.Run(ctx, replbench.Options{
 		Dir:          cfg.Dir,
 		Duration:     cfg.Duration,
 		LargeWriters: int(cfg.LargeWriters),
@@ -51,11 +67,4 @@ func runBenchSubmit(ctx context.Context, a *app, log *slog.Logger, cfg *configs.
 		Logger:       log,
 		JSONPath:     cfg.JSON,
 	}, a.stdout)
-	if err != nil {
-		return err
-	}
-	if cfg.Strict && !res.Passed() {
-		return errTargetsMissed
-	}
-	return nil
 }

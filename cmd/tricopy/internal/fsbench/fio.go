@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // fioJob is one fio job on one file of a target.
@@ -57,7 +59,7 @@ func (j fioJob) args(dir string, runtime time.Duration, out string) []string {
 		"--end_fsync=" + flag(j.endFsync),
 		"--fsync=" + flag(j.fsync),
 		"--runtime=" + strconv.FormatInt(runtime.Milliseconds(), 10) + "ms",
-		"--output-format=json",
+		"--output-format=json+", // json with the latency histograms (bins)
 		"--output=" + out,
 	}
 	return append(args, jobs...)
@@ -172,11 +174,26 @@ type fioIOReport struct {
 	Clat      fioLatency `json:"clat_ns"`
 }
 
-// fioLatency is a latency distribution in nanoseconds.
+// fioLatency is a latency distribution in nanoseconds. Bins, in json+
+// output only, counts the operations of each latency (fio's histogram
+// buckets, keyed by their latency in nanoseconds).
 type fioLatency struct {
 	N          int64              `json:"N"`
 	Mean       float64            `json:"mean"`
 	Percentile map[string]float64 `json:"percentile"`
+	Bins       map[string]int64   `json:"bins"`
+}
+
+// histogram returns l's histogram, empty without bins. A key that is not
+// a number is ignored.
+func (l fioLatency) histogram() benchutil.Histogram {
+	counts := make(map[time.Duration]int64, len(l.Bins))
+	for k, n := range l.Bins {
+		if ns, err := strconv.ParseInt(k, 10, 64); err == nil {
+			counts[time.Duration(ns)] += n
+		}
+	}
+	return benchutil.HistogramOfCounts(counts)
 }
 
 // percentile returns the p-th percentile (like 99) as a duration, or 0
@@ -234,5 +251,7 @@ func parseFio(data []byte, rw string) (*FioResult, error) {
 		SyncMean:    time.Duration(j.Sync.Lat.Mean),
 		SyncP50:     j.Sync.Lat.percentile(50),
 		SyncP99:     j.Sync.Lat.percentile(99),
+		ClatHist:    dir.Clat.histogram(),
+		SyncHist:    j.Sync.Lat.histogram(),
 	}, nil
 }

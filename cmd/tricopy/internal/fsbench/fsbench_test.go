@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -51,10 +52,36 @@ func TestParseFio(t *testing.T) {
 			want := tc.want
 			want.BytesPerSec = float64(want.Bytes) / want.Runtime.Seconds()
 			want.IOPS = float64(want.Ops) / want.Runtime.Seconds()
-			if *got != want {
+			if !reflect.DeepEqual(*got, want) {
 				t.Errorf("parseFio:\n got %+v\nwant %+v", *got, want)
 			}
 		})
+	}
+}
+
+// TestParseFioBins checks that the latency histograms of fio's json+
+// output become the histograms of the result.
+func TestParseFioBins(t *testing.T) {
+	var d map[string]any
+	if err := json.Unmarshal(readSample(t, "fio-fsync.json"), &d); err != nil {
+		t.Fatal(err)
+	}
+	job := d["jobs"].([]any)[0].(map[string]any)
+	job["write"].(map[string]any)["clat_ns"].(map[string]any)["bins"] = map[string]any{"7168": 200, "33792": 71}
+	job["sync"].(map[string]any)["lat_ns"].(map[string]any)["bins"] = map[string]any{"1744896": 150, "11993088": 121}
+	data, err := json.Marshal(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := parseFio(data, "write")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := got.ClatHist.Count(); n != 271 || len(got.ClatHist.Bins) != 2 {
+		t.Errorf("clat histogram %+v, want 271 writes in 2 bins", got.ClatHist.Bins)
+	}
+	if n := got.SyncHist.Count(); n != 271 || got.SyncHist.Quantile(0.5) < 1700*time.Microsecond || got.SyncHist.Quantile(0.5) > 1800*time.Microsecond {
+		t.Errorf("sync histogram %+v: want 271 fsyncs, median about 1.74ms", got.SyncHist.Bins)
 	}
 }
 
@@ -376,7 +403,7 @@ func TestRunSmall(t *testing.T) {
 	if err := json.Unmarshal(data, &decoded); err != nil {
 		t.Fatalf("decode %s: %v", jsonPath, err)
 	}
-	if len(decoded.Targets) != 3 || len(decoded.Comparisons) != len(metrics) || decoded.Targets[0].SeqWrite != res.Targets[0].SeqWrite {
+	if len(decoded.Targets) != 3 || len(decoded.Comparisons) != len(metrics) || !reflect.DeepEqual(decoded.Targets[0].SeqWrite, res.Targets[0].SeqWrite) {
 		t.Errorf("JSON results differ from the returned ones:\n%s", data)
 	}
 }

@@ -66,6 +66,10 @@ type FioResult struct {
 	SyncMean    time.Duration `json:"sync_mean_ns,omitempty"`
 	SyncP50     time.Duration `json:"sync_p50_ns,omitempty"`
 	SyncP99     time.Duration `json:"sync_p99_ns,omitempty"`
+	// ClatHist and SyncHist are the distributions of the two latencies
+	// (from fio's json+ histogram), for plots.
+	ClatHist benchutil.Histogram `json:"clat_hist,omitzero"`
+	SyncHist benchutil.Histogram `json:"sync_hist,omitzero"`
 }
 
 // SmallFileResult is what the small-file workload measured: the duration

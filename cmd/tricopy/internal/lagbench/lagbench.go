@@ -135,6 +135,45 @@ type LoadResult struct {
 	P50 time.Duration `json:"lag_p50_ns"`
 	P99 time.Duration `json:"lag_p99_ns"`
 	Max time.Duration `json:"lag_max_ns"`
+	// Hist is the distribution of the lags, for plots.
+	Hist benchutil.Histogram `json:"hist,omitzero"`
+	// Timeline is the lag over time: the writes that returned in each
+	// window of the run, in order.
+	Timeline []LagWindow `json:"timeline,omitempty"`
+}
+
+// LagWindow is the lag of the writes that returned on the primary in one
+// window of a load level's run.
+type LagWindow struct {
+	// At is the window's start, from the start of the run.
+	At time.Duration `json:"at_ns"`
+	// Writes is the number of writes that returned in the window.
+	Writes int `json:"writes"`
+	// P50 and Max are the median and the maximum of their lags.
+	P50 time.Duration `json:"lag_p50_ns"`
+	Max time.Duration `json:"lag_max_ns"`
+}
+
+// timelineWindows is about the number of windows of a Timeline.
+const timelineWindows = 150
+
+// timeline returns the lag windows of writes that returned at the given
+// times after the start of a run (with the lags at the same index); a
+// window is d/timelineWindows long, at least 100ms.
+func timeline(at, lags []time.Duration, d time.Duration) []LagWindow {
+	window := max(d/timelineWindows, 100*time.Millisecond)
+	byWindow := map[int64][]time.Duration{}
+	for i, t := range at {
+		k := int64(t / window)
+		byWindow[k] = append(byWindow[k], lags[i])
+	}
+	var out []LagWindow
+	for k, ls := range byWindow {
+		slices.Sort(ls)
+		out = append(out, LagWindow{At: time.Duration(k) * window, Writes: len(ls), P50: ls[(len(ls)-1)/2], Max: ls[len(ls)-1]})
+	}
+	slices.SortFunc(out, func(a, b LagWindow) int { return cmp.Compare(a.At, b.At) })
+	return out
 }
 
 // CatchUpResult is the backlog measurement.
@@ -518,14 +557,17 @@ func (b *bench) measureLoad(ctx context.Context, load, maxRate float64) (LoadRes
 	if err := <-pollDone; err != nil && !errors.Is(err, context.Canceled) {
 		return LoadResult{}, err
 	}
-	var lags []time.Duration
+	var lags, at []time.Duration
 	mu.Lock()
 	for k, r := range returned {
 		lags = append(lags, max(0, visible[k].Sub(r)))
+		at = append(at, r.Sub(start))
 	}
 	mu.Unlock()
+	tl := timeline(at, lags, b.opts.Duration)
 	slices.Sort(lags)
-	res := LoadResult{Load: load, Rate: float64(len(lags)) / elapsed.Seconds(), Writes: len(lags)}
+	res := LoadResult{Load: load, Rate: float64(len(lags)) / elapsed.Seconds(), Writes: len(lags),
+		Hist: benchutil.NewHistogram(lags), Timeline: tl}
 	if len(lags) > 0 {
 		res.P50 = lags[len(lags)/2]
 		res.P99 = lags[min(len(lags)-1, len(lags)*99/100)]

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -88,4 +89,19 @@ func TestRunSmall(t *testing.T) {
 		t.Fatalf("JSON results: %v\n%s", err, data)
 	}
 	benchtest.NothingLeft(t, dir)
+}
+
+func TestTimeline(t *testing.T) {
+	ms := func(n int) time.Duration { return time.Duration(n) * time.Millisecond }
+	at := []time.Duration{ms(10), ms(50), ms(120), ms(90), ms(250)}
+	lags := []time.Duration{ms(5), ms(7), ms(3), ms(20), ms(1)}
+	got := timeline(at, lags, 2*time.Second) // windows of 100ms
+	want := []LagWindow{
+		{At: 0, Writes: 3, P50: ms(7), Max: ms(20)},
+		{At: ms(100), Writes: 1, P50: ms(3), Max: ms(3)},
+		{At: ms(200), Writes: 1, P50: ms(1), Max: ms(1)},
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("timeline = %+v, want %+v", got, want)
+	}
 }

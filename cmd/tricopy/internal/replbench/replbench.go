@@ -173,7 +173,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 			"load_average", res.Machine.LoadBefore, "cpus", res.Machine.CPUs)
 	}
 	res.Disk.Dir = opts.Dir
-	res.Disk.Device, res.Disk.FSType = mountOf(opts.Dir)
+	res.Disk.Device, res.Disk.FSType = benchutil.MountOf(opts.Dir)
 	res.Disk.Fsync, err = probeFsync(ctx, runDir, min(probeBudget, opts.Duration))
 	if err != nil {
 		return nil, err
@@ -199,7 +199,7 @@ func Run(ctx context.Context, opts Options, w io.Writer) (_ *Results, err error)
 		res.Comparisons = append(res.Comparisons, compare(sc, &pair[0], &pair[1]))
 	}
 
-	res.Machine.LoadAfter = loadAverage()
+	res.Machine.LoadAfter = benchutil.LoadAverage()
 	return res, benchutil.Report(w, res.WriteMarkdown, opts.JSONPath, res)
 }
 

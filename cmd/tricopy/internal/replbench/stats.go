@@ -4,6 +4,8 @@ import (
 	"math"
 	"slices"
 	"time"
+
+	"github.com/tricopy/tricopy/cmd/tricopy/internal/benchutil"
 )
 
 // Latency summarises the latencies of the operations of one run.
@@ -15,6 +17,8 @@ type Latency struct {
 	P50  time.Duration `json:"p50_ns"`
 	P99  time.Duration `json:"p99_ns"`
 	Max  time.Duration `json:"max_ns"`
+	// Hist is the distribution of those latencies, for plots.
+	Hist benchutil.Histogram `json:"hist,omitzero"`
 }
 
 // summarize returns the latency summary of samples, which it sorts.
@@ -33,6 +37,7 @@ func summarize(samples []time.Duration) Latency {
 		P50:     percentile(samples, 50),
 		P99:     percentile(samples, 99),
 		Max:     samples[len(samples)-1],
+		Hist:    benchutil.NewHistogram(samples),
 	}
 }
 
