@@ -23,7 +23,8 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests, benchmarks and `make run` need, each with a
 # command that shows it is installed.
 #   fuse3: fusermount3 (FUSE mounts)   fio: benchmarks   sqlite3, git, tar: POSIX workload tests
-DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar
+#   chromium: the web page's test (e2e/web_test.go, headless)
+DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar chromium:chromium
 
 .PHONY: help build deps test test-go test-procs1 fuzz-short lint bench run clean proto
 
@@ -111,12 +112,9 @@ lint:
 	$(GO) run $(STATICCHECK) ./...
 
 bench: deps build
-	mkdir -p $(BENCHDIR)/fs $(BENCHDIR)/submit $(BENCHDIR)/mirror
-	$(BIN) bench fs --dir $(BENCHDIR)/fs
-	$(BIN) bench submit --dir $(BENCHDIR)/submit
-	$(BIN) bench mirror --dir $(BENCHDIR)/mirror
-	$(BIN) bench lag --dir $(BENCHDIR)/lag
-	$(BIN) bench failover --dir $(BENCHDIR)/failover
+	mkdir -p $(BENCHDIR)
+	$(BIN) bench all --dir $(BENCHDIR) --report $(BENCHDIR)/report
+	@echo "Report (markdown and PNG plots): $(BENCHDIR)/report/README.md"
 
 # proto regenerates the committed Go code of the wire protocol. protoc comes
 # from Debian (protobuf-compiler); the Go plugins at pinned versions.
