@@ -6,6 +6,9 @@
 #   RUNDIR      state directory of `make run`        (default: /tmp/tricopy-run)
 #   RUNSIZE     volume size `make run` creates       (default: 1GiB)
 #   BENCHDIR    scratch directory of `make bench`    (default: /tmp/tricopy-bench)
+#   SEED        seed(s) of `make chaos`, comma-separated (default: 1,2,3, what CI runs)
+#   DURATION    length of each `make chaos` run      (default: 2m; the long mode is 1h)
+#   CHAOS_NET   loopback or netns                    (default: netns when ip, tc and nsenter work)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -24,9 +27,14 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # command that shows it is installed.
 #   fuse3: fusermount3 (FUSE mounts)   fio: benchmarks   sqlite3, git, tar: POSIX workload tests
 #   chromium: the web page's test (e2e/web_test.go, headless)
-DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar chromium:chromium
+#   iproute2: ip and tc, the chaos test's network namespaces, partitions and slow links
+DEB_PACKAGES := fuse3:fusermount3 fio:fio sqlite3:sqlite3 git:git tar:tar chromium:chromium iproute2:tc
 
-.PHONY: help build deps test test-go test-procs1 fuzz-short lint bench run clean proto
+SEED      ?= 1,2,3
+DURATION  ?= 2m
+CHAOS_NET ?=
+
+.PHONY: help build deps test test-go test-procs1 fuzz-short lint bench chaos chaos-selftest run clean proto
 
 help:
 	@echo "make build       build $(BIN)"
@@ -35,6 +43,8 @@ help:
 	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint        gofmt, go vet, staticcheck"
 	@echo "make bench       deps, build, then bin/tricopy bench fs, submit, mirror, lag and failover under BENCHDIR ($(BENCHDIR))"
+	@echo "make chaos       the whole deployment under a seeded schedule of faults: SEED=1,2,3 DURATION=2m CHAOS_NET=netns|loopback"
+	@echo "make chaos-selftest  the chaos test with an invariant broken on purpose (independent apply): it must fail to find nothing"
 	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"
 	@echo "make run         deps, build, then tricopy up: one intermediate node and volumes a, b mounted under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
 	@echo "make clean       remove bin/"
@@ -115,6 +125,21 @@ bench: deps build
 	mkdir -p $(BENCHDIR)
 	$(BIN) bench all --dir $(BENCHDIR) --report $(BENCHDIR)/report
 	@echo "Report (markdown and PNG plots): $(BENCHDIR)/report/README.md"
+
+# chaos runs e2e's TestChaos (e2e/chaos_test.go): real processes, a seeded
+# schedule of kills, pauses, partitions and slow links, invariants checked
+# throughout. A failing run prints its seed and schedule; SEED=<it> replays.
+chaos: deps
+	TRICOPY_REQUIRE_FUSE=1 TRICOPY_CHAOS_SEEDS=$(SEED) TRICOPY_CHAOS_DURATION=$(DURATION) TRICOPY_CHAOS_NET=$(CHAOS_NET) \
+		$(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e
+
+# chaos-selftest is the test of the tester: the secondaries apply without the
+# common validated point, and the run must catch the torn cut.
+chaos-selftest: deps
+	TRICOPY_REQUIRE_FUSE=1 TRICOPY_CHAOS_BREAK=independent-apply TRICOPY_CHAOS_SEEDS=$(firstword $(subst $(comma), ,$(SEED))) \
+		TRICOPY_CHAOS_DURATION=$(DURATION) TRICOPY_CHAOS_NET=$(CHAOS_NET) $(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e
+
+comma := ,
 
 # proto regenerates the committed Go code of the wire protocol. protoc comes
 # from Debian (protobuf-compiler); the Go plugins at pinned versions.
