@@ -42,7 +42,7 @@ help:
 	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
 	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
 	@echo "make lint        gofmt, go vet, staticcheck"
-	@echo "make bench       deps, build, then bin/tricopy bench fs, submit, mirror, lag and failover under BENCHDIR ($(BENCHDIR))"
+	@echo "make bench       deps, build, then bin/tricopy bench all (fs, submit, mirror, lag, failover) under BENCHDIR ($(BENCHDIR)), report in BENCHDIR/report"
 	@echo "make chaos       the whole deployment under a seeded schedule of faults: SEED=1,2,3 DURATION=2m CHAOS_NET=netns|loopback"
 	@echo "make chaos-selftest  the chaos test with an invariant broken on purpose (independent apply): it must fail to find nothing"
 	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"

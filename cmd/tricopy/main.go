@@ -1,7 +1,7 @@
 // Command tricopy is the one binary of tricopy: it formats, checks and
 // mounts volumes, runs the intermediate cluster and the local deployment
-// (up), and (in later versions) the secondaries. See `tricopy --help` and
-// the README.
+// (up), the secondaries at the far site, promotion and failback. See
+// `tricopy --help` and the README.
 package main
 
 import (
@@ -94,10 +94,14 @@ func newRootCmd(a *app) *cobra.Command {
 		Short: "Replicated FUSE filesystem for disaster recovery across three sites",
 		Long: `tricopy keeps a filesystem on a block volume of its own format, mounted with
 FUSE, and mirrors every write synchronously to an intermediate Raft cluster
-that (in later versions) feeds read-only replicas at a far site.
+that gives the writes of all primaries one order and feeds live read-only
+replicas at a far site, all at one crash-consistent point. When the primary
+site is lost, promote turns the replicas into primaries; failback copies back
+only what changed.
 
-This version formats, checks and mounts volumes, mirrored or local only, runs
-the intermediate cluster and shows its status; up runs all of it locally.` + configHelp,
+It formats, checks and mounts volumes (mirrored or local only), runs the
+intermediate cluster, the secondaries, promote and failback, shows the status,
+and runs benchmarks; up runs all of it locally.` + configHelp,
 		Example: `  tricopy up --config configs/local.yaml --dir /tmp/tricopy-run
   tricopy format --data /var/lib/tricopy/a --size 1GiB
   tricopy mount --volume a --data /var/lib/tricopy/a --mountpoint /mnt/a
