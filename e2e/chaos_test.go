@@ -208,6 +208,10 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 			t.Fatalf("start the file operations on %s: %v", v, err)
 		}
 	}
+	sql, err := startChaosSQL(filepath.Join(c.prim["a"].mnt, "sql"))
+	if err != nil {
+		t.Fatalf("start the sqlite3 workload: %v", err)
+	}
 	watch := startChaosWatch(c.sec["a"].mnt, c.sec["b"].mnt, dep, cfg.broken != "")
 	stopFsck := make(chan struct{})
 	fsckDone, fsckResult := fsckLoop([]string{c.sec["a"].listen, c.sec["b"].listen}, stopFsck)
@@ -260,7 +264,8 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 	t.Logf("faults applied: %v", applied)
 
 	// The faults are over: stop writing, and everything must converge.
-	for name, s := range map[string]chaosStopper{"dependent writer": dep.chaosStopper, "ops on a": ops["a"].chaosStopper, "ops on b": ops["b"].chaosStopper} {
+	for name, s := range map[string]chaosStopper{"dependent writer": dep.chaosStopper, "ops on a": ops["a"].chaosStopper,
+		"ops on b": ops["b"].chaosStopper, "sqlite3": sql.chaosStopper} {
 		if err := s.halt(time.Minute); err != nil {
 			problems = append(problems, fmt.Sprintf("%s: %v", name, err))
 		}
@@ -268,6 +273,8 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 	acked, fails := dep.counts()
 	t.Logf("dependent writer: %d pairs acknowledged, %d failed operations; ops: a %d acknowledged, %d failed; b %d, %d",
 		acked, fails, ops["a"].acked.Load(), ops["a"].fails.Load(), ops["b"].acked.Load(), ops["b"].fails.Load())
+	committed, sessions, sqlFails := sql.counts()
+	t.Logf("sqlite3: %d transactions committed in %d sessions, %d sessions failed", committed, sessions, sqlFails)
 	if acked < 20 {
 		problems = append(problems, fmt.Sprintf("the dependent writer acknowledged only %d pairs: the run tested little", acked))
 	}
@@ -279,6 +286,8 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 	for _, v := range chaosVolumes {
 		problems = append(problems, ops[v].check(filepath.Join(c.prim[v].mnt, "ops"))...)
 	}
+	// Read-write: sqlite3 rolls back a transaction its killed session left.
+	problems = append(problems, sql.check(sql.db, false)...)
 
 	convergeTimeout := chaosConvergeTimeout
 	if cfg.broken != "" {
@@ -326,6 +335,7 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 
 	// The replicas show what the primaries hold.
 	problems = append(problems, dep.check(c.sec["a"].mnt, c.sec["b"].mnt)...)
+	problems = append(problems, sql.check(filepath.Join(c.sec["a"].mnt, "sql", "chaos.db"), true)...)
 	for _, v := range chaosVolumes {
 		problems = append(problems, ops[v].check(filepath.Join(c.sec[v].mnt, "ops"))...)
 		want, got := readTree(t, c.prim[v].mnt), readTree(t, c.sec[v].mnt)

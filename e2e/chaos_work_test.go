@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -11,10 +12,12 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -691,4 +694,126 @@ func (w *chaosWatch) result() (samples int, applied [2]uint64, violations []stri
 		v = append(v, fmt.Sprintf("torn cut: %d more", w.torn-chaosMaxTorn))
 	}
 	return w.samples, w.applied, v
+}
+
+// chaosSQL runs sqlite3 transactions on a database on a primary: each
+// session is one sqlite3 process that inserts rows, one transaction per
+// row, and prints each id once its COMMIT returned; a session that fails
+// (the primary died) ends, and the next starts when the volume answers.
+// The database must pass integrity_check and hold every id whose commit
+// returned, and no id never attempted.
+type chaosSQL struct {
+	chaosStopper
+	db string
+
+	mu        sync.Mutex
+	committed map[int]bool // ids whose COMMIT returned
+	attempted int          // ids up to this were sent to sqlite3
+	sessions  int
+	fails     int
+}
+
+// chaosSQLBatch is how many transactions one sqlite3 session runs.
+const chaosSQLBatch = 50
+
+// startChaosSQL makes the database (in rollback-journal mode, so that a
+// read-only replica can be opened) and starts the workload.
+func startChaosSQL(dir string) (*chaosSQL, error) {
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return nil, err
+	}
+	w := &chaosSQL{chaosStopper: newChaosStopper(), db: filepath.Join(dir, "chaos.db"), committed: map[int]bool{}}
+	out, err := exec.Command("sqlite3", "-bail", "-batch", w.db,
+		"PRAGMA journal_mode=DELETE; CREATE TABLE t(id INTEGER PRIMARY KEY, pad BLOB);").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("create %s: %w: %s", w.db, err, out)
+	}
+	go w.run()
+	return w, nil
+}
+
+func (w *chaosSQL) run() {
+	defer close(w.done)
+	for !w.stopped() {
+		// Only on the mount: its directory exists only there.
+		if _, err := os.Stat(filepath.Dir(w.db)); err != nil {
+			w.pause(chaosRetry)
+			continue
+		}
+		w.mu.Lock()
+		first := w.attempted + 1
+		w.attempted += chaosSQLBatch
+		w.sessions++
+		w.mu.Unlock()
+		var script strings.Builder
+		script.WriteString("PRAGMA synchronous=FULL;\n")
+		for id := first; id < first+chaosSQLBatch; id++ {
+			fmt.Fprintf(&script, "BEGIN; INSERT INTO t VALUES (%d, randomblob(%d)); COMMIT; SELECT 'committed ' || %d;\n", id, 200+id%5000, id)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		cmd := exec.CommandContext(ctx, "sqlite3", "-bail", "-batch", w.db)
+		cmd.Stdin = strings.NewReader(script.String())
+		out, err := cmd.Output()
+		cancel()
+		w.mu.Lock()
+		for line := range strings.Lines(string(out)) {
+			var id int
+			if _, serr := fmt.Sscanf(line, "committed %d", &id); serr == nil {
+				w.committed[id] = true
+			}
+		}
+		if err != nil {
+			w.fails++
+		}
+		w.mu.Unlock()
+		if err != nil {
+			w.pause(chaosRetry)
+		}
+	}
+}
+
+// counts returns the committed transactions, sessions and failed sessions.
+func (w *chaosSQL) counts() (committed, sessions, fails int) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.committed), w.sessions, w.fails
+}
+
+// check runs integrity_check on the database at db (readOnly: a replica)
+// and compares its ids with what was committed and attempted.
+func (w *chaosSQL) check(db string, readOnly bool) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	args := []string{"-bail", "-batch"}
+	if readOnly {
+		args = append(args, "-readonly")
+	}
+	args = append(args, db, "PRAGMA integrity_check; SELECT id FROM t ORDER BY id;")
+	out, err := exec.Command("sqlite3", args...).CombinedOutput()
+	if err != nil {
+		return []string{fmt.Sprintf("sqlite3 %s: %v: %s", db, err, clip(string(out)))}
+	}
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if len(lines) == 0 || lines[0] != "ok" {
+		return []string{fmt.Sprintf("integrity_check of %s: %s", db, clip(string(out)))}
+	}
+	var bad []string
+	found := map[int]bool{}
+	for _, l := range lines[1:] {
+		id, err := strconv.Atoi(l)
+		if err != nil {
+			bad = append(bad, fmt.Sprintf("%s: row id %q", db, l))
+			continue
+		}
+		found[id] = true
+		if id > w.attempted {
+			bad = append(bad, fmt.Sprintf("%s holds id %d, never attempted (attempted up to %d)", db, id, w.attempted))
+		}
+	}
+	for id := range w.committed {
+		if !found[id] {
+			bad = append(bad, fmt.Sprintf("%s lost committed transaction %d", db, id))
+		}
+	}
+	return bad
 }
