@@ -697,6 +697,7 @@ func (n *Node) Close() error {
 			}
 		}
 		if n.prop != nil {
+			n.prop.raftStopped()
 			n.prop.wait()
 		}
 		n.wg.Wait()

@@ -55,6 +55,10 @@ type proposer struct {
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 	stopped  bool
+	// raftDown is closed once Raft has shut down: an entry still
+	// unresolved then never will be (hashicorp/raft drops the futures of
+	// entries committed but not yet handed to the FSM when it shuts down).
+	raftDown chan struct{}
 }
 
 func newProposer(n *Node) *proposer {
@@ -62,6 +66,7 @@ func newProposer(n *Node) *proposer {
 		n:        n,
 		wake:     make(chan struct{}, 1),
 		pipeline: make(chan *inflight, n.cfg.PipelineDepth),
+		raftDown: make(chan struct{}),
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	return p
@@ -87,6 +92,10 @@ func (p *proposer) stop() {
 		pr.done(nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_NOT_LEADER, "node %s is shutting down", p.n.cfg.ID))
 	}
 }
+
+// raftStopped tells the proposer that Raft has shut down, so that complete
+// stops waiting for entries Raft will never resolve.
+func (p *proposer) raftStopped() { close(p.raftDown) }
 
 // wait returns once run and complete have returned.
 func (p *proposer) wait() { p.wg.Wait() }
@@ -204,9 +213,25 @@ func (p *proposer) complete() {
 	}
 }
 
-// finish waits for one entry and hands each proposal its results.
+// finish waits for one entry and hands each proposal its results. An entry
+// still unresolved when Raft has shut down fails its proposals as from a
+// node shutting down (the batches may or may not have committed: the
+// clients' exactly-once retries find out); the goroutine waiting on its
+// future is then left blocked, as Raft never resolves it.
 func (p *proposer) finish(fl *inflight) {
-	err := fl.future.Error()
+	done := make(chan error, 1)
+	go func() { done <- fl.future.Error() }()
+	var err error
+	select {
+	case err = <-done:
+	case <-p.raftDown:
+		select {
+		case err = <-done:
+		default:
+			p.fail(fl.proposals, fl.bytes, p.n.raftError(raft.ErrRaftShutdown))
+			return
+		}
+	}
 	p.commitNs.Add(uint64(time.Since(fl.start)))
 	if err != nil {
 		p.fail(fl.proposals, fl.bytes, p.n.raftError(err))
