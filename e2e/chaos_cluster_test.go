@@ -112,6 +112,7 @@ type chaosProc struct {
 	exited   chan struct{}
 	waitErr  error
 	expected bool      // the harness ended this run on purpose
+	full     bool      // its disk is full: an exit for that reason is expected
 	paused   bool      // stopped with SIGSTOP
 	runs     []string  // output of the runs that ended, oldest first
 	started  time.Time // when the current run started
@@ -199,12 +200,24 @@ func (p *chaosProc) running() bool {
 	return p.cmd != nil && !p.hasExited()
 }
 
+// setFull says whether the process's disk is full on purpose.
+func (p *chaosProc) setFull(full bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.full = full
+}
+
 // unexpectedExit returns a description of the current run's end if it
-// ended without the harness ending it, or "".
+// ended without the harness ending it (or, while its disk is full, for
+// another reason than the full disk), or "".
 func (p *chaosProc) unexpectedExit() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.cmd == nil || !p.hasExited() || p.expected {
+		return ""
+	}
+	if p.full && strings.Contains(p.stderr.String(), "no space left on device") {
+		p.expected = true
 		return ""
 	}
 	return fmt.Sprintf("%s exited by itself (run %d, started %s): %v\nstderr:\n%s",
@@ -261,8 +274,12 @@ func (p *chaosProc) terminate() error {
 		return err
 	}
 	if err := p.waitExit(); err != nil {
+		// Go prints every goroutine's stack on SIGQUIT: say where it
+		// hangs.
+		_ = p.cmd.Process.Signal(syscall.SIGQUIT)
+		_ = p.waitExit()
 		_ = p.cmd.Process.Kill()
-		return err
+		return fmt.Errorf("%w; its goroutines after SIGQUIT:\n%s", err, tail(p.stderr.String(), 256<<10))
 	}
 	if err := p.exitErr(); err != nil {
 		return fmt.Errorf("%s after SIGTERM: %w (want exit 0)\nstderr:\n%s", p.name, err, clip(p.stderr.String()))
@@ -330,6 +347,14 @@ func (p *chaosProc) logs() string {
 	}
 	fmt.Fprintf(&b, "=== %s run %d of %d (%s, exit %v)\n%s\n", p.name, p.nstarts, p.nstarts, strings.Join(p.args, " "), p.waitErr, p.output())
 	return b.String()
+}
+
+// tail returns the last n bytes of s.
+func tail(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return "[...]" + s[len(s)-n:]
 }
 
 // mounted reports whether mnt is a FUSE mount in this mount namespace.

@@ -5,11 +5,16 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"net/http"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Fault kinds of a chaos schedule.
@@ -19,6 +24,7 @@ const (
 	faultPause      = "pause"       // SIGSTOP a process, SIGCONT after For
 	faultPartition  = "partition"   // cut the link between two sites for For
 	faultSlow       = "slow"        // delay a site's traffic by Delay for For
+	faultFull       = "full"        // fill a secondary's disk (a small tmpfs) for For
 )
 
 // chaosFault is one entry of a schedule.
@@ -42,7 +48,7 @@ func (f chaosFault) String() string {
 // 7 s from 5 s on, each lasting at most 15 s, all over 20 s before the run
 // ends so that it ends quiet. The same seed, duration and network give the
 // same schedule.
-func chaosSchedule(seed uint64, d time.Duration, canCut bool, procs, sites []string) []chaosFault {
+func chaosSchedule(seed uint64, d time.Duration, canCut bool, procs, secondaries, sites []string) []chaosFault {
 	rng := rand.New(rand.NewPCG(seed, 0x6368616f73))
 	between := func(lo, hi time.Duration) time.Duration { return lo + time.Duration(rng.Int64N(int64(hi-lo))) }
 	var out []chaosFault
@@ -54,8 +60,10 @@ func chaosSchedule(seed uint64, d time.Duration, canCut bool, procs, sites []str
 			f.Kind, f.Target, f.For = faultKill, procs[rng.IntN(len(procs))], between(500*time.Millisecond, 4*time.Second)
 		case r < 45:
 			f.Kind, f.Target, f.For = faultKillLeader, "leader", between(500*time.Millisecond, 4*time.Second)
-		case r < 70 || !canCut:
+		case r < 62 || (!canCut && r < 90):
 			f.Kind, f.Target, f.For = faultPause, procs[rng.IntN(len(procs))], between(time.Second, 6*time.Second)
+		case r < 70 || !canCut:
+			f.Kind, f.Target, f.For = faultFull, secondaries[rng.IntN(len(secondaries))], between(2*time.Second, 8*time.Second)
 		case r < 88:
 			i := rng.IntN(len(sites))
 			j := (i + 1 + rng.IntN(len(sites)-1)) % len(sites)
@@ -244,6 +252,40 @@ func (r *chaosRunner) apply(ctx context.Context, f chaosFault) {
 		if err := r.c.net.partition(targets[0], targets[1], false); err != nil {
 			r.fail("heal %s: %v", target, err)
 		}
+	case faultFull:
+		p := r.c.proc(target)
+		free, err := fillDisk(p.data)
+		if err != nil {
+			r.fail("fill the disk of %s: %v", p.name, err)
+			return
+		}
+		r.logf("disk of %s full (%d bytes were free)", p.name, free)
+		p.setFull(true)
+		hold(ctx, f.For)
+		if err := os.Remove(filepath.Join(p.data, ballastName)); err != nil {
+			r.fail("free the disk of %s: %v", p.name, err)
+		}
+		p.setFull(false)
+		// A secondary that met the full disk has stopped following
+		// (FAILED, or exited): the operator's move, once there is
+		// room again, is a restart.
+		if st, err := secondaryState(p.listen); p.running() && (err != nil || st != "FAILED") {
+			r.logf("disk of %s free again; it is %s", p.name, st)
+			return
+		}
+		r.logf("disk of %s free again; restarting it", p.name)
+		if p.running() {
+			if err := p.kill(); err != nil {
+				r.fail("kill %s: %v", p.name, err)
+				return
+			}
+		} else if err := p.removeDeadMount(); err != nil {
+			r.fail("remove the mount of %s: %v", p.name, err)
+			return
+		}
+		if err := p.start(context.Background()); err != nil {
+			r.fail("restart %s: %v", p.name, err)
+		}
 	case faultSlow:
 		r.logf("slow %s by %v", target, f.Delay)
 		if err := r.c.net.slow(target, f.Delay); err != nil {
@@ -256,6 +298,50 @@ func (r *chaosRunner) apply(ctx context.Context, f chaosFault) {
 			r.fail("unslow %s: %v", target, err)
 		}
 	}
+}
+
+// ballastName is the file a full-disk fault fills a disk with.
+const ballastName = "chaos-ballast"
+
+// fillDisk allocates every free block of the filesystem holding dir to a
+// ballast file in dir and returns how many bytes were free.
+func fillDisk(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	free := int64(st.Bavail) * st.Bsize
+	f, err := os.Create(filepath.Join(dir, ballastName))
+	if err != nil {
+		return free, err
+	}
+	defer f.Close()
+	// Allocate in steps: the last one may not fit exactly.
+	for off, step := int64(0), int64(16<<20); step >= 4096; {
+		if err := unix.Fallocate(int(f.Fd()), 0, off, step); err != nil {
+			step /= 2
+			continue
+		}
+		off += step
+	}
+	return free, nil
+}
+
+// secondaryState asks a secondary's admin API for its state.
+func secondaryState(addr string) (string, error) {
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/v1/status")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var st struct {
+		State string `json:"state"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		return "", err
+	}
+	return st.State, nil
 }
 
 // report returns the events and the count of faults applied per kind.

@@ -129,12 +129,16 @@ func (n *netnsNet) partition(a, b string, cut bool) error {
 	return err
 }
 
+// slow limits what the site sends to a rate whose 64 KiB take d (a token
+// bucket, tc-tbf: netem, which would delay every packet, is not in every
+// kernel), queueing up to a second of it; d == 0 removes the limit.
 func (n *netnsNet) slow(site string, d time.Duration) error {
 	if d == 0 {
 		return ipCmd("tc", "-n", n.ns[site], "qdisc", "del", "dev", "eth0", "root")
 	}
-	return ipCmd("tc", "-n", n.ns[site], "qdisc", "replace", "dev", "eth0", "root", "netem",
-		"delay", fmt.Sprintf("%dms", d.Milliseconds()))
+	kbit := max(64*8*1000/d.Milliseconds(), 100) // 64 KiB in d
+	return ipCmd("tc", "-n", n.ns[site], "qdisc", "replace", "dev", "eth0", "root", "tbf",
+		"rate", fmt.Sprintf("%dkbit", kbit), "burst", "32kb", "latency", "1s")
 }
 
 func (n *netnsNet) canCut() bool { return true }

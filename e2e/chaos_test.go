@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The chaos test runs the whole deployment (three intermediate nodes, the
@@ -43,6 +45,20 @@ const (
 	chaosGoroutineCap    = 2000
 	chaosFDCap           = 1000
 )
+
+// chaosSecondaryDisk is the size of each secondary's disk (a tmpfs).
+const chaosSecondaryDisk = "512m"
+
+// mountTmpfs mounts a tmpfs of size at dir.
+func mountTmpfs(dir, size string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size="+size); err != nil {
+		return fmt.Errorf("mount a tmpfs at %s: %w", dir, err)
+	}
+	return nil
+}
 
 // chaosSettings are the settings of TestChaos.
 type chaosSettings struct {
@@ -169,22 +185,29 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	var procNames []string
+	var procNames, secNames []string
 	for _, p := range c.procs {
 		procNames = append(procNames, p.name)
+		if p.role == roleSecondary {
+			secNames = append(secNames, p.name)
+			// A small disk of its own, which the full-disk fault fills.
+			if err := mountTmpfs(p.data, chaosSecondaryDisk); err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				if err := unix.Unmount(p.data, unix.MNT_DETACH); err != nil {
+					t.Errorf("unmount the disk of %s: %v", p.name, err)
+				}
+			})
+		}
 	}
-	schedule := chaosSchedule(seed, cfg.duration, n.canCut(), procNames, chaosSites)
-	var runner *chaosRunner
+	schedule := chaosSchedule(seed, cfg.duration, n.canCut(), procNames, secNames, chaosSites)
 	t.Cleanup(func() {
 		if t.Failed() || len(problems) > 0 {
 			var b strings.Builder
 			fmt.Fprintf(&b, "seed %d, %s network, %v; schedule (%d faults):\n", seed, cfg.net, cfg.duration, len(schedule))
 			for _, f := range schedule {
 				fmt.Fprintf(&b, "  %v\n", f)
-			}
-			if runner != nil {
-				events, _, _ := runner.report()
-				fmt.Fprintf(&b, "what happened:\n  %s\n", strings.Join(events, "\n  "))
 			}
 			t.Log(b.String())
 			t.Log(c.logs())
@@ -244,7 +267,7 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 		}
 	}()
 
-	runner = newChaosRunner(c)
+	runner := newChaosRunner(c)
 	ctx, cancel := context.WithTimeout(t.Context(), cfg.duration)
 	runner.run(ctx, schedule)
 	<-ctx.Done()
@@ -257,11 +280,11 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 			problems = append(problems, fmt.Sprintf("%s is not running after the faults ended", p.name))
 		}
 	}
-	_, applied, errs := runner.report()
+	events, applied, errs := runner.report()
 	for _, e := range errs {
 		problems = append(problems, "fault: "+e)
 	}
-	t.Logf("faults applied: %v", applied)
+	t.Logf("faults applied: %v; what happened:\n  %s", applied, strings.Join(events, "\n  "))
 
 	// The faults are over: stop writing, and everything must converge.
 	for name, s := range map[string]chaosStopper{"dependent writer": dep.chaosStopper, "ops on a": ops["a"].chaosStopper,
