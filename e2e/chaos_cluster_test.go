@@ -384,7 +384,8 @@ var chaosSites = []string{"p", "i1", "i2", "i3", "s"}
 // chaosVolumes are the volumes of the group.
 var chaosVolumes = []string{"a", "b"}
 
-// chaosAddr returns a free TCP address on ip.
+// chaosAddr returns a free TCP address on ip, never one it (or freeAddr)
+// gave out before.
 func chaosAddr(ip string) (string, error) {
 	reserved.Lock()
 	defer reserved.Unlock()
@@ -395,6 +396,8 @@ func chaosAddr(ip string) (string, error) {
 		}
 		addr := l.Addr().String()
 		l.Close()
+		// The kernel may hand a port just closed out again: never give
+		// one address twice in a process.
 		if !reserved.addrs[addr] {
 			reserved.addrs[addr] = true
 			return addr, nil

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -103,25 +102,14 @@ func (p *process) terminate(t testing.TB) {
 // freeAddr returns a free address on 127.0.0.1.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	reserved.Lock()
-	defer reserved.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		// The kernel may hand a port just closed out again: never give
-		// one address twice in a process.
-		if !reserved.addrs[addr] {
-			reserved.addrs[addr] = true
-			return addr
-		}
+	addr, err := chaosAddr("127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
 	}
+	return addr
 }
 
-// reserved are the addresses freeAddr gave out.
+// reserved are the addresses freeAddr and chaosAddr gave out.
 var reserved = struct {
 	sync.Mutex
 	addrs map[string]bool
