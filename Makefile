@@ -2,7 +2,8 @@
 #
 # Variables (override on the command line: make test FUZZTIME=30s):
 #   GO          go command                           (default: go)
-#   FUZZTIME    time per fuzz target in fuzz-short   (default: 10s)
+#   FUZZTIME    time per fuzz target in fuzz-short   (default: 30s)
+#   FUZZJOBS    fuzz targets run at once             (default: 2)
 #   RUNDIR      state directory of `make run`        (default: /tmp/tricopy-run)
 #   RUNSIZE     volume size `make run` creates       (default: 1GiB)
 #   BENCHDIR    scratch directory of `make bench`    (default: /tmp/tricopy-bench)
@@ -15,7 +16,8 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin/tricopy
-FUZZTIME  ?= 10s
+FUZZTIME  ?= 30s
+FUZZJOBS  ?= 2
 RUNDIR    ?= /tmp/tricopy-run
 RUNSIZE   ?= 1GiB
 BENCHDIR  ?= /tmp/tricopy-bench
@@ -40,7 +42,7 @@ help:
 	@echo "make build       build $(BIN)"
 	@echo "make deps        install the Debian packages the tests need (fuse3 fio sqlite3 git tar) if missing"
 	@echo "make test        deps, all tests with -race (FUSE tests required), the FUSE packages with GOMAXPROCS=1, then fuzz-short"
-	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each"
+	@echo "make fuzz-short  run every Fuzz* target for FUZZTIME ($(FUZZTIME)) each, FUZZJOBS ($(FUZZJOBS)) at a time"
 	@echo "make lint        gofmt, go vet, staticcheck"
 	@echo "make bench       deps, build, then bin/tricopy bench all (fs, submit, mirror, lag, failover) under BENCHDIR ($(BENCHDIR)), report in BENCHDIR/report"
 	@echo "make chaos       the whole deployment under a seeded schedule of faults: SEED=1,2,3 DURATION=2m CHAOS_NET=netns|loopback"
@@ -89,30 +91,10 @@ test-go:
 test-procs1:
 	GOMAXPROCS=1 TRICOPY_REQUIRE_FUSE=1 $(GO) test -count=1 -p 1 -timeout 15m ./fusefs/... ./cmd/... ./intermediate/... ./blockdev/mirror/...
 
-# fuzz-short finds the Fuzz* targets with `go test -list` in every package
-# that has a Fuzz function in a test file, and fuzzes each for FUZZTIME.
+# fuzz-short fuzzes every Fuzz* target for FUZZTIME, FUZZJOBS at a time
+# (.ci/fuzz-short).
 fuzz-short:
-	@pkgs=$$($(GO) list -f '{{if or .TestGoFiles .XTestGoFiles}}{{.ImportPath}}:{{.Dir}}{{end}}' ./...); \
-	n=0; \
-	for pd in $$pkgs; do \
-		pkg=$${pd%%:*}; dir=$${pd#*:}; \
-		grep -qs '^func Fuzz' "$$dir"/*_test.go || continue; \
-		list=$$($(GO) test -list '^Fuzz' "$$pkg"); \
-		for target in $$(grep '^Fuzz' <<<"$$list" || true); do \
-			echo "fuzz $$pkg $$target for $(FUZZTIME)"; \
-			for try in 1 2; do \
-				out=$$($(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s "$$pkg" 2>&1) && { echo "$$out" | tail -3; break; }; \
-				echo "$$out"; \
-				if [ $$try = 1 ] && grep -q 'context deadline exceeded' <<<"$$out" && ! grep -qE 'Failing input written|panic:|_test.go:[0-9]+:' <<<"$$out"; then \
-					echo "fuzz-short: $$target hit the Go 1.26 fuzz coordinator's deadline race (golang/go#75804; no failing input): running it again"; \
-					continue; \
-				fi; \
-				exit 1; \
-			done; \
-			n=$$((n+1)); \
-		done; \
-	done; \
-	echo "fuzz-short: $$n targets fuzzed for $(FUZZTIME) each"
+	GO=$(GO) FUZZTIME=$(FUZZTIME) FUZZJOBS=$(FUZZJOBS) .ci/fuzz-short
 
 lint:
 	@files=$$(git ls-files --cached --others --exclude-standard '*.go' 2>/dev/null || find . -name '*.go' -not -path './.git/*'); \

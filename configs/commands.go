@@ -141,6 +141,8 @@ type Mount struct {
 	RegionSize Size `key:"region-size" help:"region size of the primary bitmap created with a new mirror (a power of two multiple of 4KiB); resync copies whole regions (used with --intermediate)"`
 	// Metrics is the address of the Prometheus metrics server; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }

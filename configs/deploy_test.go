@@ -180,3 +180,27 @@ func TestDeployCoherent(t *testing.T) {
 		}
 	}
 }
+
+// TestDeployUsesTLS checks that every process of the example deployment
+// uses TLS, with its host's certificate: a deployment uses TLS everywhere
+// or nowhere.
+func TestDeployUsesTLS(t *testing.T) {
+	for _, f := range loadDeploy(t) {
+		tc, ok := f.cfg.(interface{ TLSConfig() *TLS })
+		if !ok {
+			t.Errorf("%s: %s has no TLS keys", f.path, f.command)
+			continue
+		}
+		c := tc.TLSConfig()
+		if !c.TLSEnabled() {
+			t.Errorf("%s: TLS is off", f.path)
+			continue
+		}
+		if want := etcDir + "tls/" + f.host + ".pem"; c.TLSCert != want {
+			t.Errorf("%s: tls-cert %s, want the host's %s", f.path, c.TLSCert, want)
+		}
+		if c.TLSCA != etcDir+"tls/ca.pem" {
+			t.Errorf("%s: tls-ca %s, want %stls/ca.pem", f.path, c.TLSCA, etcDir)
+		}
+	}
+}

@@ -57,6 +57,8 @@ type Intermediate struct {
 	TrailingLogs uint64 `key:"trailing-logs" meta:"N" help:"Raft entries kept after a snapshot, so a briefly absent node catches up without one"`
 	// Metrics is the address of the Prometheus metrics server; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }
@@ -185,6 +187,8 @@ type IntermediateRemove struct {
 	Node string `key:"node" meta:"ID" help:"ID of the node to take out of the cluster; required"`
 	// Timeout bounds the request.
 	Timeout time.Duration `key:"timeout" meta:"DURATION" help:"give up after this long"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }
@@ -219,6 +223,8 @@ type Status struct {
 	MaxLag time.Duration `key:"max-lag" meta:"DURATION" help:"a secondary whose lag (the age of the oldest batch it has not applied) exceeds this makes the group unhealthy (exit 1); 0: no limit"`
 	// Watch refreshes the status every interval until interrupted.
 	Watch time.Duration `key:"watch" meta:"DURATION" help:"refresh every DURATION until interrupted (on a terminal the screen is redrawn; with --json one object per line); 0: once"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }

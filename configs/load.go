@@ -325,6 +325,11 @@ func Load(fs *pflag.FlagSet, cfg Config) error {
 			return &Error{Key: f.key, Source: source, Err: err}
 		}
 	}
+	if t, ok := cfg.(interface{ TLSConfig() *TLS }); ok {
+		if err := t.TLSConfig().Validate(); err != nil {
+			return err
+		}
+	}
 	return cfg.Validate()
 }
 

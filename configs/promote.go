@@ -17,6 +17,8 @@ type Promote struct {
 	ExportUnapplied string `key:"export-unapplied" meta:"DIR" help:"write each volume's batches that were staged after the promote point and not applied to DIR/VOLUME.unapplied"`
 	// JSON prints the result as JSON.
 	JSON bool `key:"json" help:"print the result as one JSON object"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }

@@ -28,6 +28,8 @@ type Secondary struct {
 	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"fence timeout of the volume once promoted (see tricopy mount --fence-timeout)"`
 	// Metrics is the address of the Prometheus metrics server; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }
@@ -81,6 +83,8 @@ type Wait struct {
 	Group string `key:"group" meta:"G" help:"consistency group to wait for"`
 	// Timeout bounds the wait; 0 waits forever.
 	Timeout time.Duration `key:"timeout" meta:"DURATION" help:"give up (exit 1) after this long; 0 waits for ever"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }
@@ -119,6 +123,8 @@ type SecondaryRemove struct {
 	Group string `key:"group" meta:"G" help:"consistency group of the secondary"`
 	// Timeout bounds the request.
 	Timeout time.Duration `key:"timeout" meta:"DURATION" help:"give up after this long"`
+	// TLS holds the TLS keys (all or none).
+	TLS
 	// Common holds the keys every command has.
 	Common
 }

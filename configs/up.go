@@ -44,6 +44,9 @@ type Up struct {
 	Secondaries bool `key:"secondaries" help:"also run a secondary of every volume: its replica in DIR/secondary-data/NAME, mounted read-only at DIR/secondary/NAME"`
 	// SecondaryListen is the admin address of the first secondary.
 	SecondaryListen string `key:"secondary-listen" meta:"ADDR" help:"host:port of the first secondary's admin API; the secondary of the i-th volume listens on the port i higher"`
+	// TLS puts TLS on every link of the deployment, with certificates
+	// made in DIR/certs.
+	TLS bool `key:"tls" help:"use TLS 1.3 with client certificates on every link: on first use a CA and a certificate per part (intermediate-i1, primary-NAME, secondary-NAME, admin) are made in DIR/certs, as tricopy certs does; tricopy status needs --tls-cert DIR/certs/admin.pem --tls-key DIR/certs/admin.key --tls-ca DIR/certs/ca.pem"`
 	// Metrics is the address of the Prometheus metrics server of the whole
 	// deployment; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) of the whole deployment (intermediate node, primaries, secondaries) at http://ADDR/metrics; empty: none"`
@@ -55,7 +58,7 @@ type Up struct {
 func DefaultUp() Up {
 	return Up{Common: DefaultCommon(), Volumes: DefaultUpVolumes(), Group: DefaultGroup, Size: DefaultUpSize,
 		Fence: DefaultFence, FenceTimeout: DefaultFenceTimeout, Listen: DefaultUpListen, Raft: DefaultUpRaft,
-		Secondaries: true, SecondaryListen: DefaultUpSecondaryListen}
+		Secondaries: true, SecondaryListen: DefaultUpSecondaryListen, TLS: true}
 }
 
 // Validate implements Config.

@@ -21,6 +21,26 @@ type Server struct {
 
 // MountArgs returns the go-fuse options tricopy mounts with. The benchmark
 // yardstick uses the same ones so the comparison is fair.
+//
+// Permissions are checked by the kernel (default_permissions), as for a
+// kernel filesystem: access bits (with the caller's supplementary groups,
+// which FUSE does not send), ownership rules of chmod, chown and utimes,
+// sticky directories, the setgid bit a caller may not set, and clearing
+// setuid and setgid on write, truncate and chown (go-fuse does not negotiate
+// FUSE_HANDLE_KILLPRIV, so the kernel sends the SETATTR that clears them).
+// The filesystem gives a new inode the caller's uid and gid, or the group of
+// a setgid directory (initOwner), and refuses what the kernel leaves to the
+// filesystem: xattr namespaces it has no handler for (checkXattrName) and
+// trusted.* names listed to a non-root caller.
+//
+// Every mount, primary or replica, is nosuid and nodev. That is go-fuse's
+// default for a direct mount, stated here so that the fusermount fallback
+// and a later go-fuse do the same. A replica shows what another machine
+// wrote, and a promoted replica keeps its mount as the primary, so no mount
+// of a volume honours setuid bits or device nodes found on it. Both are
+// still stored (mknod of a device and chmod u+s work, and the posix tests
+// pass with these flags); the device just cannot be opened, nor the bit
+// raise privileges (TestNosuidNodev).
 func MountArgs(name string, readOnly, allowOther, debug bool) *gofs.Options {
 	timeout := attrTimeout
 	o := &gofs.Options{
@@ -35,7 +55,7 @@ func MountArgs(name string, readOnly, allowOther, debug bool) *gofs.Options {
 			Debug:         debug,
 			MaxWrite:      1 << 20,
 			MaxReadAhead:  1 << 20,
-			Options:       []string{"default_permissions"},
+			Options:       []string{"default_permissions", "nosuid", "nodev"},
 			DisableXAttrs: false,
 		},
 	}

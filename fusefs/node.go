@@ -3,6 +3,8 @@ package fusefs
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -294,9 +296,14 @@ func (n *node) Create(ctx context.Context, name string, flags uint32, mode uint3
 	uid, gid := caller(ctx)
 	ino, in, err := n.fs.mknod(ctx, n.ino, name, s_IFREG|mode&0o7777, 0, uid, gid)
 	if errors.Is(err, syscall.EEXIST) && flags&syscall.O_EXCL == 0 {
-		// Created by someone else since the kernel looked: open it.
+		// Created by someone else since the kernel looked: open it. The
+		// kernel checked only that the caller may create in the
+		// directory, so check the caller may open the file.
 		if ino, in, err = n.fs.lookupName(n.ino, name); err == nil && !in.isReg() {
 			err = syscall.EISDIR
+		}
+		if err == nil && !mayOpen(&in, uid, gid, openAccess(flags)) {
+			err = syscall.EACCES
 		}
 		if err == nil {
 			err = n.fs.open(ctx, ino, flags&syscall.O_TRUNC != 0)
@@ -468,6 +475,10 @@ func (n *node) Listxattr(ctx context.Context, dest []byte) (uint32, syscall.Errn
 	names, err := n.fs.listxattr(n.ino)
 	if err != nil {
 		return 0, n.toErrno("listxattr", err)
+	}
+	if uid, _ := caller(ctx); uid != 0 {
+		// As Linux: trusted.* names are listed only to a privileged caller.
+		names = slices.DeleteFunc(names, func(s string) bool { return strings.HasPrefix(s, "trusted.") })
 	}
 	size := 0
 	for _, s := range names {

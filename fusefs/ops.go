@@ -113,12 +113,7 @@ func (fs *filesystem) mknod(ctx context.Context, dir uint32, name string, mode, 
 		} else if ok {
 			return syscall.EEXIST
 		}
-		if din.mode&syscall.S_ISGID != 0 {
-			gid = din.gid
-			if mode&s_IFMT == s_IFDIR {
-				mode |= syscall.S_ISGID
-			}
-		}
+		mode, gid := initOwner(din, mode, gid)
 		var in *inode
 		ino, in, err = t.newInode(mode, uid, gid, rdev)
 		if err != nil {
@@ -157,8 +152,9 @@ func (fs *filesystem) symlink(ctx context.Context, dir uint32, name, target stri
 		} else if ok {
 			return syscall.EEXIST
 		}
+		mode, gid := initOwner(din, s_IFLNK|0o777, gid)
 		var in *inode
-		ino, in, err = t.newInode(s_IFLNK|0o777, uid, gid, 0)
+		ino, in, err = t.newInode(mode, uid, gid, 0)
 		if err != nil {
 			return err
 		}
@@ -201,9 +197,7 @@ func (fs *filesystem) tmpfile(ctx context.Context, dir uint32, mode, uid, gid ui
 		if err != nil {
 			return err
 		}
-		if din.mode&syscall.S_ISGID != 0 {
-			gid = din.gid
-		}
+		mode, gid := initOwner(din, mode, gid)
 		var in *inode
 		ino, in, err = t.newInode(mode, uid, gid, 0)
 		if err != nil {

@@ -20,9 +20,8 @@ import (
 // TestPosixLocksAcrossProcesses checks the POSIX behaviour instead.
 var notPOSIX = map[string]bool{"FcntlFlockLocksFile": true}
 
-// TestPosix runs go-fuse's posixtest suite, each test on a fresh volume,
-// and checks the volume with fsck afterwards. A skipped case fails.
-func TestPosix(t *testing.T) {
+// posixNames returns the names of the posixtest cases we run, sorted.
+func posixNames() []string {
 	names := make([]string, 0, len(posixtest.All))
 	for name := range posixtest.All {
 		if !notPOSIX[name] {
@@ -30,7 +29,13 @@ func TestPosix(t *testing.T) {
 		}
 	}
 	sort.Strings(names)
-	for _, name := range names {
+	return names
+}
+
+// TestPosix runs go-fuse's posixtest suite, each test on a fresh volume,
+// and checks the volume with fsck afterwards. A skipped case fails.
+func TestPosix(t *testing.T) {
+	for _, name := range posixNames() {
 		t.Run(name, func(t *testing.T) {
 			v := newMemVolume(t, 64<<10) // 256 MiB
 			t.Cleanup(func() { checkClean(t, v) })
@@ -88,6 +93,10 @@ func helperCmd(env, arg string) *exec.Cmd {
 }
 
 func TestMain(m *testing.M) {
+	if op := os.Getenv(userOpEnv); op != "" {
+		userOp(op)
+		return
+	}
 	if p := os.Getenv("TRICOPY_LOCK_HELPER"); p != "" {
 		lockHelper(p)
 		return

@@ -13,6 +13,29 @@ const (
 	xattrReplace = 2
 )
 
+// xattrNamespaces are the prefixes of the attribute names the filesystem
+// stores, those Linux filesystems have handlers for. The kernel checks
+// access to each (user: the file's permission bits; trusted: CAP_SYS_ADMIN;
+// security: the security modules), but passes other names to the
+// filesystem unchecked (system.*: none at all), so the filesystem refuses
+// them, as ext4 does. POSIX ACL names (system.posix_acl_*) never reach it:
+// the kernel refuses them, ACLs not being enabled.
+var xattrNamespaces = []string{"user.", "trusted.", "security."}
+
+// checkXattrName refuses an attribute name outside xattrNamespaces
+// (EOPNOTSUPP) or one that is a bare prefix (EINVAL), as ext4.
+func checkXattrName(name string) error {
+	for _, ns := range xattrNamespaces {
+		if strings.HasPrefix(name, ns) {
+			if len(name) == len(ns) {
+				return syscall.EINVAL
+			}
+			return nil
+		}
+	}
+	return syscall.EOPNOTSUPP
+}
+
 // xattrs returns the extended attributes of in, through r (committed state
 // or a tx).
 func (fs *filesystem) xattrs(r metaReader, dataRead func(blk, sum uint32, p []byte) error, in *inode, ino uint32) ([]xattr, error) {
@@ -48,6 +71,9 @@ func (fs *filesystem) xattrs(r metaReader, dataRead func(blk, sum uint32, p []by
 
 // getxattr returns the value of attribute name of ino.
 func (fs *filesystem) getxattr(ino uint32, name string) ([]byte, error) {
+	if err := checkXattrName(name); err != nil {
+		return nil, err
+	}
 	fs.mu.RLock()
 	defer fs.mu.RUnlock()
 	in, err := fs.loadInode(ino)
@@ -92,6 +118,9 @@ func (fs *filesystem) setxattr(ctx context.Context, ino uint32, name string, val
 	}
 	if len(value) > maxXattrValue {
 		return syscall.E2BIG
+	}
+	if err := checkXattrName(name); err != nil {
+		return err
 	}
 	return fs.update(ctx, func(t *tx) error {
 		in, err := t.inode(ino)

@@ -54,6 +54,7 @@ import (
 	"fmt"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -271,6 +272,10 @@ func (s *service) Failback(ctx context.Context, req *wire.FailbackRequest) (*wir
 	}
 	if err := wire.CheckVolumeName(volume); err != nil {
 		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "failback of secondary %q: volume: %v", id, err)
+	}
+	if err := n.authorize(ctx, "Failback", "an admin grant or "+needVolume(volume, auth.RoleSecondary),
+		allowAdmin(allowVolume(volume, auth.RoleSecondary))); err != nil {
+		return nil, err
 	}
 	if err := s.checkFailed(); err != nil {
 		return nil, err

@@ -51,8 +51,12 @@ const (
 // volumes' own files carry blockdev's labels).
 const labelVolumes = "intermediate volumes"
 
-// maxBlockCount bounds the block count of a registered volume.
-const maxBlockCount = 1 << 40
+// maxBlockCount bounds the block count of a registered volume (16 TiB of
+// 4 KiB blocks): every Linux filesystem an intermediate
+// volume's file may live on holds a sparse file that large (ext4's limit),
+// so registering one never fails on the file's size, which would stop
+// every node (the entry is committed and replayed).
+const maxBlockCount = 1 << 32
 
 // volumeCheckpointBytes is the intent log size at which an intermediate
 // volume checkpoints (blockdev.Options.CheckpointBytes), in the applier

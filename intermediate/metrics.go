@@ -19,6 +19,14 @@ const (
 	metricLabelVolume    = "volume"
 	metricLabelSecondary = "secondary"
 	metricLabelCode      = "code"
+	metricLabelMethod    = "method"
+)
+
+// Values of the method label of tricopy_intermediate_auth_refused_total
+// for connections refused before any call.
+const (
+	methodTLSHandshake  = "tls_handshake"
+	methodRaftHandshake = "raft_handshake"
 )
 
 // Descriptions of the gauges the node's collector reads at scrape time.
@@ -93,6 +101,7 @@ type nodeMetrics struct {
 	batches    *prometheus.CounterVec
 	bytes      *prometheus.CounterVec
 	refusals   *prometheus.CounterVec
+	authRefuse *prometheus.CounterVec
 	submitTime prometheus.Histogram
 
 	// mu guards closed: Collect reads the node only while it is open.
@@ -118,6 +127,11 @@ func newNodeMetrics(n *Node) *nodeMetrics {
 			Name: "tricopy_intermediate_refusals_total",
 			Help: "Submit streams this node ended with a protocol error, by error code (stale_epoch, not_leader, journal_full, ...).",
 		}, []string{metricLabelCode}),
+		authRefuse: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tricopy_intermediate_auth_refused_total",
+			Help: "Calls refused because the caller's certificate does not allow them, by gRPC method; " +
+				"method tls_handshake counts client connections and raft_handshake Raft connections refused at the TLS handshake.",
+		}, []string{metricLabelMethod}),
 		submitTime: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "tricopy_intermediate_submit_seconds",
 			Help:    "Time from a batch's arrival on the leader's Submit stream to the sending of its ack.",
@@ -164,6 +178,14 @@ func (m *nodeMetrics) refusal(err error) {
 	}
 }
 
+// authRefused counts a call (or connection) refused by authorization.
+func (m *nodeMetrics) authRefused(method string) {
+	if m == nil {
+		return
+	}
+	m.authRefuse.WithLabelValues(method).Inc()
+}
+
 // submitted records the latency of batches that arrived at each of
 // arrivals and were acked at now.
 func (m *nodeMetrics) submitted(arrivals []time.Time, now time.Time) {
@@ -196,6 +218,7 @@ func (m *nodeMetrics) Describe(ch chan<- *prometheus.Desc) {
 	m.batches.Describe(ch)
 	m.bytes.Describe(ch)
 	m.refusals.Describe(ch)
+	m.authRefuse.Describe(ch)
 	m.submitTime.Describe(ch)
 }
 
@@ -207,6 +230,7 @@ func (m *nodeMetrics) Collect(ch chan<- prometheus.Metric) {
 	m.batches.Collect(ch)
 	m.bytes.Collect(ch)
 	m.refusals.Collect(ch)
+	m.authRefuse.Collect(ch)
 	m.submitTime.Collect(ch)
 
 	m.mu.RLock()

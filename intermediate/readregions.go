@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -78,10 +79,15 @@ func (s *service) ReadRegions(req *wire.ReadRegionsRequest, stream wire.Intermed
 	if err := n.raft.Barrier(readVolumeBarrier).Error(); err != nil {
 		return n.raftError(err)
 	}
-	if _, ok := n.fsm.Secondary(id); !ok {
+	info, ok := n.fsm.Secondary(id)
+	if !ok {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "read regions: secondary %q is not registered", id)
 	}
 	ctx := stream.Context()
+	if err := n.authorize(ctx, "ReadRegions", "an admin grant or "+needVolume(info.Volume, auth.RoleSecondary),
+		allowAdmin(allowVolume(info.Volume, auth.RoleSecondary))); err != nil {
+		return err
+	}
 	run := n.coord.current(ctx)
 	if run == nil {
 		return n.notLeader("not coordinating")

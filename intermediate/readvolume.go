@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -57,6 +58,10 @@ func (s *service) ReadVolume(req *wire.ReadVolumeRequest, stream wire.Intermedia
 	}
 	if err := wire.CheckVolumeName(req.GetVolume()); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "volume: %v", err)
+	}
+	if err := n.authorize(stream.Context(), "ReadVolume", needVolume(req.GetVolume(), auth.RolePrimary, auth.RoleSecondary),
+		allowVolume(req.GetVolume(), auth.RolePrimary, auth.RoleSecondary)); err != nil {
+		return err
 	}
 	if err := s.checkFailed(); err != nil {
 		return err
@@ -112,6 +117,9 @@ func (s *service) ReadVolume(req *wire.ReadVolumeRequest, stream wire.Intermedia
 // for it. A secondary that connects again registers again.
 func (s *service) RemoveSecondary(ctx context.Context, req *wire.RemoveSecondaryRequest) (*wire.RemoveSecondaryResponse, error) {
 	n := s.n
+	if err := n.authorize(ctx, "RemoveSecondary", "an admin grant", allowAdmin(nil)); err != nil {
+		return nil, err
+	}
 	if err := s.checkGroup(req.GetGroup()); err != nil {
 		return nil, err
 	}

@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/coord"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
@@ -81,6 +82,13 @@ func (s *service) submit(stream wire.Intermediate_SubmitServer) error {
 	}
 	if err := wire.CheckVolumeName(open.GetVolume()); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
+	}
+	if err := n.authorize(stream.Context(), "Submit", needVolume(open.GetVolume(), auth.RolePrimary),
+		allowVolume(open.GetVolume(), auth.RolePrimary)); err != nil {
+		return err
+	}
+	if b := open.GetBlockCount(); b == 0 || b >= maxBlockCount {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "open volume %q: block count %d not in [1, %d)", open.GetVolume(), b, uint64(maxBlockCount))
 	}
 	if open.GetEpoch() == 0 {
 		// An epoch is the primary's fencing token: an open without one
@@ -326,6 +334,10 @@ func (s *service) Fetch(req *wire.FetchRequest, stream wire.Intermediate_FetchSe
 	if err := wire.CheckVolumeName(req.GetVolume()); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "%v", err)
 	}
+	if err := s.n.authorize(stream.Context(), "Fetch", needVolume(req.GetVolume(), auth.RolePrimary, auth.RoleSecondary),
+		allowVolume(req.GetVolume(), auth.RolePrimary, auth.RoleSecondary)); err != nil {
+		return err
+	}
 	limit := int(req.GetMaxBatches())
 	if limit <= 0 || limit > defaultFetchBatches {
 		limit = defaultFetchBatches
@@ -435,6 +447,9 @@ func (s *service) Coordinate(stream wire.Intermediate_CoordinateServer) error {
 	}
 	if err := checkSecondaryAddr(addr); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "hello.addr: %v", err)
+	}
+	if err := n.authorize(ctx, "Coordinate", needVolume(volume, auth.RoleSecondary), allowVolume(volume, auth.RoleSecondary)); err != nil {
+		return err
 	}
 	if err := s.checkFailed(); err != nil {
 		return err
@@ -649,6 +664,10 @@ func (n *Node) status() (resp *wire.StatusResponse, leading bool) {
 // Join implements adding a node (leader only).
 func (s *service) Join(ctx context.Context, req *wire.JoinRequest) (*wire.JoinResponse, error) {
 	n := s.n
+	if err := n.authorize(ctx, "Join", "an admin grant or "+auth.Grant{Role: auth.RoleIntermediate, Name: req.GetId()}.URI().String(),
+		allowAdmin(func(id auth.Identity) bool { return id.Has(auth.RoleIntermediate, req.GetId()) })); err != nil {
+		return nil, err
+	}
 	if req.GetId() == "" || req.GetRaftAddr() == "" {
 		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "join needs a node id and a raft address")
 	}
@@ -674,6 +693,9 @@ func (s *service) Join(ctx context.Context, req *wire.JoinRequest) (*wire.JoinRe
 // Remove implements taking a node out (leader only).
 func (s *service) Remove(ctx context.Context, req *wire.RemoveRequest) (*wire.RemoveResponse, error) {
 	n := s.n
+	if err := n.authorize(ctx, "Remove", "an admin grant", allowAdmin(nil)); err != nil {
+		return nil, err
+	}
 	if req.GetId() == "" {
 		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "remove needs a node id")
 	}

@@ -144,6 +144,10 @@ func TestServerRefusesHostileSubmits(t *testing.T) {
 		{&wire.SubmitOpen{Volume: "a", Epoch: 1, BlockCount: 17}, wire.ErrVolumeMismatch},
 		{&wire.SubmitOpen{Volume: "a", Epoch: 2, BlockCount: 16}, wire.ErrStaleEpoch},
 		{&wire.SubmitOpen{Volume: "a", BlockCount: 16}, wire.ErrBadRequest}, // no epoch: no fencing token
+		// Larger than a file may be on ext4: creating it would stop every
+		// node, at every replay of the committed entry.
+		{&wire.SubmitOpen{Volume: "huge", Epoch: 1, BlockCount: 1 << 35}, wire.ErrBadRequest},
+		{&wire.SubmitOpen{Volume: "empty", Epoch: 1}, wire.ErrBadRequest},
 	} {
 		s, err := cl.Submit(ctx)
 		if err != nil {
@@ -159,6 +163,9 @@ func TestServerRefusesHostileSubmits(t *testing.T) {
 
 	if st := tn.node.FSM().Stats(); st.CommittedSeq != 0 {
 		t.Fatalf("refused submits committed %d batches", st.CommittedSeq)
+	}
+	if err := tn.node.FatalErr(); err != nil {
+		t.Fatalf("the node stopped: %v", err)
 	}
 	// The node still works.
 	s := openStream(t, ctx, cl)

@@ -8,6 +8,7 @@ import (
 	"net/http"
 
 	"github.com/tricopy/tricopy/fusefs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 )
 
 // StatusPath is the admin API's status endpoint: GET returns Status as
@@ -54,7 +55,7 @@ func (s *Secondary) Check(ctx context.Context) (*CheckResult, error) {
 // UnappliedPath, POST PromotePath.
 func (s *Secondary) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("POST "+PromotePath, func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST "+PromotePath, s.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
 		var req PromoteRequest
 		dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
 		dec.DisallowUnknownFields()
@@ -72,8 +73,8 @@ func (s *Secondary) Handler() http.Handler {
 			return
 		}
 		writeJSON(w, p)
-	})
-	mux.HandleFunc("GET "+UnappliedPath, func(w http.ResponseWriter, _ *http.Request) {
+	}))
+	mux.HandleFunc("GET "+UnappliedPath, s.requireAdmin(func(w http.ResponseWriter, _ *http.Request) {
 		if p := s.Promotion(); p == nil || !p.Done {
 			http.Error(w, fmt.Sprintf("secondary %s was not promoted", s.cfg.ID), http.StatusConflict)
 			return
@@ -82,19 +83,49 @@ func (s *Secondary) Handler() http.Handler {
 		if _, err := s.ExportUnapplied(w); err != nil {
 			s.log.Error("export of unapplied batches failed", "err", err)
 		}
-	})
-	mux.HandleFunc("GET "+CheckPath, func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("GET "+CheckPath, s.requireAdmin(func(w http.ResponseWriter, r *http.Request) {
 		res, err := s.Check(r.Context())
 		if err != nil {
 			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		writeJSON(w, res)
-	})
+	}))
 	mux.HandleFunc("GET "+StatusPath, func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, s.Status())
 	})
 	return mux
+}
+
+// requireAdmin serves a request with h only when its client certificate
+// holds an admin grant. A request that did not come over TLS passes: the
+// admin API listens with TLS (and requires a certificate of the CA at the
+// handshake) exactly when the deployment uses TLS, and without TLS there
+// is no identity to check. Status is open to every certificate of the CA;
+// promotion, the export of unapplied batches and the filesystem check
+// (which holds the rounds back) are the admin's.
+func (s *Secondary) requireAdmin(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil {
+			h(w, r)
+			return
+		}
+		id, err := auth.PeerIdentity(*r.TLS)
+		if err == nil && id.HasRole(auth.RoleAdmin) {
+			h(w, r)
+			return
+		}
+		who := id.String()
+		if err != nil {
+			who = "(" + err.Error() + ")"
+		}
+		s.authRefused.Add(1)
+		s.log.Warn("refused an admin API request: the caller's certificate holds no admin grant",
+			"method", r.Method+" "+r.URL.Path, "identity", who, "peer", r.RemoteAddr)
+		http.Error(w, fmt.Sprintf("%s %s needs a certificate with an admin grant (tricopy://admin/NAME); %s has none",
+			r.Method, r.URL.Path, who), http.StatusForbidden)
+	}
 }
 
 // writeJSON answers v as indented JSON.

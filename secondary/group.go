@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
@@ -45,7 +47,12 @@ type GroupOptions struct {
 	ExportDir string
 	// By says who promotes, for the records.
 	By string
-	// HTTP is the client for the admin APIs; nil means a default one.
+	// TLS, when set, is used on every link: the admin APIs (HTTPS, the
+	// secondaries must hold secondary grants) and the intermediate. The
+	// certificate needs an admin grant. Nil: plain TCP.
+	TLS *auth.Material
+	// HTTP is the client for the admin APIs; nil means a default one (over
+	// TLS when TLS is set).
 	HTTP *http.Client
 	// Logger receives progress; nil means slog.Default().
 	Logger *slog.Logger
@@ -57,6 +64,9 @@ func (o GroupOptions) withDefaults() GroupOptions {
 	}
 	if o.HTTP == nil {
 		o.HTTP = &http.Client{}
+		if o.TLS != nil {
+			o.HTTP.Transport = &http.Transport{TLSClientConfig: o.TLS.ClientConfig(auth.RoleSecondary), ForceAttemptHTTP2: true}
+		}
 	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
@@ -291,7 +301,7 @@ func intermediateStatus(ctx context.Context, log *slog.Logger, opts GroupOptions
 	if len(addrs) == 0 {
 		return nil, errors.New("no intermediate address known")
 	}
-	cl, err := client.New(client.Config{Addrs: addrs, Group: st.Group, Logger: log})
+	cl, err := client.New(client.Config{Addrs: addrs, Group: st.Group, TLS: opts.intermediateTLS(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
@@ -371,7 +381,7 @@ func fenceAtIntermediate(ctx context.Context, log *slog.Logger, opts GroupOption
 	if len(addrs) == 0 {
 		return nil, errors.New("no intermediate address known")
 	}
-	cl, err := client.New(client.Config{Addrs: addrs, Group: peers[0].st.Group, Logger: log})
+	cl, err := client.New(client.Config{Addrs: addrs, Group: peers[0].st.Group, TLS: opts.intermediateTLS(), Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("intermediate: %w", err)
 	}
@@ -438,7 +448,7 @@ func forgetSecondaries(ctx context.Context, log *slog.Logger, opts GroupOptions,
 	if len(addrs) == 0 {
 		addrs = peers[0].st.Intermediate
 	}
-	cl, err := client.New(client.Config{Addrs: addrs, Group: peers[0].st.Group, Logger: log})
+	cl, err := client.New(client.Config{Addrs: addrs, Group: peers[0].st.Group, TLS: opts.intermediateTLS(), Logger: log})
 	if err != nil {
 		return fmt.Errorf("intermediate: %w", err)
 	}
@@ -474,6 +484,24 @@ func postPromote(ctx context.Context, hc *http.Client, addr string, req PromoteR
 	return err
 }
 
+// AdminURL returns the URL of path on the admin API at addr, over HTTPS
+// when hc's transport has a TLS configuration.
+func AdminURL(hc *http.Client, addr, path string) string {
+	if t, ok := hc.Transport.(*http.Transport); ok && t.TLSClientConfig != nil {
+		return "https://" + addr + path
+	}
+	return "http://" + addr + path
+}
+
+// intermediateTLS is the TLS configuration of the clients of the
+// intermediate, nil without TLS.
+func (o GroupOptions) intermediateTLS() *tls.Config {
+	if o.TLS == nil {
+		return nil
+	}
+	return o.TLS.ClientConfig(auth.RoleIntermediate)
+}
+
 // adminCall makes one call to a secondary's admin API and returns the body
 // of a 200 answer.
 func adminCall(ctx context.Context, hc *http.Client, method, addr, path string, body []byte) ([]byte, error) {
@@ -481,7 +509,7 @@ func adminCall(ctx context.Context, hc *http.Client, method, addr, path string, 
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, AdminURL(hc, addr, path), rd)
 	if err != nil {
 		return nil, err
 	}
@@ -506,7 +534,7 @@ func adminCall(ctx context.Context, hc *http.Client, method, addr, path string, 
 // exportUnapplied fetches a promoted secondary's unapplied batches into
 // dir/volume.unapplied, checking the stream as it goes.
 func exportUnapplied(ctx context.Context, hc *http.Client, addr, dir, volume string) (string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+UnappliedPath, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, AdminURL(hc, addr, UnappliedPath), nil)
 	if err != nil {
 		return "", err
 	}

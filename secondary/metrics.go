@@ -14,7 +14,7 @@ type collector struct {
 
 	applied, durable, fetched, validated *prometheus.Desc
 	epoch, connected, state, promoted    *prometheus.Desc
-	peers                                *prometheus.Desc
+	peers, authRefused                   *prometheus.Desc
 }
 
 // NewCollector returns a Prometheus collector of s's state, read from
@@ -29,6 +29,7 @@ type collector struct {
 //	tricopy_secondary_state{state}    1 for the current state, 0 for the others
 //	tricopy_secondary_promoted        1 once the volume is a primary
 //	tricopy_secondary_peers           the group's secondaries known
+//	tricopy_secondary_auth_refused_total  admin API requests refused for their certificate
 //
 // Every series has the labels volume and secondary (its ID). They are
 // constant labels of the collector's descriptors, so that collectors of
@@ -53,12 +54,14 @@ func NewCollector(s *Secondary) prometheus.Collector {
 		state:     desc("state", "1 for the secondary's current state, 0 for the others.", "state"),
 		promoted:  desc("promoted", "1 once the secondary's volume was promoted to a primary, else 0."),
 		peers:     desc("peers", "Number of the group's secondaries the secondary knows of."),
+		authRefused: desc("auth_refused_total",
+			"Admin API requests (promote, unapplied, fsck) refused because the client certificate holds no admin grant."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.applied, c.durable, c.fetched, c.validated, c.epoch, c.connected, c.state, c.promoted, c.peers} {
+	for _, d := range []*prometheus.Desc{c.applied, c.durable, c.fetched, c.validated, c.epoch, c.connected, c.state, c.promoted, c.peers, c.authRefused} {
 		ch <- d
 	}
 }
@@ -80,6 +83,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(c.promoted, bool01(st.Role == RolePrimary))
 	gauge(c.peers, float64(len(st.Peers)))
+	ch <- prometheus.MustNewConstMetric(c.authRefused, prometheus.CounterValue, float64(c.s.authRefused.Load()))
 }
 
 // bool01 is 1 for true, 0 for false.

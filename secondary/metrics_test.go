@@ -73,8 +73,8 @@ func TestCollector(t *testing.T) {
 	if err := reg.Register(secondary.NewCollector(sa)); err == nil {
 		t.Error("a second collector of secondary a registered")
 	}
-	if n := testutil.CollectAndCount(ca); n != 14 {
-		t.Errorf("collector of a: %d series, want 14 (6 states and 8 others)", n)
+	if n := testutil.CollectAndCount(ca); n != 15 {
+		t.Errorf("collector of a: %d series, want 15 (6 states and 9 others)", n)
 	}
 	if problems, err := testutil.CollectAndLint(ca); err != nil || len(problems) > 0 {
 		t.Errorf("lint: %v %v", problems, err)

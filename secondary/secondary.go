@@ -7,9 +7,11 @@ import (
 	"io/fs"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/intermediate/client"
@@ -243,6 +245,9 @@ type Secondary struct {
 
 	// promoteMu serialises Promote calls.
 	promoteMu sync.Mutex
+
+	// authRefused counts admin API requests refused for their certificate.
+	authRefused atomic.Uint64
 
 	mu        sync.Mutex
 	group     GroupView      // what it learned of its group
@@ -512,14 +517,8 @@ func (s *Secondary) fetcher(ctx context.Context) {
 			if resp.GetCompacted() {
 				return fmt.Errorf("fetch after seq %d: %w", s.stage.Fetched(), ErrCompacted)
 			}
-			if err := s.stage.Append(resp.GetBatches()); err != nil {
-				return err
-			}
-			if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
-				return err
-			}
-			if err := s.stage.Sync(); err != nil {
-				return err
+			if err := s.stageFetched(resp); err != nil {
+				return fmt.Errorf("stage batches of volume %q: %w", s.cfg.Volume, err)
 			}
 			s.post(Staged{Durable: s.stage.Durable()})
 			return nil
@@ -544,6 +543,26 @@ func (s *Secondary) fetcher(ctx context.Context) {
 		}
 		s.post(Resynced{At: at})
 	}
+}
+
+// stageFetched stages the batches of a Fetch response and the point it says
+// the volume is complete up to, durably. A batch at or below the fetched
+// point is refused: Fetch asked for the batches after it, so the stream's
+// seq went back (the stage would skip it as a re-fetch).
+func (s *Secondary) stageFetched(resp *wire.FetchResponse) error {
+	if bs := resp.GetBatches(); len(bs) > 0 {
+		if fetched := s.stage.Fetched(); bs[0].GetSeq() <= fetched {
+			return fmt.Errorf("%w: batch seq %d at or below the fetched point %d: seqs must increase",
+				wire.ErrBadRequest, bs[0].GetSeq(), fetched)
+		}
+	}
+	if err := s.stage.Append(resp.GetBatches()); err != nil {
+		return err
+	}
+	if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
+		return err
+	}
+	return s.stage.Sync()
 }
 
 // applier applies the rounds the driver starts, one at a time.
@@ -778,13 +797,33 @@ func (s *Secondary) reporter(ctx context.Context) {
 		case <-tick.C:
 		}
 		st := s.Status()
-		rep := &wire.SecondaryReport{State: st.State, Reason: st.Reason, FetchedSeq: st.FetchedSeq}
+		rep := &wire.SecondaryReport{State: st.State, Reason: reportReason(st.Reason), FetchedSeq: st.FetchedSeq}
 		if last != nil && last.GetState() == rep.GetState() && last.GetReason() == rep.GetReason() && last.GetFetchedSeq() == rep.GetFetchedSeq() {
 			continue
 		}
 		last = rep
 		s.send(&wire.CoordinateRequest{Msg: &wire.CoordinateRequest_Report{Report: rep}})
 	}
+}
+
+// maxReportReason bounds the reason a secondary reports to the leader: the
+// leader ends a Coordinate stream on a message over 4 KiB (for good: the
+// link does not reconnect), and a failure's error may name long paths.
+const maxReportReason = 1 << 10
+
+// reportReason returns reason fit for a report: valid UTF-8 (a protobuf
+// string must be) and at most maxReportReason bytes, cut with an ellipsis.
+func reportReason(reason string) string {
+	reason = strings.ToValidUTF8(reason, "\uFFFD")
+	if len(reason) <= maxReportReason {
+		return reason
+	}
+	const ellipsis = "…"
+	cut := maxReportReason - len(ellipsis)
+	for cut > 0 && !utf8.RuneStart(reason[cut]) {
+		cut--
+	}
+	return reason[:cut] + ellipsis
 }
 
 func (s *Secondary) send(m *wire.CoordinateRequest) {

@@ -11,6 +11,7 @@ import (
 	"github.com/tricopy/tricopy/blockdev"
 	"github.com/tricopy/tricopy/blockdev/mirror"
 	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/secondary"
 )
@@ -50,7 +51,11 @@ primaries and drains first, so nothing is lost (a planned switch-over).`,
 
 // runFailback is `tricopy failback`.
 func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Failback) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
+	tlsm, err := loadTLS(&cfg.TLS, log, auth.Grant{Role: auth.RoleSecondary, Name: cfg.Volume})
+	if err != nil {
+		return err
+	}
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group, toIntermediate(tlsm)}, log)
 	if err != nil {
 		return err
 	}
@@ -62,7 +67,7 @@ func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Fai
 	var fb *secondary.FailbackSource
 	var old *blockdev.FileVolume
 	if !exists {
-		old, fb, err = openFailbackSource(ctx, log, cfg)
+		old, fb, err = openFailbackSource(ctx, log, cfg, tlsm)
 		if err != nil {
 			return err
 		}
@@ -72,7 +77,7 @@ func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Fai
 			}
 		}()
 	}
-	r, err := openSecondary(ctx, log, &cfg.Secondary, fb, reg)
+	r, err := openSecondary(ctx, log, &cfg.Secondary, tlsm, fb, reg)
 	if err != nil {
 		return err
 	}
@@ -96,7 +101,7 @@ func runFailback(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Fai
 
 // openFailbackSource opens the old primary's volume in cfg.From and checks
 // that it was fenced by a promotion.
-func openFailbackSource(ctx context.Context, log *slog.Logger, cfg *configs.Failback) (*blockdev.FileVolume, *secondary.FailbackSource, error) {
+func openFailbackSource(ctx context.Context, log *slog.Logger, cfg *configs.Failback, tlsm *auth.Material) (*blockdev.FileVolume, *secondary.FailbackSource, error) {
 	rec, found, err := mirror.Inspect(nil, cfg.From)
 	switch {
 	case err != nil:
@@ -106,7 +111,7 @@ func openFailbackSource(ctx context.Context, log *slog.Logger, cfg *configs.Fail
 	case rec.Volume != cfg.Volume:
 		return nil, nil, &configs.Error{Key: "from", Err: fmt.Errorf("%s holds the primary of volume %q, not %q", cfg.From, rec.Volume, cfg.Volume)}
 	}
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return nil, nil, &configs.Error{Key: "intermediate", Err: err}
 	}

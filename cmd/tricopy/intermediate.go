@@ -9,6 +9,7 @@ import (
 
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/intermediate"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
 
@@ -53,7 +54,11 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 	if err != nil {
 		return err
 	}
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group}, log)
+	tlsm, err := loadTLS(&cfg.TLS, log, auth.Grant{Role: auth.RoleIntermediate, Name: cfg.Node})
+	if err != nil {
+		return err
+	}
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group, toIntermediate(tlsm)}, log)
 	if err != nil {
 		return err
 	}
@@ -73,6 +78,7 @@ func runIntermediate(ctx context.Context, a *app, log *slog.Logger, cfg *configs
 		TrimInterval:      cfg.TrimInterval,
 		SuspendThreshold:  uint64(cfg.SuspendThreshold),
 		Metrics:           reg,
+		TLS:               tlsm,
 		Logger:            log,
 	}
 	for _, p := range peers {
@@ -114,7 +120,11 @@ it back, wipe its --data and start it with --join.`,
 
 // runIntermediateRemove is `tricopy intermediate remove`.
 func runIntermediateRemove(ctx context.Context, a *app, log *slog.Logger, cfg *configs.IntermediateRemove) error {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Logger: log})
+	tlsm, err := loadTLS(&cfg.TLS, log)
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return err
 	}

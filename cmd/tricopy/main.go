@@ -136,6 +136,7 @@ and runs benchmarks; up runs all of it locally.` + configHelp,
 	// file of its own here; and a line below.
 	root.AddCommand(
 		newFormatCmd(a),
+		newCertsCmd(a),
 		newFsckCmd(a),
 		newMountCmd(a),
 		newUpCmd(a),

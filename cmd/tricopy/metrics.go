@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -79,6 +80,7 @@ func startMetrics(addr string, reg *prometheus.Registry, status func(context.Con
 type statusFrom struct {
 	addrs []string
 	group string
+	tls   *tls.Config
 }
 
 // processMetrics is the metrics of one command: a process registry served
@@ -95,7 +97,7 @@ func processMetrics(addr string, from statusFrom, log *slog.Logger) (reg prometh
 	status := func(context.Context) *statusJSON { return noIntermediateStatus(from.group) }
 	if len(from.addrs) > 0 {
 		// The client does no I/O until the first request of /status.json.
-		cl, err = client.New(client.Config{Addrs: from.addrs, Group: from.group, Logger: log})
+		cl, err = client.New(client.Config{Addrs: from.addrs, Group: from.group, TLS: from.tls, Logger: log})
 		if err != nil {
 			return nil, nil, fmt.Errorf("status client of the metrics server: %w", err)
 		}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -15,8 +16,8 @@ import (
 // openMirror connects to the intermediate and opens the mirror of vol,
 // reconciling with the intermediate first (which waits for it until ctx
 // ends). The caller closes the mirror, then the client.
-func openMirror(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume, cfg *configs.Mount) (*mirror.Mirror, *client.Client, error) {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+func openMirror(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume, cfg *configs.Mount, tlsCfg *tls.Config) (*mirror.Mirror, *client.Client, error) {
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: tlsCfg, Logger: log})
 	if err != nil {
 		return nil, nil, &configs.Error{Key: "intermediate", Err: err}
 	}

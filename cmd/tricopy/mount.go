@@ -15,6 +15,7 @@ import (
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
 
@@ -66,14 +67,18 @@ promoted elsewhere (a newer epoch), the mount turns read-only for good
 
 // runMount is `tricopy mount`.
 func runMount(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Mount) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
+	tlsm, err := loadTLS(&cfg.TLS, log, auth.Grant{Role: auth.RolePrimary, Name: cfg.Volume})
+	if err != nil {
+		return err
+	}
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group, toIntermediate(tlsm)}, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
 	prog, a, log := startProgress(a, log) // bars of the copy and resyncs on a terminal
 	defer prog.Close()
-	p, err := openPrimary(ctx, log, cfg, reg, prog)
+	p, err := openPrimary(ctx, log, cfg, tlsm, reg, prog)
 	if err != nil {
 		return err
 	}
@@ -113,7 +118,7 @@ type primary struct {
 // is mounted read-only (cfg.ReadOnly is set). The mirror's collector is
 // registered on reg (none if reg is nil) until close; its copies and
 // resyncs show on prog (none if nil) from the moment it opens.
-func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg prometheus.Registerer, prog *progressDisplay) (*primary, error) {
+func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, tlsm *auth.Material, reg prometheus.Registerer, prog *progressDisplay) (*primary, error) {
 	vol, err := openOrCreate(ctx, log, cfg)
 	if err != nil {
 		return nil, err
@@ -124,7 +129,7 @@ func openPrimary(ctx context.Context, log *slog.Logger, cfg *configs.Mount, reg 
 		if cfg.ReadOnly {
 			log.Warn("read-only mount: mirroring is not started", "volume", cfg.Volume)
 		} else {
-			p.m, p.cl, err = openMirror(ctx, log, vol, cfg)
+			p.m, p.cl, err = openMirror(ctx, log, vol, cfg, toIntermediate(tlsm))
 			if err != nil {
 				if cerr := closeVolume(log, vol); cerr != nil {
 					log.Warn("close volume", "err", cerr)

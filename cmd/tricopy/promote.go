@@ -13,6 +13,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/secondary"
 )
 
@@ -55,11 +56,15 @@ fault), 2 on a usage or configuration error.`,
 
 // runPromote is `tricopy promote`.
 func runPromote(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Promote) error {
+	tlsm, err := loadTLS(&cfg.TLS, log, auth.Grant{Role: auth.RoleAdmin})
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	res, err := secondary.PromoteGroup(ctx, secondary.GroupOptions{
 		Secondary: cfg.Secondary, Intermediate: cfg.Intermediate, IntermediateTimeout: cfg.IntermediateTimeout,
-		ExportDir: cfg.ExportUnapplied, By: promoteBy(), Logger: log,
+		ExportDir: cfg.ExportUnapplied, By: promoteBy(), TLS: tlsm, Logger: log,
 	})
 	if err != nil {
 		return err

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +20,7 @@ import (
 	"github.com/tricopy/tricopy/cmd/tricopy/internal/mirrordev"
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/fusefs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/intermediate/wire"
 	"github.com/tricopy/tricopy/secondary"
@@ -93,7 +95,11 @@ secondary that is not registered succeeds and says so.`,
 
 // runSecondaryRemove is `tricopy secondary remove`.
 func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *configs.SecondaryRemove) error {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	tlsm, err := loadTLS(&cfg.TLS, log)
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return &configs.Error{Key: "intermediate", Err: err}
 	}
@@ -114,14 +120,18 @@ func runSecondaryRemove(ctx context.Context, a *app, log *slog.Logger, cfg *conf
 
 // runSecondary is `tricopy secondary`.
 func runSecondary(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Secondary) error {
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group}, log)
+	tlsm, err := loadTLS(&cfg.TLS, log, auth.Grant{Role: auth.RoleSecondary, Name: cfg.Volume})
+	if err != nil {
+		return err
+	}
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{cfg.Intermediate, cfg.Group, toIntermediate(tlsm)}, log)
 	if err != nil {
 		return err
 	}
 	defer stopMetrics()
 	prog, a, log := startProgress(a, log) // a bar of the initial copy on a terminal
 	defer prog.Close()
-	r, err := openSecondary(ctx, log, cfg, nil, reg, prog)
+	r, err := openSecondary(ctx, log, cfg, tlsm, nil, reg, prog)
 	if err != nil {
 		return err
 	}
@@ -171,7 +181,7 @@ type secondaryRun struct {
 // registered on reg (none if reg is nil) until close. An initial copy shows
 // its progress on prog, when one is given. If anything fails it closes what
 // it opened.
-func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, fb *secondary.FailbackSource, reg prometheus.Registerer, prog ...*progressDisplay) (_ *secondaryRun, err error) {
+func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, tlsm *auth.Material, fb *secondary.FailbackSource, reg prometheus.Registerer, prog ...*progressDisplay) (_ *secondaryRun, err error) {
 	log = log.With("volume", cfg.Volume)
 	independent, delay, err := independentApply()
 	if err != nil {
@@ -184,6 +194,15 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 	if err != nil {
 		return nil, &configs.Error{Key: "listen", Err: err}
 	}
+	if tlsm != nil {
+		// The admin API requires a certificate of the CA; promotion also
+		// an admin grant (secondary.Handler).
+		ln = tls.NewListener(ln, tlsm.ServerConfig())
+		if !tlsm.Identity().Has(auth.RolePrimary, cfg.Volume) {
+			log.Warn("the TLS certificate holds no primary grant for the volume: once promoted, this secondary could not write it to the intermediate",
+				"need", auth.Grant{Role: auth.RolePrimary, Name: cfg.Volume}.URI().String(), "identity", tlsm.Identity().String())
+		}
+	}
 	r := &secondaryRun{cfg: cfg, log: log, reg: reg, served: make(chan struct{}), stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
@@ -191,7 +210,7 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 			r.closeParts()
 		}
 	}()
-	r.cl, err = client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	r.cl, err = client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return nil, &configs.Error{Key: "intermediate", Err: err}
 	}

@@ -162,7 +162,11 @@ refreshes it every interval until interrupted.`,
 
 // runStatus is `tricopy status`.
 func runStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Status) error {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	tlsm, err := loadTLS(&cfg.TLS, log)
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return err
 	}

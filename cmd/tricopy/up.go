@@ -17,6 +17,7 @@ import (
 
 	"github.com/tricopy/tricopy/configs"
 	"github.com/tricopy/tricopy/intermediate"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
 
@@ -84,10 +85,16 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 	if err != nil {
 		return &configs.Error{Key: "dir", Err: err}
 	}
+	var certs *upCerts
+	if cfg.TLS {
+		if certs, err = setupUpTLS(dir, cfg.Volumes, log); err != nil {
+			return err
+		}
+	}
 	// One registry and metrics server for every part: the collectors of
 	// the node, the mirrors and the secondaries, told apart by their
 	// volume label.
-	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group}, log)
+	reg, stopMetrics, err := processMetrics(cfg.Metrics, statusFrom{[]string{cfg.Listen}, cfg.Group, toIntermediate(certs.adminTLS())}, log)
 	if err != nil {
 		return err
 	}
@@ -95,7 +102,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 	prog, a, log := startProgress(a, log) // bars of the copies and resyncs on a terminal
 	defer prog.Close()
 
-	node, err := openUpNode(ctx, log, cfg, dir, reg)
+	node, err := openUpNode(ctx, log, cfg, dir, certs.nodeTLS(), reg)
 	if err != nil {
 		return err
 	}
@@ -124,7 +131,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 
 	for _, name := range cfg.Volumes {
 		mcfg := primaryConfig(cfg, dir, name, node.ClientAddr())
-		p, err := openPrimary(pctx, log, mcfg, reg, prog)
+		p, err := openPrimary(pctx, log, mcfg, certs.primaryTLS(name), reg, prog)
 		if err != nil {
 			if ctx.Err() != nil {
 				err = fmt.Errorf("interrupted while starting volume %s: %w", name, err)
@@ -171,7 +178,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 			if err != nil {
 				return errors.Join(err, stop(err))
 			}
-			r, err := openSecondary(sctx, log, scfg, nil, reg, prog)
+			r, err := openSecondary(sctx, log, scfg, certs.secondaryTLS(name), nil, reg, prog)
 			if err != nil {
 				err = fmt.Errorf("start the secondary of volume %s: %w", name, err)
 				if serr := stop(err); serr != nil {
@@ -201,9 +208,9 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 		}
 	}
 
-	printUpStatus(ctx, a, log, cfg, node)
+	printUpStatus(ctx, a, log, cfg, node, certs.adminTLS())
 	if ctx.Err() == nil {
-		fmt.Fprintf(a.stdout, "watch the group with: tricopy status --intermediate %s; Ctrl-C unmounts and stops\n", node.ClientAddr())
+		fmt.Fprintf(a.stdout, "watch the group with: tricopy status --intermediate %s%s; Ctrl-C unmounts and stops\n", node.ClientAddr(), certs.statusFlags())
 	}
 
 	select {
@@ -220,7 +227,7 @@ func runUp(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up) error
 // openUpNode starts up's intermediate node, a single-node cluster with its
 // state in DIR/intermediate/i1, and waits until it is leader. Its metrics
 // are registered on reg (none if nil).
-func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir string, reg prometheus.Registerer) (*intermediate.Node, error) {
+func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir string, tlsm *auth.Material, reg prometheus.Registerer) (*intermediate.Node, error) {
 	ndir := filepath.Join(dir, "intermediate", upNode)
 	node, err := intermediate.Open(ctx, intermediate.Config{
 		ID:       upNode,
@@ -230,6 +237,7 @@ func openUpNode(ctx context.Context, log *slog.Logger, cfg *configs.Up, dir stri
 		RaftAddr: cfg.Raft,
 		Cluster:  []intermediate.Peer{{ID: upNode, RaftAddr: cfg.Raft}},
 		Metrics:  reg,
+		TLS:      tlsm,
 		Logger:   log,
 	})
 	if err != nil {
@@ -300,8 +308,8 @@ func secondaryConfig(cfg *configs.Up, dir, name, addr string, i int) (*configs.S
 
 // printUpStatus prints the status of the group once every volume of cfg
 // is in PAIR, or as it is after upStatusWait.
-func printUpStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up, node *intermediate.Node) {
-	cl, err := client.New(client.Config{Addrs: []string{node.ClientAddr()}, Group: cfg.Group, Logger: log})
+func printUpStatus(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Up, node *intermediate.Node, tlsm *auth.Material) {
+	cl, err := client.New(client.Config{Addrs: []string{node.ClientAddr()}, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		log.Warn("status", "err", err)
 		return

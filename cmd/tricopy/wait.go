@@ -41,7 +41,11 @@ configuration error.`,
 
 // runWait is `tricopy wait`.
 func runWait(ctx context.Context, a *app, log *slog.Logger, cfg *configs.Wait) error {
-	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, Logger: log})
+	tlsm, err := loadTLS(&cfg.TLS, log)
+	if err != nil {
+		return err
+	}
+	cl, err := client.New(client.Config{Addrs: cfg.Intermediate, Group: cfg.Group, TLS: toIntermediate(tlsm), Logger: log})
 	if err != nil {
 		return &configs.Error{Key: "intermediate", Err: err}
 	}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
@@ -89,9 +91,13 @@ type Config struct {
 	// MaxInFlight bounds the bytes of batches sent and not yet acknowledged,
 	// per volume; default DefaultMaxInFlight. One batch is always allowed.
 	MaxInFlight int
-	// DialOptions are appended to the client's own (insecure transport
-	// credentials and message size limits), so a transport-credentials
-	// option here replaces the insecure default.
+	// TLS, when set, is the TLS configuration of every connection to the
+	// intermediate (auth.Material.ClientConfig(auth.RoleIntermediate));
+	// nil: plain TCP.
+	TLS *tls.Config
+	// DialOptions are appended to the client's own (transport credentials
+	// and message size limits), so a transport-credentials option here
+	// replaces the client's.
 	DialOptions []grpc.DialOption
 	// Backoff is the first retry delay, doubling up to MaxBackoff; default
 	// DefaultBackoff.
@@ -220,8 +226,12 @@ func (c *Client) rpc(addr string) (wire.IntermediateClient, error) {
 	cc := c.conns[addr]
 	if cc == nil {
 		limit := c.cfg.MaxMessage + messageSlack
+		creds := insecure.NewCredentials()
+		if c.cfg.TLS != nil {
+			creds = credentials.NewTLS(c.cfg.TLS)
+		}
 		opts := append([]grpc.DialOption{
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(limit), grpc.MaxCallSendMsgSize(limit)),
 		}, c.cfg.DialOptions...)
 		var err error

@@ -18,13 +18,18 @@ import (
 // (and wire.ErrBadRequest for a malformed batch), nothing of that response
 // reaches fn, and Fetch does not retry (fail-stop).
 //
-// After a transport failure Fetch reconnects to the next node, with backoff,
-// and resumes after the last seq it delivered; batches at or below it are
-// dropped, so fn never sees one twice. A response with Compacted set is
-// passed to fn like any other: the journal no longer holds what was asked
-// for, and fn usually returns an error to stop and resynchronise. Responses
-// without batches (carrying only CommittedSeq and CompleteSeq: the volume
-// is complete up to a seq other volumes' batches moved) are passed on too.
+// The seqs of one stream must increase, across its responses and within
+// each: a batch whose seq is at or below one the stream sent before (a seq
+// that repeats or goes backwards) is refused like a corrupt batch, and
+// nothing of its response reaches fn (fail-stop). After a transport
+// failure Fetch reconnects to the next node, with backoff, and resumes
+// after the last seq it delivered; batches at or below it that a new
+// stream starts with are dropped, so fn never sees one twice. A response
+// with Compacted set is passed to fn like any other: the journal no longer
+// holds what was asked for, and fn usually returns an error to stop and
+// resynchronise. Responses without batches (carrying only CommittedSeq and
+// CompleteSeq: the volume is complete up to a seq other volumes' batches
+// moved) are passed on too.
 func (c *Client) Fetch(ctx context.Context, volume string, afterSeq uint64, fn func(*wire.FetchResponse) error) error {
 	if volume == "" {
 		return fmt.Errorf("fetch: %w: empty volume name", wire.ErrBadRequest)
@@ -78,28 +83,17 @@ func (c *Client) fetchFrom(ctx context.Context, addr, volume string, last *uint6
 	if err != nil {
 		return false, nil, remoteErr(err)
 	}
+	var sent uint64 // the highest seq this stream sent
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
 			return progressed, nil, remoteErr(err)
 		}
-		if err := checkFetched(volume, resp); err != nil {
-			if !errors.Is(err, wire.ErrBadCRC) {
-				err = fmt.Errorf("%w: %w", wire.ErrBadCRC, err)
-			}
+		deliver, err := acceptFetched(volume, resp, &sent, last)
+		if err != nil {
 			return progressed, fmt.Errorf("fetch volume %q from %s: %w", volume, addr, err), nil
 		}
-		had := len(resp.GetBatches())
-		fresh := resp.Batches[:0]
-		for _, cb := range resp.GetBatches() {
-			if cb.GetSeq() <= *last {
-				continue
-			}
-			fresh = append(fresh, cb)
-			*last = cb.GetSeq()
-		}
-		resp.Batches = fresh
-		if had > 0 && len(fresh) == 0 && !resp.GetCompacted() && resp.GetCompleteSeq() <= *last {
+		if !deliver {
 			continue // only batches delivered before (a resumed stream)
 		}
 		if err := fn(resp); err != nil {
@@ -107,6 +101,42 @@ func (c *Client) fetchFrom(ctx context.Context, addr, volume string, last *uint6
 		}
 		progressed = true
 	}
+}
+
+// acceptFetched checks a response of a Fetch stream of volume (see
+// checkFetched), and that its seqs are above *sent, the highest seq the
+// stream sent before, and increase. It then drops the batches at or below
+// *last, the last seq delivered to fn (those a resumed stream starts
+// with), and advances *sent and *last. deliver is false when the response
+// held only such batches and says nothing new. A refusal wraps
+// wire.ErrBadCRC, names the seq, and leaves *sent and *last as they were.
+func acceptFetched(volume string, resp *wire.FetchResponse, sent, last *uint64) (deliver bool, err error) {
+	if err := checkFetched(volume, resp); err != nil {
+		if !errors.Is(err, wire.ErrBadCRC) {
+			err = fmt.Errorf("%w: %w", wire.ErrBadCRC, err)
+		}
+		return false, err
+	}
+	prev := *sent
+	for _, cb := range resp.GetBatches() {
+		if cb.GetSeq() <= prev {
+			return false, fmt.Errorf("%w: %w: seq %d after seq %d on the stream: seqs must increase",
+				wire.ErrBadCRC, wire.ErrBadRequest, cb.GetSeq(), prev)
+		}
+		prev = cb.GetSeq()
+	}
+	*sent = prev
+	had := len(resp.GetBatches())
+	fresh := resp.Batches[:0]
+	for _, cb := range resp.GetBatches() {
+		if cb.GetSeq() <= *last {
+			continue
+		}
+		fresh = append(fresh, cb)
+		*last = cb.GetSeq()
+	}
+	resp.Batches = fresh
+	return had == 0 || len(fresh) > 0 || resp.GetCompacted() || resp.GetCompleteSeq() > *last, nil
 }
 
 // checkFetched checks every batch of a Fetch response: present, of the

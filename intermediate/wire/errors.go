@@ -40,36 +40,41 @@ var (
 	// ErrStaleSession: a newer Submit stream of the volume was opened, so
 	// the batches of this one are no longer accepted.
 	ErrStaleSession = errors.New("stale submit session")
+	// ErrPermissionDenied: the caller's certificate does not grant the call
+	// (or the caller has none while the node requires TLS).
+	ErrPermissionDenied = errors.New("permission denied")
 )
 
 var codeSentinels = map[ErrorCode]error{
-	ErrorCode_ERROR_CODE_NOT_LEADER:      ErrNotLeader,
-	ErrorCode_ERROR_CODE_GAP:             ErrGap,
-	ErrorCode_ERROR_CODE_STALE_EPOCH:     ErrStaleEpoch,
-	ErrorCode_ERROR_CODE_JOURNAL_FULL:    ErrJournalFull,
-	ErrorCode_ERROR_CODE_BAD_CRC:         ErrBadCRC,
-	ErrorCode_ERROR_CODE_TOO_LARGE:       ErrTooLarge,
-	ErrorCode_ERROR_CODE_WRONG_GROUP:     ErrWrongGroup,
-	ErrorCode_ERROR_CODE_VOLUME_MISMATCH: ErrVolumeMismatch,
-	ErrorCode_ERROR_CODE_BAD_REQUEST:     ErrBadRequest,
-	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:  ErrUnknownVolume,
-	ErrorCode_ERROR_CODE_FAILED:          ErrFailed,
-	ErrorCode_ERROR_CODE_STALE_SESSION:   ErrStaleSession,
+	ErrorCode_ERROR_CODE_NOT_LEADER:        ErrNotLeader,
+	ErrorCode_ERROR_CODE_GAP:               ErrGap,
+	ErrorCode_ERROR_CODE_STALE_EPOCH:       ErrStaleEpoch,
+	ErrorCode_ERROR_CODE_JOURNAL_FULL:      ErrJournalFull,
+	ErrorCode_ERROR_CODE_BAD_CRC:           ErrBadCRC,
+	ErrorCode_ERROR_CODE_TOO_LARGE:         ErrTooLarge,
+	ErrorCode_ERROR_CODE_WRONG_GROUP:       ErrWrongGroup,
+	ErrorCode_ERROR_CODE_VOLUME_MISMATCH:   ErrVolumeMismatch,
+	ErrorCode_ERROR_CODE_BAD_REQUEST:       ErrBadRequest,
+	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:    ErrUnknownVolume,
+	ErrorCode_ERROR_CODE_FAILED:            ErrFailed,
+	ErrorCode_ERROR_CODE_STALE_SESSION:     ErrStaleSession,
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED: ErrPermissionDenied,
 }
 
 var codeGRPC = map[ErrorCode]codes.Code{
-	ErrorCode_ERROR_CODE_NOT_LEADER:      codes.Unavailable,
-	ErrorCode_ERROR_CODE_GAP:             codes.OutOfRange,
-	ErrorCode_ERROR_CODE_STALE_EPOCH:     codes.FailedPrecondition,
-	ErrorCode_ERROR_CODE_JOURNAL_FULL:    codes.ResourceExhausted,
-	ErrorCode_ERROR_CODE_BAD_CRC:         codes.DataLoss,
-	ErrorCode_ERROR_CODE_TOO_LARGE:       codes.ResourceExhausted,
-	ErrorCode_ERROR_CODE_WRONG_GROUP:     codes.InvalidArgument,
-	ErrorCode_ERROR_CODE_VOLUME_MISMATCH: codes.FailedPrecondition,
-	ErrorCode_ERROR_CODE_BAD_REQUEST:     codes.InvalidArgument,
-	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:  codes.NotFound,
-	ErrorCode_ERROR_CODE_FAILED:          codes.Internal,
-	ErrorCode_ERROR_CODE_STALE_SESSION:   codes.Aborted,
+	ErrorCode_ERROR_CODE_NOT_LEADER:        codes.Unavailable,
+	ErrorCode_ERROR_CODE_GAP:               codes.OutOfRange,
+	ErrorCode_ERROR_CODE_STALE_EPOCH:       codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_JOURNAL_FULL:      codes.ResourceExhausted,
+	ErrorCode_ERROR_CODE_BAD_CRC:           codes.DataLoss,
+	ErrorCode_ERROR_CODE_TOO_LARGE:         codes.ResourceExhausted,
+	ErrorCode_ERROR_CODE_WRONG_GROUP:       codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_VOLUME_MISMATCH:   codes.FailedPrecondition,
+	ErrorCode_ERROR_CODE_BAD_REQUEST:       codes.InvalidArgument,
+	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME:    codes.NotFound,
+	ErrorCode_ERROR_CODE_FAILED:            codes.Internal,
+	ErrorCode_ERROR_CODE_STALE_SESSION:     codes.Aborted,
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED: codes.PermissionDenied,
 }
 
 // Error is a refusal with its code and the facts a client needs to act on

@@ -33,19 +33,20 @@ const (
 type ErrorCode int32
 
 const (
-	ErrorCode_ERROR_CODE_UNSPECIFIED     ErrorCode = 0
-	ErrorCode_ERROR_CODE_NOT_LEADER      ErrorCode = 1 // leader_id/leader_addr say where to go
-	ErrorCode_ERROR_CODE_GAP             ErrorCode = 2 // resume_volume_seq says where to resume
-	ErrorCode_ERROR_CODE_STALE_EPOCH     ErrorCode = 3 // epoch is the volume's current epoch
-	ErrorCode_ERROR_CODE_JOURNAL_FULL    ErrorCode = 4
-	ErrorCode_ERROR_CODE_BAD_CRC         ErrorCode = 5
-	ErrorCode_ERROR_CODE_TOO_LARGE       ErrorCode = 6
-	ErrorCode_ERROR_CODE_WRONG_GROUP     ErrorCode = 7
-	ErrorCode_ERROR_CODE_VOLUME_MISMATCH ErrorCode = 8 // block count differs from the registered one
-	ErrorCode_ERROR_CODE_BAD_REQUEST     ErrorCode = 9
-	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME  ErrorCode = 10
-	ErrorCode_ERROR_CODE_FAILED          ErrorCode = 11 // the node stopped after a fatal error
-	ErrorCode_ERROR_CODE_STALE_SESSION   ErrorCode = 12 // a newer Submit stream of the volume was opened
+	ErrorCode_ERROR_CODE_UNSPECIFIED       ErrorCode = 0
+	ErrorCode_ERROR_CODE_NOT_LEADER        ErrorCode = 1 // leader_id/leader_addr say where to go
+	ErrorCode_ERROR_CODE_GAP               ErrorCode = 2 // resume_volume_seq says where to resume
+	ErrorCode_ERROR_CODE_STALE_EPOCH       ErrorCode = 3 // epoch is the volume's current epoch
+	ErrorCode_ERROR_CODE_JOURNAL_FULL      ErrorCode = 4
+	ErrorCode_ERROR_CODE_BAD_CRC           ErrorCode = 5
+	ErrorCode_ERROR_CODE_TOO_LARGE         ErrorCode = 6
+	ErrorCode_ERROR_CODE_WRONG_GROUP       ErrorCode = 7
+	ErrorCode_ERROR_CODE_VOLUME_MISMATCH   ErrorCode = 8 // block count differs from the registered one
+	ErrorCode_ERROR_CODE_BAD_REQUEST       ErrorCode = 9
+	ErrorCode_ERROR_CODE_UNKNOWN_VOLUME    ErrorCode = 10
+	ErrorCode_ERROR_CODE_FAILED            ErrorCode = 11 // the node stopped after a fatal error
+	ErrorCode_ERROR_CODE_STALE_SESSION     ErrorCode = 12 // a newer Submit stream of the volume was opened
+	ErrorCode_ERROR_CODE_PERMISSION_DENIED ErrorCode = 13 // the caller's certificate does not allow the call
 )
 
 // Enum value maps for ErrorCode.
@@ -64,21 +65,23 @@ var (
 		10: "ERROR_CODE_UNKNOWN_VOLUME",
 		11: "ERROR_CODE_FAILED",
 		12: "ERROR_CODE_STALE_SESSION",
+		13: "ERROR_CODE_PERMISSION_DENIED",
 	}
 	ErrorCode_value = map[string]int32{
-		"ERROR_CODE_UNSPECIFIED":     0,
-		"ERROR_CODE_NOT_LEADER":      1,
-		"ERROR_CODE_GAP":             2,
-		"ERROR_CODE_STALE_EPOCH":     3,
-		"ERROR_CODE_JOURNAL_FULL":    4,
-		"ERROR_CODE_BAD_CRC":         5,
-		"ERROR_CODE_TOO_LARGE":       6,
-		"ERROR_CODE_WRONG_GROUP":     7,
-		"ERROR_CODE_VOLUME_MISMATCH": 8,
-		"ERROR_CODE_BAD_REQUEST":     9,
-		"ERROR_CODE_UNKNOWN_VOLUME":  10,
-		"ERROR_CODE_FAILED":          11,
-		"ERROR_CODE_STALE_SESSION":   12,
+		"ERROR_CODE_UNSPECIFIED":       0,
+		"ERROR_CODE_NOT_LEADER":        1,
+		"ERROR_CODE_GAP":               2,
+		"ERROR_CODE_STALE_EPOCH":       3,
+		"ERROR_CODE_JOURNAL_FULL":      4,
+		"ERROR_CODE_BAD_CRC":           5,
+		"ERROR_CODE_TOO_LARGE":         6,
+		"ERROR_CODE_WRONG_GROUP":       7,
+		"ERROR_CODE_VOLUME_MISMATCH":   8,
+		"ERROR_CODE_BAD_REQUEST":       9,
+		"ERROR_CODE_UNKNOWN_VOLUME":    10,
+		"ERROR_CODE_FAILED":            11,
+		"ERROR_CODE_STALE_SESSION":     12,
+		"ERROR_CODE_PERMISSION_DENIED": 13,
 	}
 )
 
@@ -4551,7 +4554,7 @@ const file_wire_proto_rawDesc = "" +
 	"\bNodeAddr\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1f\n" +
 	"\vclient_addr\x18\x02 \x01(\tR\n" +
-	"clientAddr*\xed\x02\n" +
+	"clientAddr*\x8f\x03\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15ERROR_CODE_NOT_LEADER\x10\x01\x12\x12\n" +
@@ -4566,7 +4569,8 @@ const file_wire_proto_rawDesc = "" +
 	"\x19ERROR_CODE_UNKNOWN_VOLUME\x10\n" +
 	"\x12\x15\n" +
 	"\x11ERROR_CODE_FAILED\x10\v\x12\x1c\n" +
-	"\x18ERROR_CODE_STALE_SESSION\x10\f2\x96\a\n" +
+	"\x18ERROR_CODE_STALE_SESSION\x10\f\x12 \n" +
+	"\x1cERROR_CODE_PERMISSION_DENIED\x10\r2\x96\a\n" +
 	"\fIntermediate\x12M\n" +
 	"\x06Submit\x12\x1e.tricopy.wire.v1.SubmitRequest\x1a\x1f.tricopy.wire.v1.SubmitResponse(\x010\x01\x12H\n" +
 	"\x05Fetch\x12\x1d.tricopy.wire.v1.FetchRequest\x1a\x1e.tricopy.wire.v1.FetchResponse0\x01\x12I\n" +
