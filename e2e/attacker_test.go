@@ -45,9 +45,9 @@ const (
 	// does not take the whole machine from the legitimate writer.
 	attackPause = 2 * time.Millisecond
 	// attackVolumeSize is the size of the legitimate volume a.
-	attackVolumeSize = "64MiB"
+	attackVolumeSize = "256MiB"
 	// attackBlocks is its block count, which the attacker knows.
-	attackBlocks = 64 << 20 / wire.BlockSize
+	attackBlocks = 256 << 20 / wire.BlockSize
 	// maxMessage is the intermediate's default gRPC message limit.
 	maxMessage = wire.DefaultMaxMessage + 64<<10
 )

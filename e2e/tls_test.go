@@ -571,11 +571,12 @@ func TestTLSDeployment(t *testing.T) {
 	tlsWait(t, addrs, admin)
 	primTree := readTree(t, prim.mnt)
 	sameTree(t, "the secondary's mount after tricopy wait", readTree(t, sec.mnt), primTree)
-	out, code := statusExit(t, addrs, append([]string{"--json"}, admin...)...)
-	var before tlsStatusDoc
-	if err := json.Unmarshal([]byte(out), &before); err != nil || code != 0 {
-		t.Fatalf("tricopy status --json with the admin certificate: exit %d, %v\n%s", code, err, clip(out))
-	}
+	// The secondary's link to the leader may still be coming up (state
+	// "" until it says hello): wait for a healthy group.
+	before := pollTLSStatus(t, 30*time.Second, "a healthy group (exit 0)", addrs, admin, func(d tlsStatusDoc, code int) bool {
+		v, _, s := d.volumeState("a", "a")
+		return code == 0 && v == "PAIR" && s == "PAIR"
+	})
 	vstate, epoch, secState := before.volumeState("a", "a")
 	if vstate != "PAIR" || secState != "PAIR" || len(before.Nodes) != 3 || before.Leader == "" {
 		t.Fatalf("status with the admin certificate: volume a %q, its secondary %q, %d nodes, leader %q; want PAIR, PAIR, 3 and a leader",
@@ -797,4 +798,64 @@ func firstLine(s, sub string) string {
 		return lines[0]
 	}
 	return ""
+}
+
+// TestTLSPromoteWithoutIntermediate promotes the far site while the
+// intermediate is down, with TLS everywhere: the promoted secondary, whose
+// certificate holds no admin grant, records the promotion at the
+// intermediate once it is back by carrying the admin's signature, and the
+// volume mirrors to it again.
+func TestTLSPromoteWithoutIntermediate(t *testing.T) {
+	requireFUSE(t)
+	base := t.TempDir()
+	pki := makeCerts(t, filepath.Join(base, "certs"), "--nodes", "i1", "--volumes", "a")
+	admin := pki.flags("admin")
+	nodes, _ := startTLSIntermediates(t, filepath.Join(base, "inter"), 1, pki, admin)
+	addrs := nodeAddrs(nodes)
+	prim := mirrorSpec{volume: "a", data: filepath.Join(base, "data", "a"), mnt: filepath.Join(base, "primary", "a"),
+		addrs: addrs, size: "32MiB", extra: pki.flags("primary")}
+	pm := startMirrored(t, prim)
+	sec := secondarySpec{volume: "a", data: filepath.Join(base, "secdata", "a"), mnt: filepath.Join(base, "secondary", "a"),
+		listen: freeAddr(t), addrs: addrs, extra: pki.flags("secondary")}
+	sm := startSecondary(t, sec)
+	for i := range 5 {
+		name := fmt.Sprintf("f%d", i)
+		if err := writeSynced(filepath.Join(prim.mnt, name), fileData(31, name, 20_000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tlsWait(t, addrs, admin)
+	pollTLSStatus(t, 30*time.Second, "a healthy group", addrs, admin, func(d tlsStatusDoc, code int) bool {
+		v, _, s := d.volumeState("a", "a")
+		return code == 0 && v == "PAIR" && s == "PAIR"
+	})
+
+	// The disaster: the primary site and the intermediate are gone.
+	pm.kill(t)
+	nodes[0].p.kill(t)
+	doc := promote(t, sec.listen, append(admin, "--intermediate-timeout", "2s")...)
+	if doc.Drained || len(doc.Volumes) != 1 || doc.Volumes[0].Epoch != 2 {
+		t.Fatalf("promote without the intermediate: %+v; want volume a at epoch 2, not drained", doc)
+	}
+	if err := writeSynced(filepath.Join(sec.mnt, "after"), fileData(31, "after", 30_000)); err != nil {
+		t.Fatalf("write on the promoted volume: %v", err)
+	}
+
+	// The intermediate returns: the promoted secondary records the
+	// promotion there with the admin's signature, and mirrors again.
+	nodes[0].restart(t)
+	d := pollTLSStatus(t, 90*time.Second, "volume a at epoch 2 in PAIR at the intermediate", addrs, admin, func(d tlsStatusDoc, _ int) bool {
+		v, epoch, _ := d.volumeState("a", "")
+		return v == "PAIR" && epoch == 2
+	})
+	if v := d.Volumes; len(v) != 1 || len(v[0].Promotions) == 0 || v[0].Promotions[0].PromotionID != doc.PromotionID {
+		t.Errorf("the intermediate's record of volume a: %+v; want promotion %s", v, doc.PromotionID)
+	}
+	nodeLog := nodes[0].p.stderr.String()
+	if !strings.Contains(nodeLog, "promotion signed by an admin") {
+		t.Errorf("the node did not log the admin-signed promotion:\n%s", clip(nodeLog))
+	}
+	if strings.Contains(sm.stderr.String(), "PermissionDenied") || strings.Contains(sm.stderr.String(), "permission denied") {
+		t.Errorf("the promoted secondary was refused:\n%s", clip(sm.stderr.String()))
+	}
 }

@@ -31,9 +31,10 @@ const (
 //	Coordinate                 secondary/VOLUME of the hello's volume
 //	ReadRegions                secondary/VOLUME of the secondary's volume, or admin
 //	Failback                   secondary/VOLUME of the request's volume, or admin
-//	Promote                    admin, or a host holding primary/V and secondary/V
-//	                           for some volume V (a secondary recording the
-//	                           promotion an admin asked it for)
+//	Promote                    admin, or any caller carrying an admin's
+//	                           signature of exactly this promotion (a promoted
+//	                           secondary recording the promotion an admin made
+//	                           without the intermediate)
 //	Join                       admin, or intermediate/ID joining itself as ID
 //	Remove, RemoveSecondary    admin
 //	Status                     any certificate of the CA
@@ -97,15 +98,30 @@ func allowAdmin(other func(auth.Identity) bool) func(auth.Identity) bool {
 	}
 }
 
-// canTakeOver reports whether id may take a volume over as its new
-// primary: it holds primary/V and secondary/V for some V.
-func canTakeOver(id auth.Identity) bool {
-	for _, g := range id.Grants {
-		if g.Role == auth.RoleSecondary && id.Has(auth.RolePrimary, g.Name) {
-			return true
+// signedByAdmin passes a caller of Promote whose request carries an
+// admin's valid signature of this very promotion (its group, ID, by and
+// point). The signer is logged: the admin is the one who promoted.
+func (n *Node) signedByAdmin(req *wire.PromoteRequest) func(auth.Identity) bool {
+	return func(caller auth.Identity) bool {
+		p := req.GetAdmin()
+		if p == nil {
+			return false
 		}
+		stmt := wire.PromotionStatement(req.GetGroup(), req.GetPromotionId(), req.GetBy(), req.GetAtSeq())
+		signer, err := n.cfg.TLS.VerifySigned(p.GetChain(), stmt, p.GetSignature())
+		if err != nil {
+			n.log.Warn("refused an admin proof of a promotion", logKeyIdentity, caller.String(), logKeyErr, err)
+			return false
+		}
+		if !signer.HasRole(auth.RoleAdmin) {
+			n.log.Warn("refused an admin proof of a promotion: the signer holds no admin grant",
+				logKeyIdentity, caller.String(), "signer", signer.String())
+			return false
+		}
+		n.log.Info("promotion signed by an admin, recorded for a caller without an admin grant",
+			logKeyIdentity, caller.String(), "signer", signer.String(), "promotion", req.GetPromotionId())
+		return true
 	}
-	return false
 }
 
 // needVolume is the need of a call allowed to roles of volume, for the

@@ -272,6 +272,47 @@ func TestTLSClusterAuthorization(t *testing.T) {
 	if n, err := testutil.GatherAndCount(reg, "tricopy_intermediate_auth_refused_total"); err != nil || n == 0 {
 		t.Errorf("tricopy_intermediate_auth_refused_total: %d series, %v", n, err)
 	}
+
+	// A secondary records a promotion an admin made without the
+	// intermediate: only with the admin's signature of exactly that
+	// promotion.
+	admin := pki.material("ops", "admin/ops")
+	sec := pki.material("far", "secondary/a", "primary/a")
+	scl, err := client.New(client.Config{Addrs: c.addrs(), Group: "default", TLS: sec.ClientConfig(auth.RoleIntermediate), Logger: c.logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer scl.Close()
+	n := after.CommittedSeq
+	proof := func(m *auth.Material, id, by string, at uint64) *wire.AdminProof {
+		chain, sig, err := m.Sign(wire.PromotionStatement("default", id, by, at))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &wire.AdminProof{Chain: chain, Signature: sig}
+	}
+	for name, p := range map[string]*wire.AdminProof{
+		"no proof":                nil,
+		"signed by a non-admin":   proof(sec, "p-1", "far host", n),
+		"signed for another seq":  proof(admin, "p-1", "far host", n-1),
+		"signed for another id":   proof(admin, "p-2", "far host", n),
+		"signed by another CA":    proof(other.material("ops", "admin/ops"), "p-1", "far host", n),
+		"signed for another host": proof(admin, "p-1", "near host", n),
+	} {
+		if _, err := scl.PromoteAtFor(ctx, "p-1", "far host", n, 1, p); !errors.Is(err, wire.ErrPermissionDenied) {
+			t.Errorf("promote with %s: %v, want permission denied", name, err)
+		}
+	}
+	if st := c.nodes[0].node.FSM().Stats(); st.CommittedSeq != n {
+		t.Fatalf("refused promotions moved the committed seq to %d", st.CommittedSeq)
+	}
+	resp, err := scl.PromoteAtFor(ctx, "p-1", "far host", n, 1, proof(admin, "p-1", "far host", n))
+	if err != nil {
+		t.Fatalf("promote with the admin's signature: %v", err)
+	}
+	if len(resp.GetVolumes()) != 1 || resp.GetVolumes()[0].GetEpoch() != 2 {
+		t.Errorf("signed promotion: %v, want volume a at epoch 2", resp)
+	}
 }
 
 // refusedCount is the value of tricopy_intermediate_auth_refused_total

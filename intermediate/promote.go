@@ -360,7 +360,7 @@ func (s *service) Promote(ctx context.Context, req *wire.PromoteRequest) (*wire.
 	if err := checkPromotion(id, by); err != nil {
 		return nil, wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote: %v", err)
 	}
-	if err := n.authorize(ctx, "Promote", "an admin grant, or primary/V and secondary/V of a volume V", allowAdmin(canTakeOver)); err != nil {
+	if err := n.authorize(ctx, "Promote", "an admin grant, or an admin's signature of the promotion", allowAdmin(n.signedByAdmin(req))); err != nil {
 		return nil, err
 	}
 	if err := s.checkFailed(); err != nil {

@@ -70,6 +70,16 @@ func (s *service) ReadRegions(req *wire.ReadRegionsRequest, stream wire.Intermed
 	if err := checkSecondaryID(id); err != nil {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "read regions: secondary: %v", err)
 	}
+	// Authorized before any Raft work, and without telling a caller that
+	// may not read it whether the secondary exists.
+	volume := ""
+	if info, ok := n.fsm.Secondary(id); ok {
+		volume = info.Volume
+	}
+	if err := n.authorize(stream.Context(), "ReadRegions", "an admin grant or the grant secondary/VOLUME of secondary "+id+"'s volume",
+		allowAdmin(func(who auth.Identity) bool { return volume != "" && who.Has(auth.RoleSecondary, volume) })); err != nil {
+		return err
+	}
 	if err := s.checkFailed(); err != nil {
 		return err
 	}
@@ -79,15 +89,10 @@ func (s *service) ReadRegions(req *wire.ReadRegionsRequest, stream wire.Intermed
 	if err := n.raft.Barrier(readVolumeBarrier).Error(); err != nil {
 		return n.raftError(err)
 	}
-	info, ok := n.fsm.Secondary(id)
-	if !ok {
+	if _, ok := n.fsm.Secondary(id); !ok {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_UNKNOWN_VOLUME, "read regions: secondary %q is not registered", id)
 	}
 	ctx := stream.Context()
-	if err := n.authorize(ctx, "ReadRegions", "an admin grant or "+needVolume(info.Volume, auth.RoleSecondary),
-		allowAdmin(allowVolume(info.Volume, auth.RoleSecondary))); err != nil {
-		return err
-	}
 	run := n.coord.current(ctx)
 	if run == nil {
 		return n.notLeader("not coordinating")

@@ -362,6 +362,17 @@ func promotePlan(ctx context.Context, log *slog.Logger, hc *http.Client, opts Gr
 		reqs[i] = PromoteRequest{ID: res.PromotionID, N: res.N, Epoch: epoch, By: by}
 	}
 	setGroup(reqs, peers)
+	if opts.TLS != nil {
+		// The secondaries record the promotion at the intermediate when it
+		// is back, on the admin's behalf: they carry its signature.
+		chain, sig, err := opts.TLS.Sign(wire.PromotionStatement(peers[0].st.Group, res.PromotionID, by, res.N))
+		if err != nil {
+			return nil, err
+		}
+		for i := range reqs {
+			reqs[i].AdminChain, reqs[i].AdminSignature = chain, sig
+		}
+	}
 	return reqs, nil
 }
 

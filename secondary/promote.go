@@ -9,6 +9,7 @@ import (
 	"unicode"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
 // StatePromoted is the state of a secondary promoted to primary: it no
@@ -54,6 +55,23 @@ type PromoteRequest struct {
 	// Group lists the group's secondaries the promotion found, so that a
 	// promote run again through any of them finds them all.
 	Group []Peer `json:"group,omitempty"`
+	// AdminChain and AdminSignature, with TLS, are the promoting admin's
+	// certificate chain (DER) and signature of the promotion
+	// (wire.PromotionStatement of the group, ID, By and N): a secondary
+	// promoted without the intermediate carries them to it when it
+	// records the promotion there, since its own certificate holds no
+	// admin grant.
+	AdminChain     [][]byte `json:"admin_chain,omitempty"`
+	AdminSignature []byte   `json:"admin_signature,omitempty"`
+}
+
+// AdminProof returns the admin's signature the request carries, nil if
+// none.
+func (r PromoteRequest) AdminProof() *wire.AdminProof {
+	if len(r.AdminSignature) == 0 {
+		return nil
+	}
+	return &wire.AdminProof{Chain: r.AdminChain, Signature: r.AdminSignature}
 }
 
 // check validates a request.
@@ -67,6 +85,8 @@ func (r PromoteRequest) check() error {
 		return fmt.Errorf("the volume's last seq %d is beyond the promote point %d", r.Seq, r.N)
 	case r.Seq < r.VolumeSeq:
 		return fmt.Errorf("seq %d below volume seq %d", r.Seq, r.VolumeSeq)
+	case len(r.AdminChain) > 4 || len(r.AdminSignature) > 1024:
+		return fmt.Errorf("admin proof of %d certificates and a %d-byte signature: too large", len(r.AdminChain), len(r.AdminSignature))
 	}
 	for _, c := range r.ID {
 		if !unicode.IsPrint(c) || c == ' ' {

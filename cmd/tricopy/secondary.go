@@ -255,7 +255,10 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 			return nil, err
 		}
 	}
-	r.admin = &http.Server{Handler: r.s.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// ErrorLog: TLS handshakes refused (no certificate, another CA) are
+	// logged as warnings of the process's logger, not to standard error.
+	r.admin = &http.Server{Handler: r.s.Handler(), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.With("component", "admin-api").Handler(), slog.LevelWarn)}
 	go func() {
 		defer close(r.served)
 		if err := r.admin.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -397,7 +400,7 @@ func (r *secondaryRun) attach(ctx context.Context, m *mirror.Mirror, p secondary
 func (r *secondaryRun) attachOnce(ctx context.Context, m *mirror.Mirror, p secondary.Promotion) error {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	resp, err := r.cl.PromoteAt(ctx, p.ID, p.By, p.N, p.Epoch-1)
+	resp, err := r.cl.PromoteAtFor(ctx, p.ID, p.By, p.N, p.Epoch-1, p.AdminProof())
 	if err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/tricopy/tricopy/configs"
+	"github.com/tricopy/tricopy/intermediate/auth"
 	"github.com/tricopy/tricopy/intermediate/client"
 )
 
@@ -132,11 +133,17 @@ func (b *background) exit(t *testing.T) int {
 	}
 }
 
-// groupStatus polls the status of the group at addr until ok accepts it,
-// failing the test after 20 seconds.
-func groupStatus(t *testing.T, addr string, ok func(*statusJSON) bool) *statusJSON {
+// groupStatus polls the status of the group at addr (of the up in dir,
+// with the admin's certificate up made there) until ok accepts it, failing
+// the test after 20 seconds.
+func groupStatus(t *testing.T, addr, dir string, ok func(*statusJSON) bool) *statusJSON {
 	t.Helper()
-	cl, err := client.New(client.Config{Addrs: []string{addr}})
+	u := &upCerts{dir: filepath.Join(dir, "certs")}
+	m, err := auth.Load(u.files("admin"), nil)
+	if err != nil {
+		t.Fatalf("the admin's certificate up made: %v", err)
+	}
+	cl, err := client.New(client.Config{Addrs: []string{addr}, TLS: m.ClientConfig(auth.RoleIntermediate)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +196,7 @@ func TestUpRun(t *testing.T) {
 			t.Errorf("stdout lacks %q:\n%s", w, out)
 		}
 	}
-	before := groupStatus(t, listen, func(d *statusJSON) bool { return allPaired(d, []string{"a", "b"}) })
+	before := groupStatus(t, listen, dir, func(d *statusJSON) bool { return allPaired(d, []string{"a", "b"}) })
 
 	for _, name := range []string{"a", "b"} {
 		p := filepath.Join(dir, "primary", name, "hello-"+name)
@@ -197,7 +204,7 @@ func TestUpRun(t *testing.T) {
 			t.Fatalf("write on volume %s: %v", name, err)
 		}
 	}
-	after := groupStatus(t, listen, func(d *statusJSON) bool {
+	after := groupStatus(t, listen, dir, func(d *statusJSON) bool {
 		if !allPaired(d, []string{"a", "b"}) {
 			return false
 		}
@@ -277,7 +284,7 @@ func TestUpRun(t *testing.T) {
 			t.Errorf("volume %s after restart: %q, %v", name, b, err)
 		}
 	}
-	again := groupStatus(t, listen, func(d *statusJSON) bool { return allPaired(d, []string{"a", "b"}) })
+	again := groupStatus(t, listen, dir, func(d *statusJSON) bool { return allPaired(d, []string{"a", "b"}) })
 	if again.CommittedSeq < after.CommittedSeq {
 		t.Errorf("committed seq went back from %d to %d across a restart", after.CommittedSeq, again.CommittedSeq)
 	}

@@ -41,10 +41,17 @@ func (c *Client) Promote(ctx context.Context, promotionID, by string) (*wire.Pro
 // promotionID changes nothing and answers what the first run recorded,
 // with the after regions computed again from the journal then.
 func (c *Client) PromoteAt(ctx context.Context, promotionID, by string, atSeq, fromEpoch uint64) (*wire.PromoteResponse, error) {
+	return c.PromoteAtFor(ctx, promotionID, by, atSeq, fromEpoch, nil)
+}
+
+// PromoteAtFor is PromoteAt on behalf of an admin: admin is the admin's
+// signature of the promotion (wire.PromotionStatement), which a node with
+// TLS requires from a caller that holds no admin grant itself.
+func (c *Client) PromoteAtFor(ctx context.Context, promotionID, by string, atSeq, fromEpoch uint64, admin *wire.AdminProof) (*wire.PromoteResponse, error) {
 	var resp *wire.PromoteResponse
 	err := c.leaderCall(ctx, fmt.Sprintf("promote %s", promotionID), func(ctx context.Context, cl wire.IntermediateClient) error {
 		r, err := cl.Promote(ctx, &wire.PromoteRequest{Group: c.cfg.Group, PromotionId: promotionID, By: by, AtSeq: atSeq,
-			FromEpoch: fromEpoch})
+			FromEpoch: fromEpoch, Admin: admin})
 		if err != nil {
 			return err
 		}

@@ -38,3 +38,11 @@ func volumeNameByte(c byte) bool {
 	}
 	return false
 }
+
+// PromotionStatement is what an admin signs to let another process record
+// a promotion at the intermediate (PromoteRequest.admin): the group, the
+// promotion's ID, who asked and its point, after a prefix that makes it
+// unusable as any other statement.
+func PromotionStatement(group, promotionID, by string, atSeq uint64) []byte {
+	return fmt.Appendf(nil, "tricopy promote v1\x00%s\x00%s\x00%s\x00%d", group, promotionID, by, atSeq)
+}

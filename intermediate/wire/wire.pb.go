@@ -2142,12 +2142,17 @@ func (x *FailbackResponse) GetEpoch() uint64 {
 // the volume and both epochs, changing nothing. A promotion already
 // recorded answers what it recorded whatever at_seq and from_epoch say.
 type PromoteRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Group         string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
-	PromotionId   string                 `protobuf:"bytes,2,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
-	By            string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
-	AtSeq         uint64                 `protobuf:"varint,4,opt,name=at_seq,json=atSeq,proto3" json:"at_seq,omitempty"`
-	FromEpoch     uint64                 `protobuf:"varint,5,opt,name=from_epoch,json=fromEpoch,proto3" json:"from_epoch,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Group       string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	PromotionId string                 `protobuf:"bytes,2,opt,name=promotion_id,json=promotionId,proto3" json:"promotion_id,omitempty"`
+	By          string                 `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
+	AtSeq       uint64                 `protobuf:"varint,4,opt,name=at_seq,json=atSeq,proto3" json:"at_seq,omitempty"`
+	FromEpoch   uint64                 `protobuf:"varint,5,opt,name=from_epoch,json=fromEpoch,proto3" json:"from_epoch,omitempty"`
+	// admin, when the caller holds no admin grant itself (a promoted
+	// secondary recording the promotion an admin made without the
+	// intermediate), is the admin's signature of the promotion
+	// (PromotionStatement of group, promotion_id, by and at_seq).
+	Admin         *AdminProof `protobuf:"bytes,6,opt,name=admin,proto3" json:"admin,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2217,6 +2222,68 @@ func (x *PromoteRequest) GetFromEpoch() uint64 {
 	return 0
 }
 
+func (x *PromoteRequest) GetAdmin() *AdminProof {
+	if x != nil {
+		return x.Admin
+	}
+	return nil
+}
+
+// AdminProof is an operator's signed statement, carried by another
+// process: the certificate chain (DER, leaf first) of an identity with an
+// admin grant, and its signature of the statement.
+type AdminProof struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Chain         [][]byte               `protobuf:"bytes,1,rep,name=chain,proto3" json:"chain,omitempty"`
+	Signature     []byte                 `protobuf:"bytes,2,opt,name=signature,proto3" json:"signature,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminProof) Reset() {
+	*x = AdminProof{}
+	mi := &file_wire_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminProof) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminProof) ProtoMessage() {}
+
+func (x *AdminProof) ProtoReflect() protoreflect.Message {
+	mi := &file_wire_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminProof.ProtoReflect.Descriptor instead.
+func (*AdminProof) Descriptor() ([]byte, []int) {
+	return file_wire_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *AdminProof) GetChain() [][]byte {
+	if x != nil {
+		return x.Chain
+	}
+	return nil
+}
+
+func (x *AdminProof) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
 // PromoteResponse answers PromoteRequest. seq is the promotion's point: the
 // group's valid counter at the promotion (at_seq 0), or the request's
 // at_seq. Every batch any old primary had acknowledged has a seq <= the
@@ -2238,7 +2305,7 @@ type PromoteResponse struct {
 
 func (x *PromoteResponse) Reset() {
 	*x = PromoteResponse{}
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2250,7 +2317,7 @@ func (x *PromoteResponse) String() string {
 func (*PromoteResponse) ProtoMessage() {}
 
 func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[27]
+	mi := &file_wire_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2263,7 +2330,7 @@ func (x *PromoteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteResponse.ProtoReflect.Descriptor instead.
 func (*PromoteResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{27}
+	return file_wire_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *PromoteResponse) GetSeq() uint64 {
@@ -2321,7 +2388,7 @@ type PromotedVolume struct {
 
 func (x *PromotedVolume) Reset() {
 	*x = PromotedVolume{}
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2400,7 @@ func (x *PromotedVolume) String() string {
 func (*PromotedVolume) ProtoMessage() {}
 
 func (x *PromotedVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[28]
+	mi := &file_wire_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2413,7 @@ func (x *PromotedVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromotedVolume.ProtoReflect.Descriptor instead.
 func (*PromotedVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{28}
+	return file_wire_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PromotedVolume) GetName() string {
@@ -2410,7 +2477,7 @@ type ReadRegionsRequest struct {
 
 func (x *ReadRegionsRequest) Reset() {
 	*x = ReadRegionsRequest{}
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2489,7 @@ func (x *ReadRegionsRequest) String() string {
 func (*ReadRegionsRequest) ProtoMessage() {}
 
 func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[29]
+	mi := &file_wire_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2502,7 @@ func (x *ReadRegionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRegionsRequest.ProtoReflect.Descriptor instead.
 func (*ReadRegionsRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{29}
+	return file_wire_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ReadRegionsRequest) GetGroup() string {
@@ -2463,7 +2530,7 @@ type RemoveSecondaryRequest struct {
 
 func (x *RemoveSecondaryRequest) Reset() {
 	*x = RemoveSecondaryRequest{}
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2475,7 +2542,7 @@ func (x *RemoveSecondaryRequest) String() string {
 func (*RemoveSecondaryRequest) ProtoMessage() {}
 
 func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[30]
+	mi := &file_wire_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2488,7 +2555,7 @@ func (x *RemoveSecondaryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryRequest.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{30}
+	return file_wire_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RemoveSecondaryRequest) GetGroup() string {
@@ -2517,7 +2584,7 @@ type RemoveSecondaryResponse struct {
 
 func (x *RemoveSecondaryResponse) Reset() {
 	*x = RemoveSecondaryResponse{}
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2529,7 +2596,7 @@ func (x *RemoveSecondaryResponse) String() string {
 func (*RemoveSecondaryResponse) ProtoMessage() {}
 
 func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[31]
+	mi := &file_wire_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2542,7 +2609,7 @@ func (x *RemoveSecondaryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondaryResponse.ProtoReflect.Descriptor instead.
 func (*RemoveSecondaryResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{31}
+	return file_wire_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveSecondaryResponse) GetRemoved() bool {
@@ -2571,7 +2638,7 @@ type ReadVolumeRequest struct {
 
 func (x *ReadVolumeRequest) Reset() {
 	*x = ReadVolumeRequest{}
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2583,7 +2650,7 @@ func (x *ReadVolumeRequest) String() string {
 func (*ReadVolumeRequest) ProtoMessage() {}
 
 func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[32]
+	mi := &file_wire_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2596,7 +2663,7 @@ func (x *ReadVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ReadVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{32}
+	return file_wire_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ReadVolumeRequest) GetGroup() string {
@@ -2652,7 +2719,7 @@ type ReadVolumeResponse struct {
 
 func (x *ReadVolumeResponse) Reset() {
 	*x = ReadVolumeResponse{}
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2664,7 +2731,7 @@ func (x *ReadVolumeResponse) String() string {
 func (*ReadVolumeResponse) ProtoMessage() {}
 
 func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[33]
+	mi := &file_wire_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2677,7 +2744,7 @@ func (x *ReadVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ReadVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{33}
+	return file_wire_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ReadVolumeResponse) GetFirstBlock() uint64 {
@@ -2761,7 +2828,7 @@ type CoordinateRequest struct {
 
 func (x *CoordinateRequest) Reset() {
 	*x = CoordinateRequest{}
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2773,7 +2840,7 @@ func (x *CoordinateRequest) String() string {
 func (*CoordinateRequest) ProtoMessage() {}
 
 func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[34]
+	mi := &file_wire_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2786,7 +2853,7 @@ func (x *CoordinateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateRequest.ProtoReflect.Descriptor instead.
 func (*CoordinateRequest) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{34}
+	return file_wire_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *CoordinateRequest) GetMsg() isCoordinateRequest_Msg {
@@ -2879,7 +2946,7 @@ type SecondaryHello struct {
 
 func (x *SecondaryHello) Reset() {
 	*x = SecondaryHello{}
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2891,7 +2958,7 @@ func (x *SecondaryHello) String() string {
 func (*SecondaryHello) ProtoMessage() {}
 
 func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[35]
+	mi := &file_wire_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2904,7 +2971,7 @@ func (x *SecondaryHello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryHello.ProtoReflect.Descriptor instead.
 func (*SecondaryHello) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{35}
+	return file_wire_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SecondaryHello) GetGroup() string {
@@ -2960,7 +3027,7 @@ type PreparedSeq struct {
 
 func (x *PreparedSeq) Reset() {
 	*x = PreparedSeq{}
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2972,7 +3039,7 @@ func (x *PreparedSeq) String() string {
 func (*PreparedSeq) ProtoMessage() {}
 
 func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[36]
+	mi := &file_wire_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2985,7 +3052,7 @@ func (x *PreparedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PreparedSeq.ProtoReflect.Descriptor instead.
 func (*PreparedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{36}
+	return file_wire_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PreparedSeq) GetSeq() uint64 {
@@ -3006,7 +3073,7 @@ type AppliedSeq struct {
 
 func (x *AppliedSeq) Reset() {
 	*x = AppliedSeq{}
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3018,7 +3085,7 @@ func (x *AppliedSeq) String() string {
 func (*AppliedSeq) ProtoMessage() {}
 
 func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[37]
+	mi := &file_wire_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3031,7 +3098,7 @@ func (x *AppliedSeq) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedSeq.ProtoReflect.Descriptor instead.
 func (*AppliedSeq) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{37}
+	return file_wire_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *AppliedSeq) GetSeq() uint64 {
@@ -3057,7 +3124,7 @@ type SecondaryReport struct {
 
 func (x *SecondaryReport) Reset() {
 	*x = SecondaryReport{}
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3069,7 +3136,7 @@ func (x *SecondaryReport) String() string {
 func (*SecondaryReport) ProtoMessage() {}
 
 func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[38]
+	mi := &file_wire_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3082,7 +3149,7 @@ func (x *SecondaryReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecondaryReport.ProtoReflect.Descriptor instead.
 func (*SecondaryReport) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{38}
+	return file_wire_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *SecondaryReport) GetState() string {
@@ -3137,7 +3204,7 @@ type CoordinateResponse struct {
 
 func (x *CoordinateResponse) Reset() {
 	*x = CoordinateResponse{}
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3149,7 +3216,7 @@ func (x *CoordinateResponse) String() string {
 func (*CoordinateResponse) ProtoMessage() {}
 
 func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[39]
+	mi := &file_wire_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3162,7 +3229,7 @@ func (x *CoordinateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateResponse.ProtoReflect.Descriptor instead.
 func (*CoordinateResponse) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{39}
+	return file_wire_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *CoordinateResponse) GetMsg() isCoordinateResponse_Msg {
@@ -3237,7 +3304,7 @@ type CoordinateOpened struct {
 
 func (x *CoordinateOpened) Reset() {
 	*x = CoordinateOpened{}
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3249,7 +3316,7 @@ func (x *CoordinateOpened) String() string {
 func (*CoordinateOpened) ProtoMessage() {}
 
 func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[40]
+	mi := &file_wire_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3262,7 +3329,7 @@ func (x *CoordinateOpened) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoordinateOpened.ProtoReflect.Descriptor instead.
 func (*CoordinateOpened) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{40}
+	return file_wire_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *CoordinateOpened) GetValidatedSeq() uint64 {
@@ -3318,7 +3385,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3330,7 +3397,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[41]
+	mi := &file_wire_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3343,7 +3410,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{41}
+	return file_wire_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Entry) GetOp() isEntry_Op {
@@ -3558,7 +3625,7 @@ type FailbackSecondary struct {
 
 func (x *FailbackSecondary) Reset() {
 	*x = FailbackSecondary{}
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3570,7 +3637,7 @@ func (x *FailbackSecondary) String() string {
 func (*FailbackSecondary) ProtoMessage() {}
 
 func (x *FailbackSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[42]
+	mi := &file_wire_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3583,7 +3650,7 @@ func (x *FailbackSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FailbackSecondary.ProtoReflect.Descriptor instead.
 func (*FailbackSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{42}
+	return file_wire_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *FailbackSecondary) GetId() string {
@@ -3627,7 +3694,7 @@ type PromoteGroup struct {
 
 func (x *PromoteGroup) Reset() {
 	*x = PromoteGroup{}
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3639,7 +3706,7 @@ func (x *PromoteGroup) String() string {
 func (*PromoteGroup) ProtoMessage() {}
 
 func (x *PromoteGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[43]
+	mi := &file_wire_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3652,7 +3719,7 @@ func (x *PromoteGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PromoteGroup.ProtoReflect.Descriptor instead.
 func (*PromoteGroup) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{43}
+	return file_wire_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *PromoteGroup) GetPromotionId() string {
@@ -3707,7 +3774,7 @@ type SuspendSecondary struct {
 
 func (x *SuspendSecondary) Reset() {
 	*x = SuspendSecondary{}
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3719,7 +3786,7 @@ func (x *SuspendSecondary) String() string {
 func (*SuspendSecondary) ProtoMessage() {}
 
 func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[44]
+	mi := &file_wire_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3732,7 +3799,7 @@ func (x *SuspendSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SuspendSecondary.ProtoReflect.Descriptor instead.
 func (*SuspendSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{44}
+	return file_wire_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *SuspendSecondary) GetId() string {
@@ -3763,7 +3830,7 @@ type ClearSecondaryBitmap struct {
 
 func (x *ClearSecondaryBitmap) Reset() {
 	*x = ClearSecondaryBitmap{}
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3775,7 +3842,7 @@ func (x *ClearSecondaryBitmap) String() string {
 func (*ClearSecondaryBitmap) ProtoMessage() {}
 
 func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[45]
+	mi := &file_wire_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3788,7 +3855,7 @@ func (x *ClearSecondaryBitmap) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ClearSecondaryBitmap.ProtoReflect.Descriptor instead.
 func (*ClearSecondaryBitmap) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{45}
+	return file_wire_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *ClearSecondaryBitmap) GetId() string {
@@ -3819,7 +3886,7 @@ type RegisterSecondary struct {
 
 func (x *RegisterSecondary) Reset() {
 	*x = RegisterSecondary{}
-	mi := &file_wire_proto_msgTypes[46]
+	mi := &file_wire_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3831,7 +3898,7 @@ func (x *RegisterSecondary) String() string {
 func (*RegisterSecondary) ProtoMessage() {}
 
 func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[46]
+	mi := &file_wire_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3844,7 +3911,7 @@ func (x *RegisterSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSecondary.ProtoReflect.Descriptor instead.
 func (*RegisterSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{46}
+	return file_wire_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *RegisterSecondary) GetId() string {
@@ -3878,7 +3945,7 @@ type RemoveSecondary struct {
 
 func (x *RemoveSecondary) Reset() {
 	*x = RemoveSecondary{}
-	mi := &file_wire_proto_msgTypes[47]
+	mi := &file_wire_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3890,7 +3957,7 @@ func (x *RemoveSecondary) String() string {
 func (*RemoveSecondary) ProtoMessage() {}
 
 func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[47]
+	mi := &file_wire_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3903,7 +3970,7 @@ func (x *RemoveSecondary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveSecondary.ProtoReflect.Descriptor instead.
 func (*RemoveSecondary) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{47}
+	return file_wire_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *RemoveSecondary) GetId() string {
@@ -3924,7 +3991,7 @@ type RecordValidated struct {
 
 func (x *RecordValidated) Reset() {
 	*x = RecordValidated{}
-	mi := &file_wire_proto_msgTypes[48]
+	mi := &file_wire_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3936,7 +4003,7 @@ func (x *RecordValidated) String() string {
 func (*RecordValidated) ProtoMessage() {}
 
 func (x *RecordValidated) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[48]
+	mi := &file_wire_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3949,7 +4016,7 @@ func (x *RecordValidated) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RecordValidated.ProtoReflect.Descriptor instead.
 func (*RecordValidated) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{48}
+	return file_wire_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *RecordValidated) GetSeq() uint64 {
@@ -3970,7 +4037,7 @@ type TrimJournal struct {
 
 func (x *TrimJournal) Reset() {
 	*x = TrimJournal{}
-	mi := &file_wire_proto_msgTypes[49]
+	mi := &file_wire_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3982,7 +4049,7 @@ func (x *TrimJournal) String() string {
 func (*TrimJournal) ProtoMessage() {}
 
 func (x *TrimJournal) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[49]
+	mi := &file_wire_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3995,7 +4062,7 @@ func (x *TrimJournal) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TrimJournal.ProtoReflect.Descriptor instead.
 func (*TrimJournal) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{49}
+	return file_wire_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *TrimJournal) GetUpToSeq() uint64 {
@@ -4022,7 +4089,7 @@ type SubmitEntry struct {
 
 func (x *SubmitEntry) Reset() {
 	*x = SubmitEntry{}
-	mi := &file_wire_proto_msgTypes[50]
+	mi := &file_wire_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4034,7 +4101,7 @@ func (x *SubmitEntry) String() string {
 func (*SubmitEntry) ProtoMessage() {}
 
 func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[50]
+	mi := &file_wire_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4047,7 +4114,7 @@ func (x *SubmitEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SubmitEntry.ProtoReflect.Descriptor instead.
 func (*SubmitEntry) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{50}
+	return file_wire_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *SubmitEntry) GetBatches() []*Batch {
@@ -4081,7 +4148,7 @@ type RegisterVolume struct {
 
 func (x *RegisterVolume) Reset() {
 	*x = RegisterVolume{}
-	mi := &file_wire_proto_msgTypes[51]
+	mi := &file_wire_proto_msgTypes[52]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4093,7 +4160,7 @@ func (x *RegisterVolume) String() string {
 func (*RegisterVolume) ProtoMessage() {}
 
 func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[51]
+	mi := &file_wire_proto_msgTypes[52]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4106,7 +4173,7 @@ func (x *RegisterVolume) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterVolume.ProtoReflect.Descriptor instead.
 func (*RegisterVolume) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{51}
+	return file_wire_proto_rawDescGZIP(), []int{52}
 }
 
 func (x *RegisterVolume) GetVolume() string {
@@ -4141,7 +4208,7 @@ type SetEpoch struct {
 
 func (x *SetEpoch) Reset() {
 	*x = SetEpoch{}
-	mi := &file_wire_proto_msgTypes[52]
+	mi := &file_wire_proto_msgTypes[53]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4153,7 +4220,7 @@ func (x *SetEpoch) String() string {
 func (*SetEpoch) ProtoMessage() {}
 
 func (x *SetEpoch) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[52]
+	mi := &file_wire_proto_msgTypes[53]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4166,7 +4233,7 @@ func (x *SetEpoch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetEpoch.ProtoReflect.Descriptor instead.
 func (*SetEpoch) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{52}
+	return file_wire_proto_rawDescGZIP(), []int{53}
 }
 
 func (x *SetEpoch) GetVolume() string {
@@ -4195,7 +4262,7 @@ type NodeAddr struct {
 
 func (x *NodeAddr) Reset() {
 	*x = NodeAddr{}
-	mi := &file_wire_proto_msgTypes[53]
+	mi := &file_wire_proto_msgTypes[54]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -4207,7 +4274,7 @@ func (x *NodeAddr) String() string {
 func (*NodeAddr) ProtoMessage() {}
 
 func (x *NodeAddr) ProtoReflect() protoreflect.Message {
-	mi := &file_wire_proto_msgTypes[53]
+	mi := &file_wire_proto_msgTypes[54]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -4220,7 +4287,7 @@ func (x *NodeAddr) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeAddr.ProtoReflect.Descriptor instead.
 func (*NodeAddr) Descriptor() ([]byte, []int) {
-	return file_wire_proto_rawDescGZIP(), []int{53}
+	return file_wire_proto_rawDescGZIP(), []int{54}
 }
 
 func (x *NodeAddr) GetId() string {
@@ -4411,14 +4478,19 @@ const file_wire_proto_rawDesc = "" +
 	"\x10FailbackResponse\x12\x18\n" +
 	"\aregions\x18\x01 \x01(\x04R\aregions\x12#\n" +
 	"\rpromotion_seq\x18\x02 \x01(\x04R\fpromotionSeq\x12\x14\n" +
-	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\x8f\x01\n" +
+	"\x05epoch\x18\x03 \x01(\x04R\x05epoch\"\xc2\x01\n" +
 	"\x0ePromoteRequest\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12!\n" +
 	"\fpromotion_id\x18\x02 \x01(\tR\vpromotionId\x12\x0e\n" +
 	"\x02by\x18\x03 \x01(\tR\x02by\x12\x15\n" +
 	"\x06at_seq\x18\x04 \x01(\x04R\x05atSeq\x12\x1d\n" +
 	"\n" +
-	"from_epoch\x18\x05 \x01(\x04R\tfromEpoch\"x\n" +
+	"from_epoch\x18\x05 \x01(\x04R\tfromEpoch\x121\n" +
+	"\x05admin\x18\x06 \x01(\v2\x1b.tricopy.wire.v1.AdminProofR\x05admin\"@\n" +
+	"\n" +
+	"AdminProof\x12\x14\n" +
+	"\x05chain\x18\x01 \x03(\fR\x05chain\x12\x1c\n" +
+	"\tsignature\x18\x02 \x01(\fR\tsignature\"x\n" +
 	"\x0fPromoteResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x129\n" +
 	"\avolumes\x18\x02 \x03(\v2\x1f.tricopy.wire.v1.PromotedVolumeR\avolumes\x12\x18\n" +
@@ -4599,7 +4671,7 @@ func file_wire_proto_rawDescGZIP() []byte {
 }
 
 var file_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
+var file_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_wire_proto_goTypes = []any{
 	(ErrorCode)(0),                  // 0: tricopy.wire.v1.ErrorCode
 	(*Block)(nil),                   // 1: tricopy.wire.v1.Block
@@ -4629,33 +4701,34 @@ var file_wire_proto_goTypes = []any{
 	(*FailbackRequest)(nil),         // 25: tricopy.wire.v1.FailbackRequest
 	(*FailbackResponse)(nil),        // 26: tricopy.wire.v1.FailbackResponse
 	(*PromoteRequest)(nil),          // 27: tricopy.wire.v1.PromoteRequest
-	(*PromoteResponse)(nil),         // 28: tricopy.wire.v1.PromoteResponse
-	(*PromotedVolume)(nil),          // 29: tricopy.wire.v1.PromotedVolume
-	(*ReadRegionsRequest)(nil),      // 30: tricopy.wire.v1.ReadRegionsRequest
-	(*RemoveSecondaryRequest)(nil),  // 31: tricopy.wire.v1.RemoveSecondaryRequest
-	(*RemoveSecondaryResponse)(nil), // 32: tricopy.wire.v1.RemoveSecondaryResponse
-	(*ReadVolumeRequest)(nil),       // 33: tricopy.wire.v1.ReadVolumeRequest
-	(*ReadVolumeResponse)(nil),      // 34: tricopy.wire.v1.ReadVolumeResponse
-	(*CoordinateRequest)(nil),       // 35: tricopy.wire.v1.CoordinateRequest
-	(*SecondaryHello)(nil),          // 36: tricopy.wire.v1.SecondaryHello
-	(*PreparedSeq)(nil),             // 37: tricopy.wire.v1.PreparedSeq
-	(*AppliedSeq)(nil),              // 38: tricopy.wire.v1.AppliedSeq
-	(*SecondaryReport)(nil),         // 39: tricopy.wire.v1.SecondaryReport
-	(*CoordinateResponse)(nil),      // 40: tricopy.wire.v1.CoordinateResponse
-	(*CoordinateOpened)(nil),        // 41: tricopy.wire.v1.CoordinateOpened
-	(*Entry)(nil),                   // 42: tricopy.wire.v1.Entry
-	(*FailbackSecondary)(nil),       // 43: tricopy.wire.v1.FailbackSecondary
-	(*PromoteGroup)(nil),            // 44: tricopy.wire.v1.PromoteGroup
-	(*SuspendSecondary)(nil),        // 45: tricopy.wire.v1.SuspendSecondary
-	(*ClearSecondaryBitmap)(nil),    // 46: tricopy.wire.v1.ClearSecondaryBitmap
-	(*RegisterSecondary)(nil),       // 47: tricopy.wire.v1.RegisterSecondary
-	(*RemoveSecondary)(nil),         // 48: tricopy.wire.v1.RemoveSecondary
-	(*RecordValidated)(nil),         // 49: tricopy.wire.v1.RecordValidated
-	(*TrimJournal)(nil),             // 50: tricopy.wire.v1.TrimJournal
-	(*SubmitEntry)(nil),             // 51: tricopy.wire.v1.SubmitEntry
-	(*RegisterVolume)(nil),          // 52: tricopy.wire.v1.RegisterVolume
-	(*SetEpoch)(nil),                // 53: tricopy.wire.v1.SetEpoch
-	(*NodeAddr)(nil),                // 54: tricopy.wire.v1.NodeAddr
+	(*AdminProof)(nil),              // 28: tricopy.wire.v1.AdminProof
+	(*PromoteResponse)(nil),         // 29: tricopy.wire.v1.PromoteResponse
+	(*PromotedVolume)(nil),          // 30: tricopy.wire.v1.PromotedVolume
+	(*ReadRegionsRequest)(nil),      // 31: tricopy.wire.v1.ReadRegionsRequest
+	(*RemoveSecondaryRequest)(nil),  // 32: tricopy.wire.v1.RemoveSecondaryRequest
+	(*RemoveSecondaryResponse)(nil), // 33: tricopy.wire.v1.RemoveSecondaryResponse
+	(*ReadVolumeRequest)(nil),       // 34: tricopy.wire.v1.ReadVolumeRequest
+	(*ReadVolumeResponse)(nil),      // 35: tricopy.wire.v1.ReadVolumeResponse
+	(*CoordinateRequest)(nil),       // 36: tricopy.wire.v1.CoordinateRequest
+	(*SecondaryHello)(nil),          // 37: tricopy.wire.v1.SecondaryHello
+	(*PreparedSeq)(nil),             // 38: tricopy.wire.v1.PreparedSeq
+	(*AppliedSeq)(nil),              // 39: tricopy.wire.v1.AppliedSeq
+	(*SecondaryReport)(nil),         // 40: tricopy.wire.v1.SecondaryReport
+	(*CoordinateResponse)(nil),      // 41: tricopy.wire.v1.CoordinateResponse
+	(*CoordinateOpened)(nil),        // 42: tricopy.wire.v1.CoordinateOpened
+	(*Entry)(nil),                   // 43: tricopy.wire.v1.Entry
+	(*FailbackSecondary)(nil),       // 44: tricopy.wire.v1.FailbackSecondary
+	(*PromoteGroup)(nil),            // 45: tricopy.wire.v1.PromoteGroup
+	(*SuspendSecondary)(nil),        // 46: tricopy.wire.v1.SuspendSecondary
+	(*ClearSecondaryBitmap)(nil),    // 47: tricopy.wire.v1.ClearSecondaryBitmap
+	(*RegisterSecondary)(nil),       // 48: tricopy.wire.v1.RegisterSecondary
+	(*RemoveSecondary)(nil),         // 49: tricopy.wire.v1.RemoveSecondary
+	(*RecordValidated)(nil),         // 50: tricopy.wire.v1.RecordValidated
+	(*TrimJournal)(nil),             // 51: tricopy.wire.v1.TrimJournal
+	(*SubmitEntry)(nil),             // 52: tricopy.wire.v1.SubmitEntry
+	(*RegisterVolume)(nil),          // 53: tricopy.wire.v1.RegisterVolume
+	(*SetEpoch)(nil),                // 54: tricopy.wire.v1.SetEpoch
+	(*NodeAddr)(nil),                // 55: tricopy.wire.v1.NodeAddr
 }
 var file_wire_proto_depIdxs = []int32{
 	1,  // 0: tricopy.wire.v1.Batch.blocks:type_name -> tricopy.wire.v1.Block
@@ -4673,54 +4746,55 @@ var file_wire_proto_depIdxs = []int32{
 	16, // 12: tricopy.wire.v1.StatusResponse.secondaries:type_name -> tricopy.wire.v1.SecondaryStatus
 	18, // 13: tricopy.wire.v1.VolumeStatus.promotions:type_name -> tricopy.wire.v1.Promotion
 	0,  // 14: tricopy.wire.v1.ErrorDetail.code:type_name -> tricopy.wire.v1.ErrorCode
-	29, // 15: tricopy.wire.v1.PromoteResponse.volumes:type_name -> tricopy.wire.v1.PromotedVolume
-	36, // 16: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
-	37, // 17: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
-	38, // 18: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
-	39, // 19: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
-	41, // 20: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
-	37, // 21: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
-	38, // 22: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
-	51, // 23: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
-	52, // 24: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
-	53, // 25: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
-	54, // 26: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
-	50, // 27: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
-	47, // 28: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
-	48, // 29: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
-	49, // 30: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
-	45, // 31: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
-	46, // 32: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
-	44, // 33: tricopy.wire.v1.Entry.promote_group:type_name -> tricopy.wire.v1.PromoteGroup
-	43, // 34: tricopy.wire.v1.Entry.failback_secondary:type_name -> tricopy.wire.v1.FailbackSecondary
-	2,  // 35: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
-	3,  // 36: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
-	11, // 37: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
-	14, // 38: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
-	20, // 39: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
-	22, // 40: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
-	35, // 41: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
-	33, // 42: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
-	31, // 43: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
-	30, // 44: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
-	27, // 45: tricopy.wire.v1.Intermediate.Promote:input_type -> tricopy.wire.v1.PromoteRequest
-	25, // 46: tricopy.wire.v1.Intermediate.Failback:input_type -> tricopy.wire.v1.FailbackRequest
-	7,  // 47: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
-	12, // 48: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
-	15, // 49: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
-	21, // 50: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
-	23, // 51: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
-	40, // 52: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
-	34, // 53: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	32, // 54: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
-	34, // 55: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
-	28, // 56: tricopy.wire.v1.Intermediate.Promote:output_type -> tricopy.wire.v1.PromoteResponse
-	26, // 57: tricopy.wire.v1.Intermediate.Failback:output_type -> tricopy.wire.v1.FailbackResponse
-	47, // [47:58] is the sub-list for method output_type
-	36, // [36:47] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	28, // 15: tricopy.wire.v1.PromoteRequest.admin:type_name -> tricopy.wire.v1.AdminProof
+	30, // 16: tricopy.wire.v1.PromoteResponse.volumes:type_name -> tricopy.wire.v1.PromotedVolume
+	37, // 17: tricopy.wire.v1.CoordinateRequest.hello:type_name -> tricopy.wire.v1.SecondaryHello
+	38, // 18: tricopy.wire.v1.CoordinateRequest.prepared:type_name -> tricopy.wire.v1.PreparedSeq
+	39, // 19: tricopy.wire.v1.CoordinateRequest.applied:type_name -> tricopy.wire.v1.AppliedSeq
+	40, // 20: tricopy.wire.v1.CoordinateRequest.report:type_name -> tricopy.wire.v1.SecondaryReport
+	42, // 21: tricopy.wire.v1.CoordinateResponse.opened:type_name -> tricopy.wire.v1.CoordinateOpened
+	38, // 22: tricopy.wire.v1.CoordinateResponse.prepare:type_name -> tricopy.wire.v1.PreparedSeq
+	39, // 23: tricopy.wire.v1.CoordinateResponse.validate:type_name -> tricopy.wire.v1.AppliedSeq
+	52, // 24: tricopy.wire.v1.Entry.submit:type_name -> tricopy.wire.v1.SubmitEntry
+	53, // 25: tricopy.wire.v1.Entry.register_volume:type_name -> tricopy.wire.v1.RegisterVolume
+	54, // 26: tricopy.wire.v1.Entry.set_epoch:type_name -> tricopy.wire.v1.SetEpoch
+	55, // 27: tricopy.wire.v1.Entry.node_addr:type_name -> tricopy.wire.v1.NodeAddr
+	51, // 28: tricopy.wire.v1.Entry.trim_journal:type_name -> tricopy.wire.v1.TrimJournal
+	48, // 29: tricopy.wire.v1.Entry.register_secondary:type_name -> tricopy.wire.v1.RegisterSecondary
+	49, // 30: tricopy.wire.v1.Entry.remove_secondary:type_name -> tricopy.wire.v1.RemoveSecondary
+	50, // 31: tricopy.wire.v1.Entry.record_validated:type_name -> tricopy.wire.v1.RecordValidated
+	46, // 32: tricopy.wire.v1.Entry.suspend_secondary:type_name -> tricopy.wire.v1.SuspendSecondary
+	47, // 33: tricopy.wire.v1.Entry.clear_secondary_bitmap:type_name -> tricopy.wire.v1.ClearSecondaryBitmap
+	45, // 34: tricopy.wire.v1.Entry.promote_group:type_name -> tricopy.wire.v1.PromoteGroup
+	44, // 35: tricopy.wire.v1.Entry.failback_secondary:type_name -> tricopy.wire.v1.FailbackSecondary
+	2,  // 36: tricopy.wire.v1.SubmitEntry.batches:type_name -> tricopy.wire.v1.Batch
+	3,  // 37: tricopy.wire.v1.Intermediate.Submit:input_type -> tricopy.wire.v1.SubmitRequest
+	11, // 38: tricopy.wire.v1.Intermediate.Fetch:input_type -> tricopy.wire.v1.FetchRequest
+	14, // 39: tricopy.wire.v1.Intermediate.Status:input_type -> tricopy.wire.v1.StatusRequest
+	20, // 40: tricopy.wire.v1.Intermediate.Join:input_type -> tricopy.wire.v1.JoinRequest
+	22, // 41: tricopy.wire.v1.Intermediate.Remove:input_type -> tricopy.wire.v1.RemoveRequest
+	36, // 42: tricopy.wire.v1.Intermediate.Coordinate:input_type -> tricopy.wire.v1.CoordinateRequest
+	34, // 43: tricopy.wire.v1.Intermediate.ReadVolume:input_type -> tricopy.wire.v1.ReadVolumeRequest
+	32, // 44: tricopy.wire.v1.Intermediate.RemoveSecondary:input_type -> tricopy.wire.v1.RemoveSecondaryRequest
+	31, // 45: tricopy.wire.v1.Intermediate.ReadRegions:input_type -> tricopy.wire.v1.ReadRegionsRequest
+	27, // 46: tricopy.wire.v1.Intermediate.Promote:input_type -> tricopy.wire.v1.PromoteRequest
+	25, // 47: tricopy.wire.v1.Intermediate.Failback:input_type -> tricopy.wire.v1.FailbackRequest
+	7,  // 48: tricopy.wire.v1.Intermediate.Submit:output_type -> tricopy.wire.v1.SubmitResponse
+	12, // 49: tricopy.wire.v1.Intermediate.Fetch:output_type -> tricopy.wire.v1.FetchResponse
+	15, // 50: tricopy.wire.v1.Intermediate.Status:output_type -> tricopy.wire.v1.StatusResponse
+	21, // 51: tricopy.wire.v1.Intermediate.Join:output_type -> tricopy.wire.v1.JoinResponse
+	23, // 52: tricopy.wire.v1.Intermediate.Remove:output_type -> tricopy.wire.v1.RemoveResponse
+	41, // 53: tricopy.wire.v1.Intermediate.Coordinate:output_type -> tricopy.wire.v1.CoordinateResponse
+	35, // 54: tricopy.wire.v1.Intermediate.ReadVolume:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	33, // 55: tricopy.wire.v1.Intermediate.RemoveSecondary:output_type -> tricopy.wire.v1.RemoveSecondaryResponse
+	35, // 56: tricopy.wire.v1.Intermediate.ReadRegions:output_type -> tricopy.wire.v1.ReadVolumeResponse
+	29, // 57: tricopy.wire.v1.Intermediate.Promote:output_type -> tricopy.wire.v1.PromoteResponse
+	26, // 58: tricopy.wire.v1.Intermediate.Failback:output_type -> tricopy.wire.v1.FailbackResponse
+	48, // [48:59] is the sub-list for method output_type
+	37, // [37:48] is the sub-list for method input_type
+	37, // [37:37] is the sub-list for extension type_name
+	37, // [37:37] is the sub-list for extension extendee
+	0,  // [0:37] is the sub-list for field type_name
 }
 
 func init() { file_wire_proto_init() }
@@ -4737,18 +4811,18 @@ func file_wire_proto_init() {
 		(*SubmitResponse_Opened)(nil),
 		(*SubmitResponse_Acks)(nil),
 	}
-	file_wire_proto_msgTypes[34].OneofWrappers = []any{
+	file_wire_proto_msgTypes[35].OneofWrappers = []any{
 		(*CoordinateRequest_Hello)(nil),
 		(*CoordinateRequest_Prepared)(nil),
 		(*CoordinateRequest_Applied)(nil),
 		(*CoordinateRequest_Report)(nil),
 	}
-	file_wire_proto_msgTypes[39].OneofWrappers = []any{
+	file_wire_proto_msgTypes[40].OneofWrappers = []any{
 		(*CoordinateResponse_Opened)(nil),
 		(*CoordinateResponse_Prepare)(nil),
 		(*CoordinateResponse_Validate)(nil),
 	}
-	file_wire_proto_msgTypes[41].OneofWrappers = []any{
+	file_wire_proto_msgTypes[42].OneofWrappers = []any{
 		(*Entry_Submit)(nil),
 		(*Entry_RegisterVolume)(nil),
 		(*Entry_SetEpoch)(nil),
@@ -4768,7 +4842,7 @@ func file_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wire_proto_rawDesc), len(file_wire_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   54,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
