@@ -46,7 +46,7 @@ help:
 	@echo "make lint        gofmt, go vet, staticcheck"
 	@echo "make bench       deps, build, then bin/tricopy bench all (fs, submit, mirror, lag, failover) under BENCHDIR ($(BENCHDIR)), report in BENCHDIR/report"
 	@echo "make chaos       the whole deployment under a seeded schedule of faults: SEED=1,2,3 DURATION=2m CHAOS_NET=netns|loopback"
-	@echo "make chaos-selftest  the chaos test with an invariant broken on purpose (independent apply): it must fail to find nothing"
+	@echo "make chaos-selftest  the chaos test with each invariant of BREAKS broken on purpose (independent-apply, ack-before-commit): each must be caught"
 	@echo "make proto       regenerate intermediate/wire from wire.proto (installs protoc and the Go plugins if missing)"
 	@echo "make run         deps, build, then tricopy up: one intermediate node and volumes a, b mounted under RUNDIR ($(RUNDIR)) in the foreground; Ctrl-C unmounts"
 	@echo "make clean       remove bin/"
@@ -115,11 +115,17 @@ chaos: deps
 	TRICOPY_REQUIRE_FUSE=1 TRICOPY_CHAOS_SEEDS=$(SEED) TRICOPY_CHAOS_DURATION=$(DURATION) TRICOPY_CHAOS_NET=$(CHAOS_NET) \
 		$(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e
 
-# chaos-selftest is the test of the tester: the secondaries apply without the
-# common validated point, and the run must catch the torn cut.
+# chaos-selftest is the test of the tester, once per invariant of BREAKS broken
+# on purpose: independent-apply (the secondaries apply without the common
+# validated point: the run must catch a torn cut) and ack-before-commit (the
+# primaries acknowledge before the intermediate commits: the run must catch a
+# lost acknowledged write).
+BREAKS ?= independent-apply ack-before-commit
 chaos-selftest: deps
-	TRICOPY_REQUIRE_FUSE=1 TRICOPY_CHAOS_BREAK=independent-apply TRICOPY_CHAOS_SEEDS=$(firstword $(subst $(comma), ,$(SEED))) \
-		TRICOPY_CHAOS_DURATION=$(DURATION) TRICOPY_CHAOS_NET=$(CHAOS_NET) $(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e
+	for b in $(BREAKS); do \
+		TRICOPY_REQUIRE_FUSE=1 TRICOPY_CHAOS_BREAK=$$b TRICOPY_CHAOS_SEEDS=$(firstword $(subst $(comma), ,$(SEED))) \
+			TRICOPY_CHAOS_DURATION=$(DURATION) TRICOPY_CHAOS_NET=$(CHAOS_NET) $(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./e2e || exit 1; \
+	done
 
 comma := ,
 

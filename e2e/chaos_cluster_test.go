@@ -406,9 +406,11 @@ func chaosAddr(ip string) (string, error) {
 }
 
 // newChaosCluster lays out the cluster's processes under base on the
-// network n, with secEnv[volume] added to the environment of the
+// network n, with secEnv[volume] and primEnv[volume] added to the
+// environment of the secondary and the primary of volume (the test-only
+// switches of the self-tests); secEnv[volume] goes to the
 // volume's secondary; start starts them.
-func newChaosCluster(base string, n chaosNet, secEnv map[string][]string) (*chaosCluster, error) {
+func newChaosCluster(base string, n chaosNet, secEnv, primEnv map[string][]string) (*chaosCluster, error) {
 	c := &chaosCluster{base: base, net: n, prim: map[string]*chaosProc{}, sec: map[string]*chaosProc{}}
 	var addrErr error
 	addr := func(site string) string {
@@ -435,7 +437,7 @@ func newChaosCluster(base string, n chaosNet, secEnv map[string][]string) (*chao
 	inter := strings.Join(c.addrs, ",")
 	for _, v := range chaosVolumes {
 		p := &chaosProc{name: "p" + v, role: rolePrimary, site: "p", volume: v, data: filepath.Join(base, "data", v),
-			mnt: filepath.Join(base, "primary", v), metrics: addr("p"), ready: "mounted volume", net: n}
+			mnt: filepath.Join(base, "primary", v), metrics: addr("p"), ready: "mounted volume", env: primEnv[v], net: n}
 		p.args = []string{"mount", "--volume", v, "--data", p.data, "--mountpoint", p.mnt, "--size", "128MiB",
 			"--intermediate", inter, "--metrics", p.metrics, "--log-format", "text"}
 		c.prim[v] = p

@@ -25,9 +25,12 @@ import (
 //	TRICOPY_CHAOS_NET       loopback or netns (default: netns when ip(8) and
 //	                        nsenter(1) work, else loopback)
 //	TRICOPY_CHAOS_BREAK     the test of the tester: break an invariant on
-//	                        purpose (independent-apply: secondaries apply
-//	                        without the common validated point) and require
-//	                        the run to catch it
+//	                        purpose and require the run to catch it:
+//	                        independent-apply (secondaries apply without
+//	                        the common validated point: a torn cut) or
+//	                        ack-before-commit (primaries acknowledge writes
+//	                        before the intermediate commits them: a lost
+//	                        acknowledged write once a primary is killed)
 //
 // A failing run prints its seed, its schedule and what happened, and
 // TRICOPY_CHAOS_SEEDS=<seed> replays the schedule.
@@ -94,12 +97,46 @@ func chaosSettingsFromEnv(t *testing.T) chaosSettings {
 			s.net = "netns"
 		}
 	}
-	switch s.broken {
-	case "", "independent-apply":
-	default:
-		t.Fatalf("TRICOPY_CHAOS_BREAK=%q: the invariants it can break are: independent-apply", s.broken)
+	if _, ok := chaosBreaks[s.broken]; !ok && s.broken != "" {
+		t.Fatalf("TRICOPY_CHAOS_BREAK=%q: the invariants it can break are: independent-apply, ack-before-commit", s.broken)
 	}
 	return s
+}
+
+// chaosBreak is an invariant the self-test breaks on purpose.
+type chaosBreak struct {
+	what string // the violation the run must report
+	// caught reports whether a problem of the run is that violation.
+	caught func(problem string) bool
+	// secEnv and primEnv are the switches, by volume.
+	secEnv, primEnv map[string][]string
+	// primariesOnly aims every kill and pause of the schedule at the
+	// primaries, so that the run (of CI's length) meets the bug.
+	primariesOnly bool
+}
+
+// chaosBreaks are the invariants TRICOPY_CHAOS_BREAK may break.
+var chaosBreaks = map[string]chaosBreak{
+	// Each secondary applies what it staged on its own, b's at once and
+	// a's 700 ms late: a torn cut for every reader of both (the run does
+	// not converge either: the secondaries apply outside the protocol).
+	"independent-apply": {
+		what:    "torn cut",
+		caught:  func(p string) bool { return strings.HasPrefix(p, "torn cut") },
+		secEnv:  map[string][]string{"a": {"TRICOPY_TEST_INDEPENDENT_APPLY=700ms"}, "b": {"TRICOPY_TEST_INDEPENDENT_APPLY=0s"}},
+		primEnv: nil,
+	},
+	// The primaries acknowledge before the intermediate commits: a primary
+	// killed with batches in flight loses writes it acknowledged.
+	"ack-before-commit": {
+		what: "lost acknowledged write",
+		caught: func(p string) bool {
+			return strings.Contains(p, "lost acknowledged") || strings.Contains(p, "acknowledged blob") ||
+				strings.Contains(p, "lost committed transaction") || strings.Contains(p, ", want one of ")
+		},
+		primEnv:       map[string][]string{"a": {"TRICOPY_TEST_ACK_BEFORE_COMMIT=1"}, "b": {"TRICOPY_TEST_ACK_BEFORE_COMMIT=1"}},
+		primariesOnly: true,
+	},
 }
 
 // TestChaos runs a schedule per seed.
@@ -109,20 +146,17 @@ func TestChaos(t *testing.T) {
 	for _, seed := range cfg.seeds {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			problems := runChaos(t, seed, cfg)
-			if cfg.broken != "" {
-				// Independent apply tears the cut across the replicas:
-				// the watcher must see it (the run does not converge
-				// either: the secondaries apply outside the protocol).
-				var torn []string
+			if br, ok := chaosBreaks[cfg.broken]; ok {
+				var caught []string
 				for _, p := range problems {
-					if strings.HasPrefix(p, "torn cut") {
-						torn = append(torn, p)
+					if br.caught(p) {
+						caught = append(caught, p)
 					}
 				}
-				if len(torn) == 0 {
-					t.Fatalf("TRICOPY_CHAOS_BREAK=%s: the run saw no torn cut: the chaos test cannot see this bug; it saw: %v", cfg.broken, problems)
+				if len(caught) == 0 {
+					t.Fatalf("TRICOPY_CHAOS_BREAK=%s: the run saw no %s: the chaos test cannot see this bug; it saw: %v", cfg.broken, br.what, problems)
 				}
-				t.Logf("TRICOPY_CHAOS_BREAK=%s: caught, %d torn cuts seen; the first: %s", cfg.broken, len(torn), torn[0])
+				t.Logf("TRICOPY_CHAOS_BREAK=%s: caught, %d violations of the kind seen; the first: %s", cfg.broken, len(caught), caught[0])
 				return
 			}
 			if len(problems) > 0 {
@@ -175,13 +209,8 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 		})
 		n = nn
 	}
-	var secEnv map[string][]string
-	if cfg.broken == "independent-apply" {
-		// Each secondary applies what it staged on its own, b's at once
-		// and a's 700 ms late: a torn cut for every reader of both.
-		secEnv = map[string][]string{"a": {"TRICOPY_TEST_INDEPENDENT_APPLY=700ms"}, "b": {"TRICOPY_TEST_INDEPENDENT_APPLY=0s"}}
-	}
-	c, err := newChaosCluster(base, n, secEnv)
+	br := chaosBreaks[cfg.broken]
+	c, err := newChaosCluster(base, n, br.secEnv, br.primEnv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +230,14 @@ func runChaos(t *testing.T, seed uint64, cfg chaosSettings) (problems []string) 
 			})
 		}
 	}
-	schedule := chaosSchedule(seed, cfg.duration, n.canCut(), procNames, secNames, chaosSites)
+	targets := procNames
+	if br.primariesOnly {
+		targets = nil
+		for _, v := range chaosVolumes {
+			targets = append(targets, c.prim[v].name)
+		}
+	}
+	schedule := chaosSchedule(seed, cfg.duration, n.canCut(), targets, secNames, chaosSites)
 	t.Cleanup(func() {
 		if t.Failed() || len(problems) > 0 {
 			var b strings.Builder

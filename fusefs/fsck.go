@@ -276,6 +276,10 @@ func (c *checker) visit(ino uint32) error {
 		if err := c.visit(in.xattr); err != nil {
 			return err
 		}
+		if xin.size > maxXattrStream {
+			c.problemf("inode %d: xattr stream inode %d of %d bytes, above the limit of %d", ino, in.xattr, xin.size, maxXattrStream)
+			return nil
+		}
 		p := make([]byte, xin.size)
 		buf := make([]byte, bs)
 		for lblk := uint64(0); lblk*bs < xin.size; lblk++ {

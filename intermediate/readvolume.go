@@ -12,7 +12,7 @@ import (
 )
 
 // readVolumeChunk is the number of blocks of one ReadVolume response.
-const readVolumeChunk = 256
+const readVolumeChunk = wire.MaxChunkBlocks
 
 // readVolumeBarrier bounds ReadVolume's wait for the leader to apply what
 // was committed before its term.

@@ -139,6 +139,11 @@ type Config struct {
 	RetryInterval time.Duration
 	// Logger receives the mirror's logs; default slog.Default().
 	Logger *slog.Logger
+	// AckBeforeCommit breaks invariant 3 on purpose, for the test of the
+	// chaos test only: Commit's ack returns at once, before the
+	// intermediate committed the batch, so that a crash of the primary
+	// loses writes it acknowledged. Never set it otherwise.
+	AckBeforeCommit bool
 }
 
 func (cfg Config) withDefaults() (Config, error) {

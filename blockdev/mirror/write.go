@@ -127,6 +127,9 @@ func (m *Mirror) Commit(ctx context.Context, b *blockdev.Batch) (func(context.Co
 	m.pends = append(m.pends, p)
 	m.pendBytes += p.bytes
 	m.kickApplier()
+	if m.cfg.AckBeforeCommit {
+		return func(context.Context) error { return nil }, nil
+	}
 	return func(ctx context.Context) error { return m.waitCommit(ctx, p, np) }, nil
 }
 

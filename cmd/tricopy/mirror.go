@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"os"
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
@@ -25,7 +26,7 @@ func openMirror(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume,
 	m, err := mirror.Open(ctx, mirror.Config{
 		Name: cfg.Volume, Group: cfg.Group, Local: vol, Dir: vol.Dir(), Client: cl,
 		Fence: mirror.Fence(cfg.Fence), Timeout: cfg.FenceTimeout, RegionSize: int(cfg.RegionSize.Bytes()),
-		Logger: log.With("component", "mirror"),
+		Logger: log.With("component", "mirror"), AckBeforeCommit: ackBeforeCommit(log),
 	})
 	if err != nil {
 		cl.Close()
@@ -64,4 +65,19 @@ func watchMirror(ctx context.Context, log *slog.Logger, m *mirror.Mirror, interv
 			return
 		}
 	}
+}
+
+// ackBeforeCommitEnv is the test-only switch of
+// mirror.Config.AckBeforeCommit (the chaos test's self-test): set to 1,
+// the mount acknowledges writes before the intermediate commits them.
+const ackBeforeCommitEnv = "TRICOPY_TEST_ACK_BEFORE_COMMIT"
+
+// ackBeforeCommit reports whether ackBeforeCommitEnv is set, and says so
+// in the log.
+func ackBeforeCommit(log *slog.Logger) bool {
+	if os.Getenv(ackBeforeCommitEnv) != "1" {
+		return false
+	}
+	log.Warn("test-only: writes are acknowledged before the intermediate commits them (invariant 3 broken on purpose)", "env", ackBeforeCommitEnv)
+	return true
 }

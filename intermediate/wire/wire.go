@@ -145,6 +145,10 @@ func ChunkCRC(r *ReadVolumeResponse) uint32 {
 	return crc32.Update(h, castagnoli, r.GetData())
 }
 
+// MaxChunkBlocks is the most blocks one ReadVolume or ReadRegions chunk
+// may hold (1 MiB); the nodes send at most this many.
+const MaxChunkBlocks = 256
+
 // CheckChunk checks a ReadVolumeResponse of a volume of blockCount blocks:
 // its range, its data length and its CRC.
 func CheckChunk(r *ReadVolumeResponse, blockCount uint64) error {
@@ -152,6 +156,10 @@ func CheckChunk(r *ReadVolumeResponse, blockCount uint64) error {
 	switch {
 	case n == 0 && !r.GetDone():
 		return fmt.Errorf("%w: chunk at block %d holds no block", ErrBadRequest, r.GetFirstBlock())
+	case n > MaxChunkBlocks:
+		// An all-zero chunk carries no data: the reader allocates its
+		// blocks, so their number is bounded here.
+		return fmt.Errorf("%w: chunk of %d blocks at block %d, more than %d", ErrBadRequest, n, r.GetFirstBlock(), MaxChunkBlocks)
 	case r.GetFirstBlock() > blockCount || n > blockCount-r.GetFirstBlock():
 		return fmt.Errorf("%w: chunk of %d blocks at block %d, outside the volume of %d blocks", ErrBadRequest, n, r.GetFirstBlock(), blockCount)
 	case len(r.GetData()) != 0 && uint64(len(r.GetData())) != n*BlockSize:

@@ -272,6 +272,12 @@ func TestCheckChunk(t *testing.T) {
 	if err := CheckChunk(short, 8); !errors.Is(err, ErrBadRequest) {
 		t.Errorf("short data: %v", err)
 	}
+	// An all-zero chunk's blocks are allocated by the reader: bounded.
+	huge := &ReadVolumeResponse{FirstBlock: 0, BlockCount: MaxChunkBlocks + 1}
+	huge.Crc = ChunkCRC(huge)
+	if err := CheckChunk(huge, 1<<30); !errors.Is(err, ErrBadRequest) {
+		t.Errorf("zero chunk of %d blocks: %v", huge.BlockCount, err)
+	}
 }
 
 // FuzzCheckChunk: any bytes decoded as a chunk are checked without a
