@@ -84,7 +84,12 @@ func LoadStateFile(fsys FS, label, path, magic string, v any) (found bool, err e
 // SaveStateFile writes v to the state file path under magic, atomically and
 // durably.
 func SaveStateFile(fsys FS, label, path, magic string, v any) error {
-	if err := WriteFileAtomic(fsys, label, path, EncodeStateFile(magic, v)); err != nil {
+	data := EncodeStateFile(magic, v)
+	if len(data) > MaxStateFile {
+		// LoadStateFile would refuse it at the next start.
+		return fmt.Errorf("save %s: %d bytes, more than the %d a state file may hold", path, len(data), MaxStateFile)
+	}
+	if err := WriteFileAtomic(fsys, label, path, data); err != nil {
 		return fmt.Errorf("save %s: %w", path, err)
 	}
 	return nil

@@ -80,6 +80,10 @@ func (e *Error) Error() string {
 // Unwrap returns the underlying error.
 func (e *Error) Unwrap() error { return e.Err }
 
+// MaxConfigFile is the largest --config file Load reads: the examples are
+// a few KiB; a larger file is a mistake (a wrong path), not a config.
+const MaxConfigFile = 1 << 20
+
 // Config is implemented by every command configuration (a pointer to a
 // struct with key tags).
 type Config interface {
@@ -268,6 +272,9 @@ func Load(fs *pflag.FlagSet, cfg Config) error {
 		fileSource += " named by " + EnvName(ConfigKey)
 	}
 	if path != "" {
+		if st, err := os.Stat(path); err == nil && st.Size() > MaxConfigFile {
+			return &Error{Key: ConfigKey, Source: pathSource, Err: fmt.Errorf("%w: config file %s is %d bytes, more than %d", ErrInvalid, path, st.Size(), MaxConfigFile)}
+		}
 		v.SetConfigFile(path)
 		v.SetConfigType("yaml")
 		if err := v.ReadInConfig(); err != nil {

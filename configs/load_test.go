@@ -1,6 +1,7 @@
 package configs
 
 import (
+	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -360,5 +361,25 @@ func TestErrorMessage(t *testing.T) {
 	}
 	if got, want := Required("data").Error(), `config key "data": required: pass --data, set TRICOPY_DATA, or set data in the --config file`; got != want {
 		t.Errorf("Required: %q, want %q", got, want)
+	}
+}
+
+// TestLoadRefusesHugeFile: a config file over MaxConfigFile is refused
+// before it is read.
+func TestLoadRefusesHugeFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "huge.yaml")
+	if err := os.WriteFile(path, bytes.Repeat([]byte("# comment line\n"), MaxConfigFile/15+1), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := DefaultFormat()
+	fs := pflag.NewFlagSet("format", pflag.ContinueOnError)
+	Bind(fs, &cfg)
+	if err := fs.Parse([]string{"--config", path}); err != nil {
+		t.Fatal(err)
+	}
+	err := Load(fs, &cfg)
+	var ce *Error
+	if !errors.As(err, &ce) || ce.Key != ConfigKey || !strings.Contains(err.Error(), "more than") {
+		t.Fatalf("load of a %d-byte config file: %v", MaxConfigFile+15, err)
 	}
 }
