@@ -292,6 +292,11 @@ func Load(fs *pflag.FlagSet, cfg Config) error {
 			if k == ConfigKey {
 				return &Error{Key: k, Source: fileSource, Err: fmt.Errorf("%w: a config file cannot name another config file", ErrInvalid)}
 			}
+			if strings.Trim(k, ".") == "" || strings.HasPrefix(k, ".") {
+				// An empty key ('': x, or one nested under it): the file is
+				// at fault, and no key can be named.
+				return &Error{Key: ConfigKey, Source: fileSource, Err: fmt.Errorf("%w: the file sets an empty key", ErrInvalid)}
+			}
 			if top, _, nested := strings.Cut(k, "."); nested && known[top] {
 				return &Error{Key: top, Source: fileSource, Err: fmt.Errorf("%w: got a mapping, want a value", ErrInvalid)}
 			}
