@@ -139,6 +139,8 @@ type Mount struct {
 	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"how long a write may wait for its commit at the intermediate before the fence level applies (used with --intermediate)"`
 	// RegionSize is the region size of a new primary bitmap.
 	RegionSize Size `key:"region-size" help:"region size of the primary bitmap created with a new mirror (a power of two multiple of 4KiB); resync copies whole regions (used with --intermediate)"`
+	// ResyncRate bounds the initial copy and resyncs, in bytes per second.
+	ResyncRate Size `key:"resync-rate" meta:"SIZE" help:"most bytes per second the initial copy and each resync send (like 50MiB); the filesystem's own writes are not limited; 0: as fast as the intermediate takes them (used with --intermediate)"`
 	// Metrics is the address of the Prometheus metrics server; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
 	// TLS holds the TLS keys (all or none).

@@ -26,6 +26,8 @@ type Secondary struct {
 	Fence string `key:"fence" oneof:"data,never" help:"fence level of the volume once tricopy promote made it a primary (see tricopy mount --fence)"`
 	// FenceTimeout is the fence timeout once promoted.
 	FenceTimeout time.Duration `key:"fence-timeout" meta:"DURATION" help:"fence timeout of the volume once promoted (see tricopy mount --fence-timeout)"`
+	// ResyncRate bounds the promoted volume's resyncs.
+	ResyncRate Size `key:"resync-rate" meta:"SIZE" help:"most bytes per second the resyncs of the volume once promoted send (see tricopy mount --resync-rate); 0: unlimited"`
 	// Metrics is the address of the Prometheus metrics server; empty: none.
 	Metrics string `key:"metrics" meta:"ADDR" help:"serve Prometheus metrics (tricopy_*) at http://ADDR/metrics; empty: none"`
 	// TLS holds the TLS keys (all or none).

@@ -105,6 +105,13 @@ type site struct {
 // extra environment.
 func startSite(t *testing.T, secEnv map[string][]string, interFlags ...string) *site {
 	t.Helper()
+	return startSiteWith(t, secEnv, nil, interFlags...)
+}
+
+// startSiteWith is startSite with primExtra as more flags of the
+// primaries.
+func startSiteWith(t *testing.T, secEnv map[string][]string, primExtra []string, interFlags ...string) *site {
+	t.Helper()
 	requireFUSE(t)
 	base := t.TempDir()
 	s := &site{base: base, prim: map[string]mirrorSpec{}, sec: map[string]secondarySpec{},
@@ -112,7 +119,8 @@ func startSite(t *testing.T, secEnv map[string][]string, interFlags ...string) *
 	s.nodes = startIntermediates(t, filepath.Join(base, "inter"), 1, interFlags...)
 	s.addrs = nodeAddrs(s.nodes)
 	for _, v := range []string{"a", "b"} {
-		s.prim[v] = mirrorSpec{volume: v, data: filepath.Join(base, "data", v), mnt: filepath.Join(base, "primary", v), addrs: s.addrs, size: "256MiB"}
+		s.prim[v] = mirrorSpec{volume: v, data: filepath.Join(base, "data", v), mnt: filepath.Join(base, "primary", v), addrs: s.addrs, size: "256MiB",
+			extra: primExtra}
 		s.pmounts[v] = startMirrored(t, s.prim[v])
 	}
 	waitState(t, s.addrs, "PAIR", pairTimeout, "a", "b")

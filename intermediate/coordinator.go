@@ -442,7 +442,9 @@ func (d *driver) sync() {
 			d.step(coord.Removed{ID: id})
 		}
 	}
-	d.step(coord.Valid{Seq: fsm.Stats().ValidSeq})
+	// Points are prepared up to the consistent seq, never inside a
+	// primary's open copy window (its volume is torn there).
+	d.step(coord.Valid{Seq: fsm.Stats().ConsistentSeq})
 	if v := fsm.Validated(); v > d.recorded {
 		d.recorded = v
 		d.r.log.Debug("validated seq recorded", logKeyValidated, v)

@@ -199,6 +199,12 @@ type volumeRecord struct {
 	// trimmedSeq is the seq of the last batch of the volume dropped from
 	// the journal (0 when none was).
 	trimmedSeq uint64
+	// copySince is the seq of the first batch of the volume's open copy
+	// window: its batches from there on carry the copying flag (its
+	// primary is in COPY or RESYNC), so the volume's image is not a
+	// consistent filesystem at any seq from copySince on until a batch
+	// without the flag closes the window. 0 when no window is open.
+	copySince uint64
 	// session is the Raft index of the volume's latest RegisterVolume
 	// entry: only batches of that Submit session are accepted.
 	session uint64
@@ -246,7 +252,7 @@ func (r *volumeRecord) dropBatches(n int) {
 
 func (r *volumeRecord) info() VolumeInfo {
 	v := VolumeInfo{Name: r.name, Epoch: r.epoch, BlockCount: r.blockCount, LastVolumeSeq: r.lastVolumeSeq, LastSeq: r.lastSeq,
-		Session: r.session, TrimmedSeq: r.trimmedSeq}
+		Session: r.session, TrimmedSeq: r.trimmedSeq, CopySince: r.copySince}
 	if r.changed != nil {
 		v.ChangedSincePromotion = r.changed.Count()
 	}
@@ -386,6 +392,9 @@ type VolumeInfo struct {
 	// ChangedSincePromotion is the number of regions of the volume's
 	// changed-since-promotion bitmap (0 when it was never promoted).
 	ChangedSincePromotion uint64
+	// CopySince is the seq of the first batch of the volume's open copy
+	// window (wire.Batch.copying), 0 when none is open.
+	CopySince uint64
 }
 
 // FSMStats are the state machine's counters.
@@ -408,6 +417,15 @@ type FSMStats struct {
 	// ValidatedSeq is the validated seq: every secondary prepared it, as
 	// the coordinator recorded (RecordValidated).
 	ValidatedSeq uint64
+	// ConsistentSeq is the highest seq a validated point (or a promotion)
+	// may take: ValidSeq, or just below the first batch of the earliest
+	// open copy window, where CopyHeldBy's image stops being a consistent
+	// filesystem. It never moves backwards: a window opens above every
+	// seq committed before it.
+	ConsistentSeq uint64
+	// CopyHeldBy names the volume whose open copy window holds
+	// ConsistentSeq below ValidSeq, empty when none does.
+	CopyHeldBy string
 }
 
 // NewFSM opens the intermediate volumes already in cfg.Dir (creating the
@@ -634,6 +652,12 @@ func (f *FSM) submitLocked(b *wire.Batch, session uint64, at int64) BatchResult 
 	default:
 		f.st.seq++
 		r.Seq = f.st.seq
+		switch {
+		case !b.GetCopying():
+			rec.copySince = 0
+		case rec.copySince == 0:
+			rec.copySince = r.Seq
+		}
 		cb := &wire.CommittedBatch{Seq: r.Seq, Batch: b}
 		f.st.journal = append(f.st.journal, cb)
 		f.st.journalBytes += uint64(wire.BatchBytes(b))
@@ -886,6 +910,15 @@ func (f *FSM) applyRecordValidated(index uint64, rv *wire.RecordValidated) any {
 	}
 	defer f.mu.Unlock()
 	f.st.appliedIndex = index
+	if c, held := f.consistentLocked(); rv.GetSeq() > c {
+		// The coordinator never asks for this (it prepares at most the
+		// consistent seq, which never moves backwards): refused, not
+		// fatal, so that no replay of the log can stop a node on it.
+		f.log.Error("refused a validated seq inside an open copy window", fsmKeySeq, rv.GetSeq(), fsmKeyVolume, held,
+			"consistent_seq", c, fsmKeyIndex, index)
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST,
+			"validated seq %d is inside the open copy window of volume %q: the highest consistent seq is %d", rv.GetSeq(), held, c)
+	}
 	if rv.GetSeq() > f.st.validated {
 		f.st.validated = rv.GetSeq()
 		f.broadcastLocked()
@@ -939,11 +972,26 @@ func (f *FSM) Failed() error {
 	return f.failed
 }
 
+// consistentLocked returns FSMStats.ConsistentSeq and CopyHeldBy. The
+// caller holds mu.
+func (f *FSM) consistentLocked() (seq uint64, heldBy string) {
+	seq = f.st.seq
+	for _, rec := range f.st.volumes {
+		if rec.copySince != 0 && rec.copySince-1 < seq { // seqs are distinct: no ties
+			seq, heldBy = rec.copySince-1, rec.name
+		}
+	}
+	return seq, heldBy
+}
+
 // Stats returns the state machine's counters.
 func (f *FSM) Stats() FSMStats {
 	f.mu.RLock()
 	defer f.mu.RUnlock()
+	consistent, heldBy := f.consistentLocked()
 	return FSMStats{
+		ConsistentSeq:  consistent,
+		CopyHeldBy:     heldBy,
 		CommittedSeq:   f.st.seq,
 		ValidSeq:       f.st.seq,
 		AppliedIndex:   f.st.appliedIndex,

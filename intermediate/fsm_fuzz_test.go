@@ -293,12 +293,15 @@ func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapsho
 		t.Fatalf("not a state version %d can hold: %+v, %v", version, m, err)
 	}
 	for _, v := range m.volumes {
+		if version < snapVersion && v.copySince != 0 {
+			t.Fatalf("volume %q has an open copy window, which version %d cannot hold", v.name, version)
+		}
 		if version < snapVersionNoChanged && len(v.promotions) != 0 {
 			t.Fatalf("volume %q was promoted, which version %d cannot hold", v.name, version)
 		}
 	}
 	for _, s := range m.secondaries {
-		if version < snapVersion && s.failbackSeq != 0 {
+		if version < snapVersionNoCopy && s.failbackSeq != 0 {
 			t.Fatalf("secondary %q failed back, which version %d cannot hold", s.id, version)
 		}
 	}
@@ -306,7 +309,7 @@ func ftAsVersion(t testing.TB, stream []byte, version uint32, fits func(*snapsho
 	// Versions before 6 have no changed-since-promotion bitmaps: drop them.
 	r := &restorer{fr: fr}
 	for _, v := range m.volumes {
-		if len(v.promotions) == 0 || version >= snapVersion {
+		if len(v.promotions) == 0 || version >= snapVersionNoCopy {
 			continue
 		}
 		if _, err := r.readChanged(v); err != nil {

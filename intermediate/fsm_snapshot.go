@@ -23,7 +23,8 @@ package intermediate
 //	         from version 4 on, each secondary's suspension, the seq its
 //	         bitmap covers from and its intermediate bitmap (runs of regions);
 //	         from version 5 on, each volume's promotion history; from
-//	         version 6 on, each secondary's failback seq
+//	         version 6 on, each secondary's failback seq; from version 7
+//	         on, each volume's copy window (the seq it opened at, or 0)
 //	changed  from version 6 on, for each volume with a promotion history,
 //	         by name: its changed-since-promotion bitmap
 //	         (blockdev.Bitmap.MarshalBinary) in frames of name, total
@@ -74,8 +75,10 @@ package intermediate
 // truncated stream (a checksum, a size, an order or a count that is wrong)
 // fails Restore with the old state and volumes untouched.
 //
-// Versions: 6 (this one) added the volumes' changed-since-promotion bitmaps
-// and the secondaries' failback seqs; Restore still reads version 5 (no
+// Versions: 7 (this one) added the volumes' open copy windows; Restore
+// still reads version 6 (no batch of that time carried the copying flag,
+// so no window was open). 6 added the volumes' changed-since-promotion
+// bitmaps and the secondaries' failback seqs; Restore still reads version 5 (no
 // failback of that time; a volume promoted then has no record of what
 // changed since, so it gets a bitmap with every region set: a failback of
 // its old primary copies the whole volume). 5 added the volumes' promotion
@@ -116,8 +119,11 @@ import (
 // Snapshot stream format.
 const (
 	snapMagic   = "TRISNAP\x00"
-	snapVersion = 6
-	// snapVersionNoChanged is the previous version, which Restore still
+	snapVersion = 7
+	// snapVersionNoCopy is the previous version, which Restore still
+	// reads: no copy windows.
+	snapVersionNoCopy = 6
+	// snapVersionNoChanged is the version before, which Restore still
 	// reads: no changed-since-promotion bitmaps, no failback seqs.
 	snapVersionNoChanged = 5
 	// snapVersionNoPromotions is the version before, which Restore still
@@ -199,7 +205,9 @@ type secondaryMeta struct {
 type volumeMeta struct {
 	name                                                           string
 	epoch, blockCount, lastVolumeSeq, lastSeq, trimmedSeq, session uint64
-	promotions                                                     []promotionRecord // version 5
+	// copySince is the volume's open copy window (version 7 on).
+	copySince  uint64
+	promotions []promotionRecord // version 5
 	// changed is a copy of the changed-since-promotion bitmap (set exactly
 	// when promotions is not empty); it travels in changed frames
 	// (version 6), not in the meta frame.
@@ -238,7 +246,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 		}
 		vm := volumeMeta{name: name, epoch: rec.epoch, blockCount: rec.blockCount,
 			lastVolumeSeq: rec.lastVolumeSeq, lastSeq: rec.lastSeq, trimmedSeq: rec.trimmedSeq, session: rec.session,
-			promotions: slices.Clone(rec.promotions)}
+			copySince: rec.copySince, promotions: slices.Clone(rec.promotions)}
 		if rec.changed != nil {
 			// Later batches mark the bitmap in place: copy it.
 			vm.changed = rec.changed.Clone()
@@ -482,12 +490,12 @@ func (r *restorer) read() (fsmState, error) {
 	for _, vm := range meta.volumes {
 		st.volumes[vm.name] = &volumeRecord{name: vm.name, epoch: vm.epoch, blockCount: vm.blockCount,
 			lastVolumeSeq: vm.lastVolumeSeq, lastSeq: vm.lastSeq, trimmedSeq: vm.trimmedSeq, session: vm.session,
-			promotions: vm.promotions}
+			copySince: vm.copySince, promotions: vm.promotions}
 	}
 	for _, nm := range meta.nodes {
 		st.nodeAddrs[nm.id] = nm.addr
 	}
-	if version >= snapVersion {
+	if version >= snapVersionNoCopy {
 		for _, vm := range meta.volumes {
 			if len(vm.promotions) == 0 {
 				continue
@@ -510,7 +518,7 @@ func (r *restorer) read() (fsmState, error) {
 	}
 	// The bitmaps are built once the images checked out: a bitmap is
 	// bounded by its volume's size, which is real by now.
-	if version < snapVersion {
+	if version < snapVersionNoCopy {
 		for _, vm := range meta.volumes {
 			if len(vm.promotions) == 0 {
 				continue
@@ -801,6 +809,9 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		if version < snapVersionNoChanged {
 			continue
 		}
+		if version >= snapVersion {
+			e.u64(v.copySince)
+		}
 		e.u32(uint32(len(v.promotions)))
 		for _, p := range v.promotions {
 			e.str(p.id)
@@ -837,7 +848,7 @@ func encodeMeta(m snapshotMeta, version uint32) []byte {
 		e.u64(s.coveredFrom)
 		e.u64(s.resumeFrom)
 		e.u64(s.markedSeq)
-		if version >= snapVersion {
+		if version >= snapVersionNoCopy {
 			e.u64(s.failbackSeq)
 		}
 		e.u32(uint32(len(s.ranges)))
@@ -887,6 +898,9 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 	for i := uint32(0); i < nv && d.err == nil; i++ {
 		v := volumeMeta{name: d.str()}
 		v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, v.session = d.u64(), d.u64(), d.u64(), d.u64(), d.u64(), d.u64()
+		if version >= snapVersion {
+			v.copySince = d.u64()
+		}
 		if version >= snapVersionNoChanged {
 			np := d.u32()
 			if d.err == nil && uint64(np) > uint64(len(d.b))/minPromotionMeta {
@@ -912,7 +926,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 		ns := d.u32()
 		minSize := uint64(minSecondaryMeta)
 		switch {
-		case version >= snapVersion:
+		case version >= snapVersionNoCopy:
 			minSize = minSecondaryMetaV6
 		case version >= snapVersionNoPromotions:
 			minSize = minSecondaryMetaV4
@@ -929,7 +943,7 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 				}
 				s.suspended = flags&secondaryFlagSuspended != 0
 				s.coveredFrom, s.resumeFrom, s.markedSeq = d.u64(), d.u64(), d.u64()
-				if version >= snapVersion {
+				if version >= snapVersionNoCopy {
 					s.failbackSeq = d.u64()
 				}
 				nr := d.u32()
@@ -962,6 +976,10 @@ func decodeMeta(p []byte, version uint32) (snapshotMeta, error) {
 			(v.lastSeq == 0) != (v.lastVolumeSeq == 0) || v.trimmedSeq > v.lastSeq || v.trimmedSeq >= m.journalStart {
 			return m, fmt.Errorf("%w: volume %q: epoch %d, %d blocks, last volume seq %d, last seq %d, trimmed to seq %d (counter %d, journal from %d)",
 				errBadSnapshot, v.name, v.epoch, v.blockCount, v.lastVolumeSeq, v.lastSeq, v.trimmedSeq, m.seq, m.journalStart)
+		}
+		if v.copySince != 0 && (v.copySince > v.lastSeq || v.copySince <= m.validated) {
+			return m, fmt.Errorf("%w: volume %q: copy window from seq %d, last seq %d, validated seq %d",
+				errBadSnapshot, v.name, v.copySince, v.lastSeq, m.validated)
 		}
 		if err := checkPromotionsMeta(v, m.seq); err != nil {
 			return m, err

@@ -21,7 +21,12 @@ import (
 // entry, so no batch of an old primary commits after the promotion: the
 // group's valid counter at the promotion is final for the old primaries,
 // and the secondaries hold the old primaries' whole state once they
-// applied it. The secondaries stay registered, so that the coordinator
+// applied it. The promotion's point is that counter, unless a volume's
+// copy window is open (its primary was in COPY or RESYNC: wire.Batch
+// copying), whose image is torn inside it: the point is then just below
+// the window, the last seq at which every volume is a consistent
+// filesystem, and the batches after it are after regions, as for a
+// promotion recorded late (below). The secondaries stay registered, so that the coordinator
 // keeps validating while they drain; whoever promotes removes them
 // afterwards (RemoveSecondary). Each promoted volume gets a new
 // changed-since-promotion bitmap, for the failback of its old primary
@@ -75,7 +80,8 @@ type PromotionInfo struct {
 	Epoch uint64
 	// Seq is the promotion's point: the group's valid counter at the
 	// promotion, so that every batch of the volume under an older epoch
-	// has a seq <= Seq; or, for a promotion recorded late (at_seq), the
+	// has a seq <= Seq; or, for a promotion recorded late (at_seq) or
+	// made while a copy window was open (FSMStats.ConsistentSeq), the
 	// earlier point its secondaries were promoted at, and the old
 	// primary's batches up to LastSeq may follow it.
 	Seq uint64
@@ -105,7 +111,8 @@ type PromotedVolume struct {
 	// seq above the promotion's Seq (up to LastSeq) that the journal
 	// holds: what the intermediate volume holds and a new primary rolled
 	// forward to Seq lacks. Nil when there is no such batch (always for a
-	// promotion at the valid counter).
+	// promotion at the valid counter, which no open copy window held
+	// back).
 	AfterRegions *blockdev.Bitmap
 	// JournalComplete is set when the journal holds every such batch, so
 	// AfterRegions is exact; when it is not, some were trimmed and every
@@ -115,10 +122,10 @@ type PromotedVolume struct {
 
 // PromoteResult is what Apply returns for a PromoteGroup entry.
 type PromoteResult struct {
-	// Seq is the promotion's point: the group's valid counter at the
-	// promotion (no batch with an epoch older than the promotion's
-	// commits after it), or the entry's at_seq for a promotion recorded
-	// late.
+	// Seq is the promotion's point: the group's consistent seq at the
+	// promotion (the valid counter, after which no batch with an epoch
+	// older than the promotion's commits, unless an open copy window held
+	// it lower), or the entry's at_seq for a promotion recorded late.
 	Seq uint64
 	// Volumes are the volumes promoted, sorted by name (none when the
 	// group had no registered volume).
@@ -219,6 +226,10 @@ func (f *FSM) promoteRefusalLocked(names []string, at, from uint64) error {
 	if at > f.st.seq {
 		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST, "promote group: at seq %d is above the valid counter %d", at, f.st.seq)
 	}
+	if c, held := f.consistentLocked(); at > c {
+		return wire.Errorf(wire.ErrorCode_ERROR_CODE_BAD_REQUEST,
+			"promote group: at seq %d is inside the open copy window of volume %q (its image is torn from seq %d on)", at, held, c+1)
+	}
 	for _, name := range names {
 		rec := f.st.volumes[name]
 		if from != 0 && rec.epoch != from {
@@ -282,7 +293,12 @@ func (f *FSM) applyPromoteGroup(index uint64, pg *wire.PromoteGroup) any {
 		res.Err = err
 		return res
 	}
-	res.Seq = f.st.seq
+	// The point: the valid counter, unless a volume's copy window is open
+	// (its primary was copying or resynchronising, so its image is torn
+	// from the window's first batch on): then just below the window, and
+	// every volume's batches after it are after regions, which the new
+	// primaries' resyncs overwrite, as for a promotion recorded late.
+	res.Seq, _ = f.consistentLocked()
 	if atSeq != 0 {
 		res.Seq = atSeq
 	}

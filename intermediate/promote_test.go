@@ -349,9 +349,10 @@ func TestSnapshotMetaRefusesBadPromotions(t *testing.T) {
 		}
 	}
 	// A count of promotions the frame cannot hold is refused before
-	// anything is allocated (the count follows the volume's six numbers).
+	// anything is allocated (the count follows the volume's six numbers
+	// and its copy window).
 	p := encodeMeta(snapshotMeta{seq: 0, journalStart: 1, volumes: []volumeMeta{{name: "a", epoch: 1, blockCount: 1}}}, snapVersion)
-	p[8*4+4+4+1+6*8+3] = 0xff
+	p[8*4+4+4+1+7*8+3] = 0xff
 	if _, err := decodeMeta(p, snapVersion); !errors.Is(err, errBadSnapshot) || !strings.Contains(err.Error(), "promotions in") {
 		t.Fatalf("huge count: %v", err)
 	}

@@ -139,6 +139,7 @@ func (s *service) submit(stream wire.Intermediate_SubmitServer) error {
 	}
 	if err := stream.Send(&wire.SubmitResponse{Msg: &wire.SubmitResponse_Opened{Opened: &wire.SubmitOpened{
 		Epoch: info.Epoch, LastVolumeSeq: info.LastVolumeSeq, LastSeq: info.LastSeq, BlockCount: info.BlockCount,
+		CopyOpen: info.CopySince != 0,
 	}}}); err != nil {
 		return err
 	}
@@ -606,6 +607,7 @@ func (n *Node) status() (resp *wire.StatusResponse, leading bool) {
 		JournalBudget:  n.cfg.JournalBudget,
 		AppliedIndex:   st.AppliedIndex,
 		ValidatedSeq:   st.ValidatedSeq,
+		ConsistentSeq:  st.ConsistentSeq,
 	}
 	if id != "" {
 		resp.LeaderAddr = n.fsm.NodeAddr(string(id))
@@ -638,7 +640,7 @@ func (n *Node) status() (resp *wire.StatusResponse, leading bool) {
 	for _, v := range n.fsm.Volumes() {
 		vs := &wire.VolumeStatus{
 			Name: v.Name, Epoch: v.Epoch, CommittedSeq: v.LastSeq, VolumeSeq: v.LastVolumeSeq, BlockCount: v.BlockCount,
-			TrimmedSeq: v.TrimmedSeq, ChangedSincePromotion: v.ChangedSincePromotion,
+			TrimmedSeq: v.TrimmedSeq, ChangedSincePromotion: v.ChangedSincePromotion, CopySinceSeq: v.CopySince,
 		}
 		for _, p := range n.fsm.Promotions(v.Name) {
 			vs.Promotions = append(vs.Promotions, &wire.Promotion{PromotionId: p.ID, Epoch: p.Epoch, Seq: p.Seq,

@@ -337,6 +337,9 @@ func promotePlan(ctx context.Context, log *slog.Logger, hc *http.Client, opts Gr
 			}
 			log.Info("the old primaries are fenced; draining", "n", res.N)
 			setGroup(reqs, peers)
+			if err := signBehind(opts, peers, reqs, res); err != nil {
+				return nil, err
+			}
 			return reqs, drain(ctx, hc, peers, res.N)
 		case prev != nil:
 			return nil, fmt.Errorf("promotion %s fenced the old primaries at the intermediate, which is needed to finish it: %w", prev.ID, err)
@@ -374,6 +377,33 @@ func promotePlan(ctx context.Context, log *slog.Logger, hc *http.Client, opts Gr
 		}
 	}
 	return reqs, nil
+}
+
+// signBehind gives the admin's signature of the promotion to the requests
+// of a drain whose point is below their volume's last batch (the
+// intermediate held it below a primary's open copy window): such a
+// promoted volume runs detached until it learned from the intermediate
+// which regions the batches after the point wrote, and asks on the
+// admin's behalf, as after a promotion without the intermediate.
+func signBehind(opts GroupOptions, peers []peerState, reqs []PromoteRequest, res *GroupPromotion) error {
+	if opts.TLS == nil {
+		return nil
+	}
+	var chain [][]byte
+	var sig []byte
+	for i := range reqs {
+		if reqs[i].Seq <= res.N {
+			continue
+		}
+		if sig == nil {
+			var err error
+			if chain, sig, err = opts.TLS.Sign(wire.PromotionStatement(peers[0].st.Group, res.PromotionID, reqs[i].By, res.N)); err != nil {
+				return err
+			}
+		}
+		reqs[i].AdminChain, reqs[i].AdminSignature = chain, sig
+	}
+	return nil
 }
 
 // fenceAtIntermediate asks the intermediate to promote the group: every

@@ -46,7 +46,11 @@ type PromoteRequest struct {
 	// Drained says the intermediate fenced the old primaries at N and the
 	// new primary mirrors to it; VolumeSeq and Seq are then the volume's
 	// last batch there (the mirror resumes after it). Otherwise the new
-	// primary runs suspended and detached from the intermediate.
+	// primary runs suspended and detached from the intermediate. A drained
+	// promotion with Seq above N (the intermediate held its point below a
+	// primary's open copy window, so the volume has batches after N) runs
+	// detached too, until it learns from the intermediate which regions
+	// those batches wrote: its resync overwrites them.
 	Drained   bool   `json:"drained"`
 	VolumeSeq uint64 `json:"volume_seq"`
 	Seq       uint64 `json:"seq"`
@@ -81,8 +85,6 @@ func (r PromoteRequest) check() error {
 		return fmt.Errorf("promotion id %q: want 1 to 64 characters", r.ID)
 	case r.Epoch == 0:
 		return errors.New("promotion epoch 0")
-	case r.Drained && r.Seq > r.N:
-		return fmt.Errorf("the volume's last seq %d is beyond the promote point %d", r.Seq, r.N)
 	case r.Seq < r.VolumeSeq:
 		return fmt.Errorf("seq %d below volume seq %d", r.Seq, r.VolumeSeq)
 	case len(r.AdminChain) > 4 || len(r.AdminSignature) > 1024:

@@ -181,8 +181,6 @@ func validRequest(r PromoteRequest) error {
 		return errors.New("epoch 0")
 	case r.Seq < r.VolumeSeq:
 		return fmt.Errorf("seq %d below volume seq %d", r.Seq, r.VolumeSeq)
-	case r.Drained && r.Seq > r.N:
-		return fmt.Errorf("drained at seq %d past the point %d", r.Seq, r.N)
 	}
 	return nil
 }

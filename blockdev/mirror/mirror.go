@@ -131,6 +131,13 @@ type Config struct {
 	// DefaultResyncBatchRegions and DefaultResyncInFlight.
 	ResyncBatchRegions int
 	ResyncInFlight     int
+	// ResyncRate, when positive, bounds the copy of COPY and RESYNC to
+	// that many bytes per second (the filesystem's own writes are not
+	// limited), to spare the links and disks of a production site; 0
+	// copies as fast as the pipeline takes it. The copy window at the
+	// intermediate stays open longer, and the group's validated point
+	// waits at its start meanwhile.
+	ResyncRate int64
 	// CheckpointInterval is how often the local volume is synced and the
 	// position recorded; default DefaultCheckpointInterval.
 	CheckpointInterval time.Duration
@@ -182,6 +189,9 @@ func (cfg Config) withDefaults() (Config, error) {
 	if cfg.ResyncInFlight <= 0 {
 		cfg.ResyncInFlight = DefaultResyncInFlight
 	}
+	if cfg.ResyncRate < 0 {
+		return cfg, fmt.Errorf("mirror config: resync rate %d is negative", cfg.ResyncRate)
+	}
 	if cfg.CheckpointInterval <= 0 {
 		cfg.CheckpointInterval = DefaultCheckpointInterval
 	}
@@ -229,6 +239,7 @@ type pend struct {
 	blocks   []*wire.Block   // what was submitted, kept to resubmit
 	batch    *blockdev.Batch // the filesystem's batch; nil for a copy batch
 	regions  []uint64        // the regions a copy batch copies
+	copying  bool            // submitted with the copying flag (wire.Batch)
 	bytes    int
 	deadline time.Time
 	done     chan struct{} // closed once the outcome is known (signalled)
@@ -270,8 +281,16 @@ type Mirror struct {
 	copyTotal    uint64
 	copiedBytes  uint64
 	copyInflight int // copy batches in pends
-	reported     *wire.PrimaryReport
-	closing      bool
+	// copyWindow says the volume's copy window at the intermediate may be
+	// open: the last batch submitted on the stream (or, before any, the
+	// last one committed when it opened) carries the copying flag. Out of
+	// COPY and RESYNC, finishCopyLocked then sends a batch that closes it.
+	copyWindow bool
+	// copyPaceAt is when the resyncer may send its next copy batch under
+	// Config.ResyncRate.
+	copyPaceAt time.Time
+	reported   *wire.PrimaryReport
+	closing    bool
 
 	// ovMu guards overlay; writers hold mu too.
 	ovMu    sync.RWMutex
@@ -439,6 +458,7 @@ func (m *Mirror) start(ctx context.Context) error {
 		return err
 	}
 	m.stream = v
+	m.copyWindow = v.CopyOpen()
 	m.startCopyLocked()
 	m.finishCopyLocked() // a copy with nothing (left) to copy ends here; it reports
 	m.log.Info("mirror open", "state", m.st.State, "fence", m.cfg.Fence, "epoch", m.st.Epoch,
@@ -712,6 +732,7 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 		return m.failLocked(fmt.Errorf("the intermediate holds volume %q up to volume seq %d, but the local volume applied up to %d: the intermediate lost committed batches",
 			m.cfg.Name, lastVS, m.st.AppliedVolumeSeq))
 	}
+	m.copyWindow = v.CopyOpen()
 	if m.st.State == StateSusp {
 		// Everything the intermediate holds is in the local volume or
 		// superseded by marked changes: record that before sending anything,
@@ -754,12 +775,13 @@ func (m *Mirror) connectedLocked(v *client.Volume) error {
 	m.st.AppliedVolumeSeq, m.st.AppliedSeq = lastVS, lastSeq
 	m.pends = keep
 	for _, p := range keep {
-		np := v.SubmitAsync(p.blocks)
+		np := submitTo(v, p.blocks, p.copying)
 		if np.VolumeSeq() != p.vs {
 			v.Close()
 			return m.failLocked(fmt.Errorf("resubmitted batch %d got volume seq %d", p.vs, np.VolumeSeq()))
 		}
 		p.p = np
+		m.copyWindow = p.copying
 	}
 	m.stream = v
 	m.startCopyLocked()

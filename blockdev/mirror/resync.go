@@ -1,9 +1,11 @@
 package mirror
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/tricopy/tricopy/blockdev"
+	"github.com/tricopy/tricopy/intermediate/client"
 	"github.com/tricopy/tricopy/intermediate/wire"
 )
 
@@ -21,9 +23,17 @@ func (m *Mirror) startCopyLocked() {
 }
 
 // finishCopyLocked ends a copy once every marked region is copied and
-// committed.
+// committed. Out of a copy, it closes the volume's copy window at the
+// intermediate if it may be open.
 func (m *Mirror) finishCopyLocked() {
-	if !m.st.State.copying() || m.bitmap.Count() > 0 || len(m.copySent) > 0 {
+	if !m.st.State.copying() {
+		if m.st.State == StatePair && m.copyWindow {
+			m.closeCopyWindowLocked()
+		}
+		m.reportLocked()
+		return
+	}
+	if m.bitmap.Count() > 0 || len(m.copySent) > 0 {
 		m.reportLocked()
 		return
 	}
@@ -37,7 +47,59 @@ func (m *Mirror) finishCopyLocked() {
 	}
 	m.log.Info("copy complete: volume in PAIR", "was", was, "regions", m.copyTotal)
 	m.copyDone, m.copyTotal = 0, 0
+	if m.copyWindow {
+		m.closeCopyWindowLocked()
+	}
 	m.reportLocked()
+}
+
+// closeCopyWindowLocked sends the batch that closes the volume's copy
+// window at the intermediate (wire.Batch copying): block 0 as the
+// filesystem sees it, which after every batch before it is what the
+// intermediate's image holds there, so the write changes nothing but
+// tells the intermediate that the image is a consistent filesystem again
+// from this batch on, where validated points may land. A write the
+// filesystem makes first closes the window as well; without one, this
+// batch does. It is a pend like any other: resubmitted on a new stream,
+// and if the stream is broken the next one, opened with the window still
+// open (client.Volume.CopyOpen), sends it again.
+func (m *Mirror) closeCopyWindowLocked() {
+	if m.stream == nil {
+		return
+	}
+	data := make([]byte, blockdev.BlockSize)
+	if err := m.ReadBlock(0, data); err != nil {
+		m.failLocked(fmt.Errorf("close the copy window: %w", err))
+		return
+	}
+	blocks := []*wire.Block{{Index: 0, Data: data}}
+	np := m.submitLocked(blocks, false)
+	if np.VolumeSeq() == 0 {
+		m.kickApplier() // a broken stream: the applier reconnects
+		return
+	}
+	m.pends = append(m.pends, &pend{vs: np.VolumeSeq(), p: np, blocks: blocks,
+		deadline: time.Now().Add(m.cfg.Timeout), done: make(chan struct{})})
+	m.log.Info("closing the copy window at the intermediate", "volume_seq", np.VolumeSeq())
+	m.kickApplier()
+}
+
+// submitLocked submits blocks on the stream, with the copying flag when
+// copying, and keeps copyWindow up to date.
+func (m *Mirror) submitLocked(blocks []*wire.Block, copying bool) *client.Pending {
+	np := submitTo(m.stream, blocks, copying)
+	if np.VolumeSeq() != 0 {
+		m.copyWindow = copying
+	}
+	return np
+}
+
+// submitTo submits blocks on v, with the copying flag when copying.
+func submitTo(v *client.Volume, blocks []*wire.Block, copying bool) *client.Pending {
+	if copying {
+		return v.SubmitCopyingAsync(blocks)
+	}
+	return v.SubmitAsync(blocks)
 }
 
 // runResyncer is the resyncer goroutine: during COPY and RESYNC it reads
@@ -55,6 +117,17 @@ func (m *Mirror) runResyncer() {
 		}
 		if m.ctx.Err() != nil {
 			return
+		}
+		if wait := time.Until(m.copyPaceAt); wait > 0 {
+			m.mu.Unlock()
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-m.ctx.Done():
+				t.Stop()
+			}
+			m.mu.Lock()
+			continue
 		}
 		m.copyNextLocked()
 	}
@@ -112,8 +185,8 @@ func (m *Mirror) copyNextLocked() {
 		}
 		return
 	}
-	np := m.stream.SubmitAsync(blocks)
-	p := &pend{vs: np.VolumeSeq(), p: np, blocks: blocks, regions: regions,
+	np := m.submitLocked(blocks, true)
+	p := &pend{vs: np.VolumeSeq(), p: np, blocks: blocks, regions: regions, copying: true,
 		deadline: time.Now().Add(m.cfg.Timeout), done: make(chan struct{})}
 	if p.vs == 0 {
 		// Refused before getting a volume seq: the stream is broken; the
@@ -125,9 +198,21 @@ func (m *Mirror) copyNextLocked() {
 	for _, r := range regions {
 		m.copySent[r] = true
 	}
+	if rate := m.cfg.ResyncRate; rate > 0 {
+		bytes := int64(len(blocks)) * blockdev.BlockSize
+		m.copyPaceAt = maxTime(m.copyPaceAt, time.Now()).Add(time.Duration(float64(bytes) / float64(rate) * float64(time.Second)))
+	}
 	m.pends = append(m.pends, p)
 	m.copyInflight++
 	m.kickApplier()
+}
+
+// maxTime returns the later of a and b.
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 func allZero(p []byte) bool {

@@ -103,7 +103,10 @@ func (m *Mirror) Commit(ctx context.Context, b *blockdev.Batch) (func(context.Co
 		}
 	}
 	blocks := toBlocks(b)
-	np := m.stream.SubmitAsync(blocks)
+	// During COPY and RESYNC the intermediate's image is torn until the
+	// copy ends: every batch says so.
+	copying := m.st.State.copying()
+	np := m.submitLocked(blocks, copying)
 	select {
 	case <-np.Done():
 		if _, err := np.Wait(ctx); err != nil && np.VolumeSeq() == 0 {
@@ -117,7 +120,7 @@ func (m *Mirror) Commit(ctx context.Context, b *blockdev.Batch) (func(context.Co
 		}
 	default:
 	}
-	p := &pend{vs: np.VolumeSeq(), p: np, blocks: blocks, batch: b, bytes: b.Bytes(),
+	p := &pend{vs: np.VolumeSeq(), p: np, blocks: blocks, batch: b, bytes: b.Bytes(), copying: copying,
 		deadline: time.Now().Add(m.cfg.Timeout), done: make(chan struct{})}
 	m.ovMu.Lock()
 	for _, w := range b.Writes {

@@ -26,7 +26,8 @@ func openMirror(ctx context.Context, log *slog.Logger, vol *blockdev.FileVolume,
 	m, err := mirror.Open(ctx, mirror.Config{
 		Name: cfg.Volume, Group: cfg.Group, Local: vol, Dir: vol.Dir(), Client: cl,
 		Fence: mirror.Fence(cfg.Fence), Timeout: cfg.FenceTimeout, RegionSize: int(cfg.RegionSize.Bytes()),
-		Logger: log.With("component", "mirror"), AckBeforeCommit: ackBeforeCommit(log),
+		ResyncRate: int64(cfg.ResyncRate.Bytes()),
+		Logger:     log.With("component", "mirror"), AckBeforeCommit: ackBeforeCommit(log),
 	})
 	if err != nil {
 		cl.Close()

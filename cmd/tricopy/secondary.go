@@ -307,21 +307,29 @@ func (r *secondaryRun) becomePrimary(ctx context.Context, p secondary.Promotion)
 	}
 	rep := r.s.Replica()
 	dir := r.s.PrimaryDir()
-	seq := p.Seq
-	if !p.Drained {
-		seq = p.N
-	}
-	err := mirror.Adopt(mirror.AdoptOptions{
+	opts := mirror.AdoptOptions{
 		Dir: dir, Volume: r.cfg.Volume, Group: r.cfg.Group, BlockCount: rep.BlockCount(), Epoch: p.Epoch,
-		AppliedVolumeSeq: p.VolumeSeq, AppliedSeq: max(seq, p.VolumeSeq), Suspended: !p.Drained,
-		Reason: fmt.Sprintf("promoted at seq %d without the intermediate: changes are kept local and marked", p.N),
-	})
+		AppliedVolumeSeq: p.VolumeSeq, AppliedSeq: max(p.Seq, p.VolumeSeq),
+	}
+	switch {
+	case !p.Drained:
+		opts.AppliedVolumeSeq, opts.AppliedSeq, opts.Suspended = p.VolumeSeq, max(p.N, p.VolumeSeq), true
+		opts.Reason = fmt.Sprintf("promoted at seq %d without the intermediate: changes are kept local and marked", p.N)
+	case p.Seq > p.N:
+		// Drained to a point below the volume's last batch (a primary's
+		// copy window was open): detached until the intermediate says
+		// which regions the batches after the point wrote.
+		opts.AppliedVolumeSeq, opts.AppliedSeq, opts.Suspended = 0, p.N, true
+		opts.Reason = fmt.Sprintf("promoted at seq %d, below the volume's last batch %d at the intermediate (a primary was copying): "+
+			"changes are kept local and marked until the regions written after seq %d are resynchronised", p.N, p.Seq, p.N)
+	}
+	err := mirror.Adopt(opts)
 	if err != nil {
 		return err
 	}
 	m, err := mirror.Open(ctx, mirror.Config{
 		Name: r.cfg.Volume, Group: r.cfg.Group, Local: rep.PrimaryVolume(), Dir: dir, Client: r.cl,
-		Fence: mirror.Fence(r.cfg.Fence), Timeout: r.cfg.FenceTimeout,
+		Fence: mirror.Fence(r.cfg.Fence), Timeout: r.cfg.FenceTimeout, ResyncRate: int64(r.cfg.ResyncRate.Bytes()),
 		Logger: r.log.With("component", "mirror"),
 	})
 	if err != nil {

@@ -25,13 +25,19 @@ var errUnhealthy = errors.New("group not healthy")
 // a stable contract, documented in docs/STATUS.md: fields may be added,
 // never renamed or removed.
 type statusJSON struct {
-	Group          string       `json:"group"`
-	Leader         string       `json:"leader"`
-	LeaderAddr     string       `json:"leader_addr"`
-	CommittedSeq   uint64       `json:"committed_seq"`
-	ValidSeq       uint64       `json:"valid_seq"`
-	ValidatedSeq   uint64       `json:"validated_seq"`
-	HeldBy         string       `json:"held_by"`
+	Group        string `json:"group"`
+	Leader       string `json:"leader"`
+	LeaderAddr   string `json:"leader_addr"`
+	CommittedSeq uint64 `json:"committed_seq"`
+	ValidSeq     uint64 `json:"valid_seq"`
+	ValidatedSeq uint64 `json:"validated_seq"`
+	HeldBy       string `json:"held_by"`
+	// ConsistentSeq is the highest seq the validated point may take:
+	// valid_seq, or just below the earliest open copy window
+	// (volumes[].copy_since_seq); CopyHeldBy names that window's volume,
+	// empty when none holds the point.
+	ConsistentSeq  uint64       `json:"consistent_seq"`
+	CopyHeldBy     string       `json:"copy_held_by"`
 	JournalBatches uint64       `json:"journal_batches"`
 	JournalBytes   uint64       `json:"journal_bytes"`
 	JournalBudget  uint64       `json:"journal_budget"`
@@ -58,6 +64,10 @@ type volumeJSON struct {
 	ResyncDone       uint64 `json:"resync_done_regions"`
 	ResyncTotal      uint64 `json:"resync_total_regions"`
 	Reason           string `json:"reason,omitempty"`
+	// CopySinceSeq is the seq of the first batch of the volume's open copy
+	// window (its primary copies or resynchronises, so its image at the
+	// intermediate is torn from there on), 0 when none is open.
+	CopySinceSeq uint64 `json:"copy_since_seq"`
 	// Secondaries are the volume's secondaries, as the leader knows them.
 	Secondaries []secondaryJSON `json:"secondaries"`
 	// Promotions is the volume's promotion history, oldest first (the
@@ -271,6 +281,7 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 		doc.ValidSeq = leader.GetValidSeq()
 		doc.ValidatedSeq = leader.GetValidatedSeq()
 		doc.HeldBy = leader.GetHeldBy()
+		doc.ConsistentSeq = leader.GetConsistentSeq()
 		doc.JournalBatches = leader.GetJournalBatches()
 		doc.JournalBytes = leader.GetJournalBytes()
 		doc.JournalBudget = leader.GetJournalBudget()
@@ -280,6 +291,10 @@ func collectStatus(ctx context.Context, cl *client.Client, group string) *status
 				State: v.GetState(), PrimaryConnected: v.GetConnected(), DirtyRegions: v.GetDirtyRegions(),
 				ResyncDone: v.GetResyncDone(), ResyncTotal: v.GetResyncTotal(), Reason: v.GetReason(),
 				Secondaries: []secondaryJSON{}, Promotions: []promotionJSON{}, ChangedSincePromotion: v.GetChangedSincePromotion(),
+				CopySinceSeq: v.GetCopySinceSeq(),
+			}
+			if s := vj.CopySinceSeq; s != 0 && s-1 == doc.ConsistentSeq {
+				doc.CopyHeldBy = vj.Name
 			}
 			for _, p := range v.GetPromotions() {
 				vj.Promotions = append(vj.Promotions, promotionJSON{ID: p.GetPromotionId(), Epoch: p.GetEpoch(), Seq: p.GetSeq(),
@@ -378,6 +393,10 @@ func printStatus(a *app, doc *statusJSON) {
 		configs.Size(doc.JournalBytes), configs.Size(doc.JournalBudget))
 	if doc.HeldBy != "" {
 		fmt.Fprintf(a.stdout, "the validated point is held back by secondary %s\n", doc.HeldBy)
+	}
+	if doc.CopyHeldBy != "" {
+		fmt.Fprintf(a.stdout, "the validated point is held at seq %d by volume %s's copy: its image at the intermediate is torn until the copy ends\n",
+			doc.ConsistentSeq, doc.CopyHeldBy)
 	}
 	tw := tabwriter.NewWriter(a.stdout, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "VOLUME\tSTATE\tEPOCH\tCOMMITTED SEQ\tVOLUME SEQ\tSIZE\tDIRTY REGIONS\tRESYNC")

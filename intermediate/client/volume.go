@@ -117,6 +117,7 @@ type Volume struct {
 	broken                     error      // wraps ErrBroken and the cause
 	closed                     bool
 	openedVolumeSeq, openedSeq uint64              // the volume's position when OpenVolume opened it
+	openedCopyOpen             bool                // the volume's copy window was open then (CopyOpen)
 	report                     *wire.PrimaryReport // the latest Report, sent again on every stream
 	reported                   bool                // report went out on the current stream
 }
@@ -179,6 +180,7 @@ func (c *Client) OpenVolume(ctx context.Context, opts VolumeOptions) (*Volume, e
 	}
 	v.next = s.opened.GetLastVolumeSeq() + 1
 	v.openedVolumeSeq, v.openedSeq = s.opened.GetLastVolumeSeq(), s.opened.GetLastSeq()
+	v.openedCopyOpen = s.opened.GetCopyOpen()
 
 	c.mu.Lock()
 	if c.closed {
@@ -217,6 +219,11 @@ func (v *Volume) OpenedAt() (volumeSeq, seq uint64) {
 	return v.openedVolumeSeq, v.openedSeq
 }
 
+// CopyOpen reports whether, when OpenVolume opened it, the volume's last
+// committed batch carried the copying flag: the intermediate counts the
+// volume's copy window open until a batch without it.
+func (v *Volume) CopyOpen() bool { return v.openedCopyOpen }
+
 // NextVolumeSeq returns the volume seq the next Submit will get.
 func (v *Volume) NextVolumeSeq() uint64 {
 	v.mu.Lock()
@@ -243,10 +250,22 @@ func (v *Volume) Submit(ctx context.Context, blocks []*wire.Block) (Ack, error) 
 // large for one message with wire.ErrTooLarge, both without taking a volume
 // seq; a broken Volume fails with ErrBroken, a closed one with ErrClosed.
 func (v *Volume) SubmitAsync(blocks []*wire.Block) *Pending {
+	return v.submitAsync(blocks, false)
+}
+
+// SubmitCopyingAsync is SubmitAsync of a batch with the copying flag set
+// (wire.Batch): a primary sends its batches so while its volume is in COPY
+// or RESYNC, when the intermediate's image of the volume is not a
+// consistent filesystem.
+func (v *Volume) SubmitCopyingAsync(blocks []*wire.Block) *Pending {
+	return v.submitAsync(blocks, true)
+}
+
+func (v *Volume) submitAsync(blocks []*wire.Block, copying bool) *Pending {
 	if err := v.checkBlocks(blocks); err != nil {
 		return failed(fmt.Errorf("submit to volume %q: %w", v.name, err))
 	}
-	b := &wire.Batch{Volume: v.name, Epoch: v.epoch, VolumeSeq: math.MaxUint64, Blocks: blocks, Crc: math.MaxUint32}
+	b := &wire.Batch{Volume: v.name, Epoch: v.epoch, VolumeSeq: math.MaxUint64, Blocks: blocks, Crc: math.MaxUint32, Copying: copying}
 	size := batchSize(b)
 	if size+requestOverhead > v.c.cfg.MaxMessage {
 		return failed(fmt.Errorf("submit to volume %q: %w: batch of %d blocks takes %d bytes, limit %d",

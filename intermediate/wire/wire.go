@@ -30,8 +30,10 @@ const entryVersion = 1
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // BatchCRC returns the CRC-32C of a batch: over the volume name, the epoch,
-// the volume seq, the block count and each block's index and data. The crc
-// field itself is not covered.
+// the volume seq, the block count and each block's index and data, then,
+// when the copying flag is set, one more byte (copyingMark): a batch without
+// the flag has the CRC it had before the flag existed. The crc field itself
+// is not covered.
 func BatchCRC(b *Batch) uint32 {
 	var hdr [8]byte
 	h := crc32.Checksum(nil, castagnoli)
@@ -52,8 +54,14 @@ func BatchCRC(b *Batch) uint32 {
 		update(hdr[:])
 		update(blk.GetData())
 	}
+	if b.GetCopying() {
+		update([]byte{copyingMark})
+	}
 	return h
 }
+
+// copyingMark is the byte BatchCRC adds for the copying flag.
+const copyingMark = 0xC0
 
 // Seal sets b.Crc to BatchCRC(b) and returns b.
 func Seal(b *Batch) *Batch {

@@ -167,8 +167,17 @@ func (x *Block) GetData() []byte {
 
 // Batch is an atomic list of block writes to one volume. crc is the CRC-32C
 // computed by wire.BatchCRC over the volume name, epoch, volume seq and every
-// block (index and data), so a batch is checked end to end: on arrival at the
-// intermediate, before it is applied there, and at the secondary.
+// block (index and data), and the copying flag when it is set, so a batch
+// is checked end to end: on arrival at the intermediate, before it is
+// applied there, and at the secondary.
+//
+// copying is set on every batch a primary sends while its volume is in COPY
+// or RESYNC (the copied regions and the writes made meanwhile): the volume's
+// image at the intermediate is then not a consistent filesystem, from the
+// first such batch until the next batch without the flag. The primary sends
+// one when its copy ends (a copy of block 0), so the window closes even
+// without a later write. No validated point falls inside a window
+// (DESIGN.md invariants 6 and 7).
 type Batch struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Volume        string                 `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
@@ -176,6 +185,7 @@ type Batch struct {
 	VolumeSeq     uint64                 `protobuf:"varint,3,opt,name=volume_seq,json=volumeSeq,proto3" json:"volume_seq,omitempty"`
 	Blocks        []*Block               `protobuf:"bytes,4,rep,name=blocks,proto3" json:"blocks,omitempty"`
 	Crc           uint32                 `protobuf:"varint,5,opt,name=crc,proto3" json:"crc,omitempty"`
+	Copying       bool                   `protobuf:"varint,6,opt,name=copying,proto3" json:"copying,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -243,6 +253,13 @@ func (x *Batch) GetCrc() uint32 {
 		return x.Crc
 	}
 	return 0
+}
+
+func (x *Batch) GetCopying() bool {
+	if x != nil {
+		return x.Copying
+	}
+	return false
 }
 
 // SubmitRequest is one message of a Submit stream from a primary. The first
@@ -643,6 +660,9 @@ type SubmitOpened struct {
 	LastVolumeSeq uint64                 `protobuf:"varint,2,opt,name=last_volume_seq,json=lastVolumeSeq,proto3" json:"last_volume_seq,omitempty"`
 	LastSeq       uint64                 `protobuf:"varint,3,opt,name=last_seq,json=lastSeq,proto3" json:"last_seq,omitempty"`
 	BlockCount    uint64                 `protobuf:"varint,4,opt,name=block_count,json=blockCount,proto3" json:"block_count,omitempty"`
+	// copy_open: the volume's last committed batch carries the copying
+	// flag; a primary whose copy has ended sends a batch without it.
+	CopyOpen      bool `protobuf:"varint,5,opt,name=copy_open,json=copyOpen,proto3" json:"copy_open,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -703,6 +723,13 @@ func (x *SubmitOpened) GetBlockCount() uint64 {
 		return x.BlockCount
 	}
 	return 0
+}
+
+func (x *SubmitOpened) GetCopyOpen() bool {
+	if x != nil {
+		return x.CopyOpen
+	}
+	return false
 }
 
 // SubmitAcks acknowledges committed batches, in volume-seq order.
@@ -1075,7 +1102,11 @@ type StatusResponse struct {
 	// held_by names the secondary whose prepared point holds the validated
 	// point back (the one with the lowest prepared point below the valid
 	// counter), empty when none does; leader only.
-	HeldBy        string `protobuf:"bytes,16,opt,name=held_by,json=heldBy,proto3" json:"held_by,omitempty"`
+	HeldBy string `protobuf:"bytes,16,opt,name=held_by,json=heldBy,proto3" json:"held_by,omitempty"`
+	// consistent_seq: the highest seq a validated point may take: valid_seq,
+	// or just below the first batch of the earliest copy window still open
+	// (VolumeStatus.copy_since_seq), whose volume then holds the point back.
+	ConsistentSeq uint64 `protobuf:"varint,17,opt,name=consistent_seq,json=consistentSeq,proto3" json:"consistent_seq,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1220,6 +1251,13 @@ func (x *StatusResponse) GetHeldBy() string {
 		return x.HeldBy
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetConsistentSeq() uint64 {
+	if x != nil {
+		return x.ConsistentSeq
+	}
+	return 0
 }
 
 // SecondaryStatus is one secondary as the intermediate sees it.
@@ -1429,8 +1467,13 @@ type VolumeStatus struct {
 	StalePrimaryEpoch        uint64 `protobuf:"varint,15,opt,name=stale_primary_epoch,json=stalePrimaryEpoch,proto3" json:"stale_primary_epoch,omitempty"`
 	StalePrimaryPeer         string `protobuf:"bytes,16,opt,name=stale_primary_peer,json=stalePrimaryPeer,proto3" json:"stale_primary_peer,omitempty"`
 	StalePrimaryTimeUnixNano int64  `protobuf:"varint,17,opt,name=stale_primary_time_unix_nano,json=stalePrimaryTimeUnixNano,proto3" json:"stale_primary_time_unix_nano,omitempty"`
-	unknownFields            protoimpl.UnknownFields
-	sizeCache                protoimpl.SizeCache
+	// copy_since_seq: the seq of the first batch of the volume's open copy
+	// window (Batch.copying), 0 when none is open: the volume's primary is
+	// copying or resynchronising, and no validated point may reach this seq
+	// until the window closes.
+	CopySinceSeq  uint64 `protobuf:"varint,18,opt,name=copy_since_seq,json=copySinceSeq,proto3" json:"copy_since_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VolumeStatus) Reset() {
@@ -1578,6 +1621,13 @@ func (x *VolumeStatus) GetStalePrimaryPeer() string {
 func (x *VolumeStatus) GetStalePrimaryTimeUnixNano() int64 {
 	if x != nil {
 		return x.StalePrimaryTimeUnixNano
+	}
+	return 0
+}
+
+func (x *VolumeStatus) GetCopySinceSeq() uint64 {
+	if x != nil {
+		return x.CopySinceSeq
 	}
 	return 0
 }
@@ -4312,14 +4362,15 @@ const file_wire_proto_rawDesc = "" +
 	"wire.proto\x12\x0ftricopy.wire.v1\"1\n" +
 	"\x05Block\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x96\x01\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xb0\x01\n" +
 	"\x05Batch\x12\x16\n" +
 	"\x06volume\x18\x01 \x01(\tR\x06volume\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
 	"volume_seq\x18\x03 \x01(\x04R\tvolumeSeq\x12.\n" +
 	"\x06blocks\x18\x04 \x03(\v2\x16.tricopy.wire.v1.BlockR\x06blocks\x12\x10\n" +
-	"\x03crc\x18\x05 \x01(\rR\x03crc\"\xbf\x01\n" +
+	"\x03crc\x18\x05 \x01(\rR\x03crc\x12\x18\n" +
+	"\acopying\x18\x06 \x01(\bR\acopying\"\xbf\x01\n" +
 	"\rSubmitRequest\x121\n" +
 	"\x04open\x18\x01 \x01(\v2\x1b.tricopy.wire.v1.SubmitOpenH\x00R\x04open\x12:\n" +
 	"\abatches\x18\x02 \x01(\v2\x1e.tricopy.wire.v1.SubmitBatchesH\x00R\abatches\x128\n" +
@@ -4346,13 +4397,14 @@ const file_wire_proto_rawDesc = "" +
 	"\x0eSubmitResponse\x127\n" +
 	"\x06opened\x18\x01 \x01(\v2\x1d.tricopy.wire.v1.SubmitOpenedH\x00R\x06opened\x121\n" +
 	"\x04acks\x18\x02 \x01(\v2\x1b.tricopy.wire.v1.SubmitAcksH\x00R\x04acksB\x05\n" +
-	"\x03msg\"\x88\x01\n" +
+	"\x03msg\"\xa5\x01\n" +
 	"\fSubmitOpened\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12&\n" +
 	"\x0flast_volume_seq\x18\x02 \x01(\x04R\rlastVolumeSeq\x12\x19\n" +
 	"\blast_seq\x18\x03 \x01(\x04R\alastSeq\x12\x1f\n" +
 	"\vblock_count\x18\x04 \x01(\x04R\n" +
-	"blockCount\"<\n" +
+	"blockCount\x12\x1b\n" +
+	"\tcopy_open\x18\x05 \x01(\bR\bcopyOpen\"<\n" +
 	"\n" +
 	"SubmitAcks\x12.\n" +
 	"\x04acks\x18\x01 \x03(\v2\x1a.tricopy.wire.v1.SubmitAckR\x04acks\"Z\n" +
@@ -4375,7 +4427,7 @@ const file_wire_proto_rawDesc = "" +
 	"\x0eCommittedBatch\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12,\n" +
 	"\x05batch\x18\x02 \x01(\v2\x16.tricopy.wire.v1.BatchR\x05batch\"\x0f\n" +
-	"\rStatusRequest\"\xe2\x04\n" +
+	"\rStatusRequest\"\x89\x05\n" +
 	"\x0eStatusResponse\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x12\n" +
 	"\x04node\x18\x02 \x01(\tR\x04node\x12\x1d\n" +
@@ -4395,7 +4447,8 @@ const file_wire_proto_rawDesc = "" +
 	"\rapplied_index\x18\r \x01(\x04R\fappliedIndex\x12#\n" +
 	"\rvalidated_seq\x18\x0e \x01(\x04R\fvalidatedSeq\x12B\n" +
 	"\vsecondaries\x18\x0f \x03(\v2 .tricopy.wire.v1.SecondaryStatusR\vsecondaries\x12\x17\n" +
-	"\aheld_by\x18\x10 \x01(\tR\x06heldBy\"\xe4\x03\n" +
+	"\aheld_by\x18\x10 \x01(\tR\x06heldBy\x12%\n" +
+	"\x0econsistent_seq\x18\x11 \x01(\x04R\rconsistentSeq\"\xe4\x03\n" +
 	"\x0fSecondaryStatus\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
 	"\x06volume\x18\x02 \x01(\tR\x06volume\x12\x12\n" +
@@ -4418,7 +4471,7 @@ const file_wire_proto_rawDesc = "" +
 	"resyncDone\x12!\n" +
 	"\fresync_total\x18\x0e \x01(\x04R\vresyncTotal\x12\x1c\n" +
 	"\tsuspended\x18\x0f \x01(\bR\tsuspended\x12#\n" +
-	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\x85\x05\n" +
+	"\rdirty_regions\x18\x10 \x01(\x04R\fdirtyRegions\"\xab\x05\n" +
 	"\fVolumeStatus\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12#\n" +
@@ -4443,7 +4496,8 @@ const file_wire_proto_rawDesc = "" +
 	"\x17changed_since_promotion\x18\x0e \x01(\x04R\x15changedSincePromotion\x12.\n" +
 	"\x13stale_primary_epoch\x18\x0f \x01(\x04R\x11stalePrimaryEpoch\x12,\n" +
 	"\x12stale_primary_peer\x18\x10 \x01(\tR\x10stalePrimaryPeer\x12>\n" +
-	"\x1cstale_primary_time_unix_nano\x18\x11 \x01(\x03R\x18stalePrimaryTimeUnixNano\"\x8c\x01\n" +
+	"\x1cstale_primary_time_unix_nano\x18\x11 \x01(\x03R\x18stalePrimaryTimeUnixNano\x12$\n" +
+	"\x0ecopy_since_seq\x18\x12 \x01(\x04R\fcopySinceSeq\"\x8c\x01\n" +
 	"\tPromotion\x12!\n" +
 	"\fpromotion_id\x18\x01 \x01(\tR\vpromotionId\x12\x14\n" +
 	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x10\n" +
