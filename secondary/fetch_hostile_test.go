@@ -157,6 +157,14 @@ var (
 		resp.Batches[i].Seq = prev.GetSeq() - 1
 		return []*wire.FetchResponse{resp}, prev.GetSeq() - 1
 	}
+	// tamperSkip gives the batch the volume seq after its own, with a
+	// matching CRC: as if the intermediate left a batch out of the stream.
+	tamperSkip tamperFunc = func(_ *wire.CommittedBatch, resp *wire.FetchResponse, i int) ([]*wire.FetchResponse, uint64) {
+		b := resp.Batches[i].Batch
+		b.VolumeSeq++
+		wire.Seal(b)
+		return []*wire.FetchResponse{resp}, resp.Batches[i].GetSeq()
+	}
 	// tamperOutside moves the batch's first block past the volume's end,
 	// with a matching CRC.
 	tamperOutside tamperFunc = func(_ *wire.CommittedBatch, resp *wire.FetchResponse, i int) ([]*wire.FetchResponse, uint64) {
@@ -168,8 +176,9 @@ var (
 )
 
 // TestHostileBatchFailStop: a batch whose CRC does not match its blocks,
-// one whose seq repeats or goes backwards, and one with a block outside
-// the volume are each refused: the secondary reports FAILED naming the
+// one whose seq repeats or goes backwards, one whose volume seq skips one
+// (a batch left out), and one with a block outside the volume are each
+// refused: the secondary reports FAILED naming the
 // volume, the seq and the fault (to the leader too), stages and applies
 // nothing more, holds the group's validated point, and its replica keeps
 // its bytes. Restarted against the honest node, it catches up.
@@ -182,6 +191,7 @@ func TestHostileBatchFailStop(t *testing.T) {
 		{"bad crc", tamperCRC, "computed"},
 		{"seq repeats", tamperRepeat, "seqs must increase"},
 		{"seq goes backwards", tamperBackwards, "seqs must increase"},
+		{"a batch left out", tamperSkip, "a batch of the volume is missing"},
 		{"block outside the volume", tamperOutside, fmt.Sprintf("block index %d outside volume of %d blocks", testBlocks+7, testBlocks)},
 	} {
 		t.Run(tc.name, func(t *testing.T) { testHostileBatch(t, tc.tamper, tc.what) })

@@ -164,3 +164,13 @@ func (s *Secondary) setState(state, reason string) {
 		s.state, s.reason = state, reason
 	}
 }
+
+// setStateFrom sets the state the secondary reports if it is from (any
+// state but FAILED and PROMOTED when from is empty).
+func (s *Secondary) setStateFrom(from, state, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state == from || from == "" && s.state != StateFailed && s.state != StatePromoted {
+		s.state, s.reason = state, reason
+	}
+}

@@ -25,6 +25,17 @@ const (
 	// StateFailed: the secondary stopped following after an error
 	// (fail-stop); its mount keeps showing the last applied point.
 	StateFailed = "FAILED"
+	// StateStalled: the staging area's filesystem is full (ErrStageFull):
+	// fetching is paused and retried with a growing delay (up to
+	// stallRetryMax); it resumes by itself once there is space. The
+	// secondary holds the group's validated point meanwhile.
+	StateStalled = "STALLED"
+)
+
+// Retry delays of a fetcher whose stage is full.
+const (
+	stallRetryMin = 500 * time.Millisecond
+	stallRetryMax = 30 * time.Second
 )
 
 // Names of the directories a secondary keeps in its data directory.
@@ -236,6 +247,12 @@ type Secondary struct {
 
 	events chan any      // to the driver
 	apply  chan applyReq // driver → applier
+
+	// fetchedVS is the volume seq of the last batch the fetcher staged
+	// since this Open or its last resync (0: not known): every batch it
+	// stages next must have the next volume seq, since the intermediate
+	// commits a volume's batches without a gap. Only the fetcher uses it.
+	fetchedVS uint64
 
 	// applyMu is held by the applier for each round, by Check (a check
 	// sees one applied point) and by a resync (the replica it copies does
@@ -511,6 +528,7 @@ func (s *Secondary) post(ev any) { s.events <- ev }
 // fetcher stages the volume's batches as the intermediate commits them.
 func (s *Secondary) fetcher(ctx context.Context) {
 	defer s.wg.Done()
+	stall := time.Duration(0) // the current retry delay while the stage is full
 	for {
 		after := s.stage.Fetched()
 		err := s.cfg.Intermediate.Fetch(ctx, s.cfg.Volume, after, func(resp *wire.FetchResponse) error {
@@ -520,11 +538,30 @@ func (s *Secondary) fetcher(ctx context.Context) {
 			if err := s.stageFetched(resp); err != nil {
 				return fmt.Errorf("stage batches of volume %q: %w", s.cfg.Volume, err)
 			}
+			if stall != 0 {
+				stall = 0
+				s.log.Info("the staging area has space again: fetching resumed", "fetched_seq", s.stage.Fetched())
+				s.setStateFrom(StateStalled, StatePair, "")
+			}
 			s.post(Staged{Durable: s.stage.Durable()})
 			return nil
 		})
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, ErrStageFull) {
+			// Not fail-stop: the stage is as it was (or holds a prefix
+			// of the batches), and space may be freed.
+			stall = min(max(2*stall, stallRetryMin), stallRetryMax)
+			s.log.Warn("the staging area is full: fetching paused; it is retried and resumes by itself once there is space",
+				"dir", s.stage.dir, "retry_in", stall, "err", err)
+			s.setStateFrom("", StateStalled, fmt.Sprintf("staging area %s is full: fetching paused, retried every %s (%v)", s.stage.dir, stall, err))
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(stall):
+			}
+			continue
 		}
 		if !errors.Is(err, ErrCompacted) || s.cfg.IndependentApply {
 			s.post(failure{fmt.Errorf("fetch: %w", err)})
@@ -534,6 +571,7 @@ func (s *Secondary) fetcher(ctx context.Context) {
 		// suspended while it lagged): resynchronise from the intermediate
 		// volume, then follow the journal from where the resync ends.
 		s.log.Warn("the journal no longer holds this secondary's next batches: resynchronising", "fetched_seq", after)
+		s.fetchedVS = 0 // the resync covers the batches the journal dropped
 		at, err := s.resync(ctx)
 		if err != nil {
 			if ctx.Err() == nil {
@@ -548,17 +586,36 @@ func (s *Secondary) fetcher(ctx context.Context) {
 // stageFetched stages the batches of a Fetch response and the point it says
 // the volume is complete up to, durably. A batch at or below the fetched
 // point is refused: Fetch asked for the batches after it, so the stream's
-// seq went back (the stage would skip it as a re-fetch).
+// seq went back (the stage would skip it as a re-fetch). So is a batch
+// whose volume seq does not follow the previous one's: a batch of the
+// volume is missing (or repeated), which the complete point claimed sent.
 func (s *Secondary) stageFetched(resp *wire.FetchResponse) error {
-	if bs := resp.GetBatches(); len(bs) > 0 {
+	bs := resp.GetBatches()
+	if len(bs) > 0 {
 		if fetched := s.stage.Fetched(); bs[0].GetSeq() <= fetched {
 			return fmt.Errorf("%w: batch seq %d at or below the fetched point %d: seqs must increase",
 				wire.ErrBadRequest, bs[0].GetSeq(), fetched)
 		}
 	}
-	if err := s.stage.Append(resp.GetBatches()); err != nil {
+	vs := s.fetchedVS
+	for _, cb := range bs {
+		got := cb.GetBatch().GetVolumeSeq()
+		if vs != 0 && got != vs+1 {
+			return fmt.Errorf("%w: batch seq %d has volume seq %d after volume seq %d: a batch of the volume is missing or repeated",
+				wire.ErrBadRequest, cb.GetSeq(), got, vs)
+		}
+		vs = got
+	}
+	if err := s.stage.Append(bs); err != nil {
+		// A full stage may have taken a prefix of the batches.
+		for _, cb := range bs {
+			if cb.GetSeq() <= s.stage.Last() {
+				s.fetchedVS = cb.GetBatch().GetVolumeSeq()
+			}
+		}
 		return err
 	}
+	s.fetchedVS = vs
 	if err := s.stage.MarkFetched(resp.GetCompleteSeq()); err != nil {
 		return err
 	}

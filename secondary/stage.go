@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 
 	"google.golang.org/protobuf/proto"
 
@@ -49,6 +50,12 @@ var (
 	// ErrStageFailed is returned by Append, MarkFetched, Sync and Trim after
 	// an I/O error made the Stage fail (fail-stop); reopening recovers it.
 	ErrStageFailed = errors.New("stage failed")
+	// ErrStageFull is returned by Append and Sync when a write found the
+	// stage's filesystem full (ENOSPC, EDQUOT, a short write). Unlike
+	// other I/O errors it leaves the Stage usable, as it was before the
+	// call (or with a prefix of the batches appended): the caller may try
+	// again once space was freed. An fsync that fails is never this.
+	ErrStageFull = errors.New("stage full: no space left for staged batches")
 	// ErrTrimmed is what Batches yields for a range that starts below
 	// Trimmed(): those batches may have been dropped.
 	ErrTrimmed = errors.New("staged batches trimmed")
@@ -335,20 +342,28 @@ func (s *Stage) startFirstSegment() error {
 
 // createSegment makes the segment file of header h, durably: it creates the
 // file, writes the header, fsyncs the file and its directory. It returns the
-// file open for writing.
+// file open for writing. On an error it removes the file again, so that a
+// later attempt (after ErrStageFull) can create it.
 func (s *Stage) createSegment(h segHeader) (_ blockdev.File, err error) {
 	path := s.segmentPath(h.number)
 	f, err := s.fsys.OpenFile(LabelStageSegment, path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
-		return nil, err
+		return nil, fullOr(err)
 	}
 	defer func() {
 		if err != nil {
 			f.Close()
+			if rerr := s.fsys.Remove(LabelStageSegment, path); rerr != nil {
+				s.logger.Warn("remove the segment that could not be created", "segment", path, "err", rerr)
+			}
 		}
 	}()
-	if _, err := f.WriteAt(h.encode(), 0); err != nil {
-		return nil, fmt.Errorf("write header of segment %q: %w", path, err)
+	hdr := h.encode()
+	if n, err := f.WriteAt(hdr, 0); err != nil || n != len(hdr) {
+		if err == nil {
+			err = io.ErrShortWrite
+		}
+		return nil, fullOr(fmt.Errorf("write header of segment %q: %w", path, err))
 	}
 	if err := f.Sync(); err != nil {
 		return nil, fmt.Errorf("sync segment %q: %w", path, err)
@@ -635,9 +650,21 @@ func (s *Stage) Append(batches []*wire.CommittedBatch) error {
 		return nil
 	}
 	if err := s.appendLocked(recs); err != nil {
+		if errors.Is(err, ErrStageFull) {
+			return fmt.Errorf("append to stage %q: %w", s.dir, err)
+		}
 		return fmt.Errorf("append to stage %q: %w", s.dir, s.fail(err))
 	}
 	return nil
+}
+
+// fullOr returns err wrapping ErrStageFull as well when it says that the
+// filesystem is full.
+func fullOr(err error) error {
+	if errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT) || errors.Is(err, io.ErrShortWrite) {
+		return fmt.Errorf("%w: %w", ErrStageFull, err)
+	}
+	return err
 }
 
 // pendingBatch is a checked batch of an Append, encoded.
@@ -699,7 +726,7 @@ func (s *Stage) appendLocked(recs []pendingBatch) error {
 			err = io.ErrShortWrite
 		}
 		if err != nil {
-			return fmt.Errorf("write segment %q at offset %d: %w", s.curPath(), s.curSize, err)
+			return fullOr(fmt.Errorf("write segment %q at offset %d: %w", s.curPath(), s.curSize, err))
 		}
 		s.curSize += int64(n)
 		s.dirty = true
@@ -797,6 +824,9 @@ func (s *Stage) Sync() error {
 		return fmt.Errorf("sync stage %q: %w", s.dir, err)
 	}
 	if err := s.syncLocked(); err != nil {
+		if errors.Is(err, ErrStageFull) {
+			return fmt.Errorf("sync stage %q: %w", s.dir, err)
+		}
 		return fmt.Errorf("sync stage %q: %w", s.dir, s.fail(err))
 	}
 	return nil
@@ -815,7 +845,7 @@ func (s *Stage) syncLocked() error {
 			err = io.ErrShortWrite
 		}
 		if err != nil {
-			return fmt.Errorf("write segment %q at offset %d: %w", s.curPath(), s.curSize, err)
+			return fullOr(fmt.Errorf("write segment %q at offset %d: %w", s.curPath(), s.curSize, err))
 		}
 		s.curSize += int64(n)
 		s.dirty = true
