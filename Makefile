@@ -2,7 +2,7 @@
 #
 # Variables (override on the command line: make test FUZZTIME=30s):
 #   GO          go command                           (default: go)
-#   FUZZTIME    time per fuzz target in fuzz-short   (default: 30s)
+#   FUZZTIME    time per fuzz target in fuzz-short   (default: 15s)
 #   FUZZJOBS    fuzz targets run at once             (default: 2)
 #   RUNDIR      state directory of `make run`        (default: /tmp/tricopy-run)
 #   RUNSIZE     volume size `make run` creates       (default: 1GiB)
@@ -16,7 +16,7 @@ SHELL := /bin/bash
 
 GO        ?= go
 BIN       := bin/tricopy
-FUZZTIME  ?= 30s
+FUZZTIME  ?= 15s
 FUZZJOBS  ?= 2
 RUNDIR    ?= /tmp/tricopy-run
 RUNSIZE   ?= 1GiB
