@@ -1,6 +1,7 @@
 package secondary
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -573,8 +574,11 @@ func adminCall(ctx context.Context, hc *http.Client, method, addr, path string, 
 }
 
 // exportUnapplied fetches a promoted secondary's unapplied batches into
-// dir/volume.unapplied, checking the stream as it goes.
-func exportUnapplied(ctx context.Context, hc *http.Client, addr, dir, volume string) (string, error) {
+// dir/volume.unapplied, checking the stream as it goes. The export streams
+// into a temporary file beside it (never whole in memory: a backlog may be
+// large), which is synced and renamed into place only once the whole
+// stream checked out.
+func exportUnapplied(ctx context.Context, hc *http.Client, addr, dir, volume string) (_ string, err error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, AdminURL(hc, addr, UnappliedPath), nil)
 	if err != nil {
 		return "", err
@@ -588,15 +592,37 @@ func exportUnapplied(ctx context.Context, hc *http.Client, addr, dir, volume str
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return "", fmt.Errorf("export the unapplied batches of volume %s: %s: %s", volume, resp.Status, bytes.TrimSpace(msg))
 	}
-	var buf bytes.Buffer
-	if _, err := ReadUnapplied(io.TeeReader(resp.Body, &buf), func(*wire.CommittedBatch) error { return nil }); err != nil {
-		return "", fmt.Errorf("export the unapplied batches of volume %s: %w", volume, err)
-	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", fmt.Errorf("export-unapplied: %w", err)
 	}
 	path := filepath.Join(dir, volume+".unapplied")
-	if err := blockdev.WriteFileAtomic(blockdev.OSFS{}, "export", path, buf.Bytes()); err != nil {
+	tmp, err := os.CreateTemp(dir, "."+volume+".unapplied-*")
+	if err != nil {
+		return "", fmt.Errorf("export-unapplied: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	out := bufio.NewWriterSize(tmp, 1<<20)
+	if _, err := ReadUnapplied(io.TeeReader(resp.Body, out), func(*wire.CommittedBatch) error { return nil }); err != nil {
+		return "", fmt.Errorf("export the unapplied batches of volume %s: %w", volume, err)
+	}
+	if err := out.Flush(); err != nil {
+		return "", fmt.Errorf("export-unapplied: write %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return "", fmt.Errorf("export-unapplied: sync %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		return "", fmt.Errorf("export-unapplied: close %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return "", fmt.Errorf("export-unapplied: %w", err)
+	}
+	if err := (blockdev.OSFS{}).SyncDir("export", dir); err != nil {
 		return "", fmt.Errorf("export-unapplied: %w", err)
 	}
 	return path, nil

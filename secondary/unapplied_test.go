@@ -2,7 +2,13 @@ package secondary
 
 import (
 	"bytes"
+	"context"
 	"errors"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -94,4 +100,40 @@ func FuzzReadUnapplied(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestExportUnappliedToFile: promote's export streams into a temporary
+// file renamed into place once the whole stream checked out; a cut stream
+// leaves no file.
+func TestExportUnappliedToFile(t *testing.T) {
+	good := encodeUnapplied(t, testExportBatches())
+	for _, tc := range []struct {
+		name string
+		body []byte
+		ok   bool
+	}{
+		{"whole", good, true},
+		{"cut", good[:len(good)-9], false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.Write(tc.body) }))
+			defer srv.Close()
+			dir := t.TempDir()
+			path, err := exportUnapplied(context.Background(), srv.Client(), strings.TrimPrefix(srv.URL, "http://"), dir, "a")
+			entries, _ := os.ReadDir(dir)
+			if !tc.ok {
+				if !errors.Is(err, ErrBadExport) || len(entries) != 0 {
+					t.Fatalf("cut export: %v, %d files left; want ErrBadExport and none", err, len(entries))
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := os.ReadFile(path)
+			if err != nil || !bytes.Equal(got, good) || len(entries) != 1 || path != filepath.Join(dir, "a.unapplied") {
+				t.Fatalf("export in %s (%d files): %v, equal %v", path, len(entries), err, bytes.Equal(got, good))
+			}
+		})
+	}
 }
