@@ -22,7 +22,7 @@ type harness struct {
 }
 
 func harnesses() []harness {
-	fileOnMem := func(checkpoint int64) harness {
+	fileOnMem := func(checkpoint int64, background bool) harness {
 		type state struct {
 			fsys *MemFS
 			dir  string
@@ -36,6 +36,7 @@ func harnesses() []harness {
 				if err != nil {
 					t.Fatal(err)
 				}
+				v.SetBackgroundCheckpoint(background)
 				t.Cleanup(func() { v.Close() })
 				mu.Lock()
 				states[v] = state{fsys, "/vols/v"}
@@ -50,6 +51,7 @@ func harnesses() []harness {
 				if err != nil {
 					t.Fatal(err)
 				}
+				v.SetBackgroundCheckpoint(background)
 				t.Cleanup(func() { v.Close() })
 				mu.Lock()
 				states[v] = s
@@ -58,10 +60,12 @@ func harnesses() []harness {
 			},
 		}
 	}
-	memFS := fileOnMem(0)
+	memFS := fileOnMem(0, false)
 	memFS.name = "FileVolume/MemFS"
-	smallLog := fileOnMem(3 * int64(recordSize(2)))
+	smallLog := fileOnMem(3*int64(recordSize(2)), false)
 	smallLog.name = "FileVolume/MemFS/SmallLog"
+	background := fileOnMem(3*int64(recordSize(2)), true)
+	background.name = "FileVolume/MemFS/SmallLog/Background"
 	return []harness{
 		{
 			name: "FileVolume/OSFS",
@@ -84,6 +88,7 @@ func harnesses() []harness {
 		},
 		memFS,
 		smallLog,
+		background,
 		{
 			name:   "MemVolume",
 			open:   func(t *testing.T, blocks uint64) Volume { return NewMem(blocks) },

@@ -2,6 +2,7 @@ package blockdev
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,10 +12,13 @@ import (
 )
 
 // workOp is one step of a crash test workload: an Apply of batch (with
-// ApplyOptions.Sync if sync), or a Sync if batch is nil.
+// ApplyOptions.Sync if sync), a Sync if batch is nil, or, if frozen, the
+// checkpoint of a FileVolume's frozen generation whose checkpoint is
+// deferred (see runFrozen).
 type workOp struct {
-	batch *Batch
-	sync  bool
+	batch  *Batch
+	sync   bool
+	frozen bool
 }
 
 // workload is a deterministic sequence of Applies and Syncs, with the digest
@@ -34,6 +38,9 @@ func newWorkload(seed uint64, batches int, blocks uint64) *workload {
 		if rng.IntN(6) == 0 {
 			w.ops = append(w.ops, workOp{})
 		}
+		if rng.IntN(3) == 0 {
+			w.ops = append(w.ops, workOp{frozen: true})
+		}
 		b := randBatch(rng, blocks, 5, uint64(i+1))
 		w.ops = append(w.ops, workOp{batch: b, sync: rng.IntN(8) == 0})
 		m.apply(b)
@@ -49,13 +56,27 @@ type outcome struct {
 	applied   int // batches whose Apply returned nil
 	attempted int // applied, plus one if an Apply failed
 	synced    int // batches covered by a Sync (or Apply with Sync) that returned nil
-	err       error
+	// checkpoints counts the deferred checkpoints that frozen steps ran.
+	checkpoints int
+	err         error
 }
 
 func (w *workload) run(v Volume) outcome {
 	ctx := context.Background()
 	var o outcome
 	for _, op := range w.ops {
+		if op.frozen {
+			if fv, ok := v.(*FileVolume); ok {
+				ran, err := fv.runFrozen()
+				if ran {
+					o.checkpoints++
+				}
+				if o.err = err; err != nil {
+					return o
+				}
+			}
+			continue
+		}
 		if op.batch == nil {
 			if o.err = v.Sync(ctx); o.err != nil {
 				return o
@@ -73,6 +94,26 @@ func (w *workload) run(v Volume) outcome {
 		}
 	}
 	return o
+}
+
+// runFrozen runs the checkpoint of a frozen generation that the volume
+// (with deferCheckpoints) left waiting, if there is one, and reports its
+// error as the Apply that found it would: failing the volume.
+func (v *FileVolume) runFrozen() (ran bool, err error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	fz := v.frozen
+	if fz == nil || fz.started || v.usable() != nil {
+		return false, nil
+	}
+	bg := v.background
+	v.background = false
+	v.startLocked(fz)
+	v.background = bg
+	if err := v.reapLocked(false); err != nil {
+		return true, fmt.Errorf("checkpoint volume %q: %w", v.dir, v.fail(err))
+	}
+	return true, nil
 }
 
 // checkPrefix fails t unless r holds the content after p batches of w for
@@ -127,14 +168,22 @@ func TestFileVolumeCrashPoints(t *testing.T) {
 		runs = 1
 	}
 	for i := range runs {
-		t.Run(fmt.Sprintf("workload%d", i), func(t *testing.T) {
-			t.Parallel()
-			crashPoints(t, seed+uint64(i))
-		})
+		for _, deferred := range []bool{false, true} {
+			t.Run(fmt.Sprintf("workload%d/deferred=%v", i, deferred), func(t *testing.T) {
+				t.Parallel()
+				crashPoints(t, seed+uint64(i), deferred)
+			})
+		}
 	}
 }
 
-func crashPoints(t *testing.T, seed uint64) {
+// crashPoints is TestFileVolumeCrashPoints for one workload. With deferred,
+// the checkpoint of a frozen log generation runs only at the workload's
+// frozen steps or when the next checkpoint needs it done: crashes then hit
+// a volume whose frozen generation is not yet in the data file while
+// Applies and Syncs go to the next one, and the checkpoint of the frozen
+// generation between them, at every one of its operations.
+func crashPoints(t *testing.T, seed uint64, deferred bool) {
 	w := newWorkload(seed, 40, 24)
 
 	// Count the mutating operations of the workload.
@@ -143,9 +192,14 @@ func crashPoints(t *testing.T, seed uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	v.deferCheckpoints = deferred
 	base := fsys.MutatingOps()
-	if o := w.run(v); o.err != nil {
+	o := w.run(v)
+	if o.err != nil {
 		t.Fatalf("workload without crash: %v", o.err)
+	}
+	if deferred && o.checkpoints == 0 {
+		t.Fatalf("seed %d: no frozen step found a frozen generation: the workload tests nothing deferred", seed)
 	}
 	total := fsys.MutatingOps() - base
 	v.Close()
@@ -160,6 +214,7 @@ func crashPoints(t *testing.T, seed uint64) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			v.deferCheckpoints = deferred
 			fsys.FailAfter(k)
 			o := w.run(v)
 			switch {
@@ -246,6 +301,104 @@ func crashPoints(t *testing.T, seed uint64) {
 		}
 		t.Logf("%s: %d workload crash points, %d recovery crash points", mode.name, total+1, recoveryPoints)
 	}
+}
+
+// TestFileVolumeBackgroundCrash runs workloads on FileVolumes that
+// checkpoint in a goroutine (so the interleaving varies from run to run),
+// checks after every Apply that reads see every applied batch while the
+// goroutine writes the data file, crashes the FS at sampled operations
+// (inside a background checkpoint or not), and checks that the reopened
+// volume holds a prefix of the batches that includes every synced one.
+func TestFileVolumeBackgroundCrash(t *testing.T) {
+	seed := testSeed(t)
+	w := newWorkload(seed, 40, 24)
+	fsys := NewMemFS()
+	v, err := Create(crashDir, w.blocks, crashOptions(fsys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.SetBackgroundCheckpoint(true)
+	base := fsys.MutatingOps()
+	if o := runChecked(t, w, v); o.err != nil {
+		t.Fatalf("workload without crash: %v", o.err)
+	}
+	total := fsys.MutatingOps() - base
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range crashModes {
+		for k := 0; k <= total+5; k++ {
+			rng := rand.New(rand.NewPCG(seed, uint64(k)))
+			fsys := NewMemFS()
+			v, err := Create(crashDir, w.blocks, crashOptions(fsys))
+			if err != nil {
+				t.Fatal(err)
+			}
+			v.SetBackgroundCheckpoint(true)
+			fsys.FailAfter(k)
+			o := runChecked(t, w, v)
+			if o.err != nil && !errors.Is(o.err, ErrCrashed) {
+				t.Fatalf("%s at %d (seed %d): workload: %v", mode.name, k, seed, o.err)
+			}
+			v.Close()
+			mode.crash(fsys, rng)
+			v, err = Open(crashDir, crashOptions(fsys))
+			if err != nil {
+				t.Fatalf("%s at %d (seed %d): reopen: %v", mode.name, k, seed, err)
+			}
+			func() {
+				defer func() {
+					if t.Failed() {
+						t.Logf("%s at workload operation %d (seed %d, interleaving not reproducible): outcome %+v", mode.name, k, seed, o)
+					}
+				}()
+				w.checkPrefix(t, v, o.synced, o.attempted)
+			}()
+			v.Close()
+		}
+	}
+}
+
+// runChecked runs w on v like workload.run, and after each Apply that
+// returned nil checks that v reads as the content after the batches
+// applied so far.
+func runChecked(t *testing.T, w *workload, v Volume) outcome {
+	t.Helper()
+	ctx := context.Background()
+	var o outcome
+	for _, op := range w.ops {
+		switch {
+		case op.frozen:
+		case op.batch == nil:
+			if o.err = v.Sync(ctx); o.err != nil {
+				return o
+			}
+			o.synced = o.applied
+		default:
+			o.attempted = o.applied + 1
+			if o.err = v.Apply(ctx, op.batch, ApplyOptions{Sync: op.sync}); o.err != nil {
+				return o
+			}
+			o.applied++
+			if op.sync {
+				o.synced = o.applied
+			}
+			h := sha256.New()
+			p := make([]byte, BlockSize)
+			for i := range v.BlockCount() {
+				if err := v.ReadBlock(i, p); errors.Is(err, ErrCrashed) {
+					return o // reads of the data file fail once the FS crashed
+				} else if err != nil {
+					t.Fatalf("ReadBlock(%d): %v", i, err)
+				}
+				h.Write(p)
+			}
+			if [32]byte(h.Sum(nil)) != w.digests[o.applied] {
+				t.Fatalf("after %d batches, the volume reads differently from the batches", o.applied)
+			}
+		}
+	}
+	return o
 }
 
 // TestCreateCrashPoints crashes Create at every mutating operation: the
@@ -494,4 +647,118 @@ func writeMemFile(t testing.TB, fsys FS, name string, data []byte) {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestFrozenLogRecovery checks recovery with a frozen log generation
+// (volume.prev.log) left by a checkpoint that did not finish: a frozen log
+// that lost its tail makes recovery discard the current log, which follows
+// the lost records, unless a record of the current log says they were
+// synced (corruption); a frozen log older than the current generation's
+// predecessor was checkpointed and is ignored; one not older than the
+// current log is corruption.
+func TestFrozenLogRecovery(t *testing.T) {
+	ctx := context.Background()
+	// Three one-block records fill a log: the third Apply freezes it.
+	opts := func(fsys *MemFS) Options {
+		return Options{FS: fsys, Logger: testLogger(t), CheckpointBytes: int64(logHeaderSize + 3*recordSize(1))}
+	}
+	prevPath, curPath := crashDir+"/"+prevLogName, crashDir+"/"+logName
+	// setUp applies 5 batches, the fourth with Sync if sync: records 1-3
+	// are frozen (not checkpointed), 4 and 5 in the current log.
+	setUp := func(t *testing.T, sync bool) *MemFS {
+		fsys := NewMemFS()
+		v, err := Create(crashDir, 8, opts(fsys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		v.deferCheckpoints = true
+		for i := range uint64(5) {
+			b := &Batch{Writes: []Write{{Index: i, Data: stampBlock(i+1, i)}}}
+			if err := v.Apply(ctx, b, ApplyOptions{Sync: sync && i == 3}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if v.frozen == nil || v.frozen.started {
+			t.Fatal("no frozen generation waiting for its checkpoint")
+		}
+		v.Close()
+		return fsys
+	}
+	prefix := func(n int) *model {
+		m := newModel(8)
+		for i := range uint64(n) {
+			m.data[i] = stampBlock(i+1, i)
+		}
+		return m
+	}
+	// cutLast removes the last record of the frozen log.
+	cutLast := func(t *testing.T, fsys *MemFS) {
+		prev := readMemFile(t, fsys, prevPath)
+		writeMemFile(t, fsys, prevPath, prev[:len(prev)-recordSize(1)])
+	}
+
+	t.Run("intact", func(t *testing.T) {
+		fsys := setUp(t, false)
+		v, err := Open(crashDir, opts(fsys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix(5).check(t, v)
+		v.Close()
+	})
+	t.Run("torn", func(t *testing.T) {
+		fsys := setUp(t, false)
+		cutLast(t, fsys)
+		v, err := Open(crashDir, opts(fsys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		prefix(2).check(t, v)
+		v.Close()
+	})
+	t.Run("torn synced", func(t *testing.T) {
+		fsys := setUp(t, true)
+		cutLast(t, fsys)
+		if _, err := Open(crashDir, opts(fsys)); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Open = %v, want ErrCorrupt", err)
+		}
+	})
+	t.Run("stale", func(t *testing.T) {
+		fsys := setUp(t, false)
+		old := readMemFile(t, fsys, prevPath)
+		v, err := Open(crashDir, opts(fsys))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Apply(ctx, &Batch{Writes: []Write{{Index: 0, Data: stampBlock(9, 0)}}}, ApplyOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		v.Close()
+		// The checkpointed generation 1 reappears beside generation 3.
+		writeMemFile(t, fsys, prevPath, old)
+		if v, err = Open(crashDir, opts(fsys)); err != nil {
+			t.Fatal(err)
+		}
+		m := prefix(5)
+		m.data[0] = stampBlock(9, 0)
+		m.check(t, v)
+		v.Close()
+	})
+	t.Run("not older", func(t *testing.T) {
+		fsys := setUp(t, false)
+		prev := readMemFile(t, fsys, prevPath)
+		hdr, err := decodeLogHeader(readMemFile(t, fsys, curPath))
+		if err != nil {
+			t.Fatal(err)
+		}
+		old, err := decodeLogHeader(prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		old.gen = hdr.gen
+		writeMemFile(t, fsys, prevPath, append(old.encode(), prev[logHeaderSize:]...))
+		if _, err := Open(crashDir, opts(fsys)); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("Open = %v, want ErrCorrupt", err)
+		}
+	})
 }

@@ -16,6 +16,15 @@ import (
 // of the batches including every synced one (after a clean restart, every
 // applied one).
 func TestFileVolumeFaultEveryOp(t *testing.T) {
+	for _, deferred := range []bool{false, true} {
+		t.Run(fmt.Sprintf("deferred=%v", deferred), func(t *testing.T) { faultEveryOp(t, deferred) })
+	}
+}
+
+// faultEveryOp is TestFileVolumeFaultEveryOp, with the checkpoints of
+// frozen log generations deferred to the workload's frozen steps if
+// deferred (see crashPoints).
+func faultEveryOp(t *testing.T, deferred bool) {
 	seed := testSeed(t)
 	w := newWorkload(seed, 30, 16)
 	ctx := context.Background()
@@ -31,6 +40,7 @@ func TestFileVolumeFaultEveryOp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	v.deferCheckpoints = deferred
 	base := ffs.Total()
 	if o := w.run(v); o.err != nil {
 		t.Fatal(o.err)
@@ -52,6 +62,7 @@ func TestFileVolumeFaultEveryOp(t *testing.T) {
 			if v, err = Open(crashDir, opts); err != nil {
 				t.Fatal(err)
 			}
+			v.deferCheckpoints = deferred
 			ffs.Inject(FSFault{N: i})
 			o := w.run(v)
 			injected := ffs.Injected()

@@ -13,15 +13,19 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"sync/atomic"
 )
 
 // Names of the files of a volume directory.
 const (
-	metaName  = "volume.meta"
-	dataName  = "volume.data"
-	logName   = "volume.log"
-	lockName  = "volume.lock"
-	tmpSuffix = ".tmp"
+	metaName = "volume.meta"
+	dataName = "volume.data"
+	logName  = "volume.log"
+	// prevLogName is the previous log generation while a checkpoint
+	// writes its records to the data file.
+	prevLogName = "volume.prev.log"
+	lockName    = "volume.lock"
+	tmpSuffix   = ".tmp"
 )
 
 // DefaultCheckpointBytes is the intent log size past which a FileVolume
@@ -36,8 +40,10 @@ type Options struct {
 	Logger *slog.Logger
 	// CheckpointBytes is the intent log size that triggers a checkpoint at
 	// the end of an Apply; 0 means DefaultCheckpointBytes. The batches of
-	// the log are also held in memory until the checkpoint, so this bounds
-	// the memory of the volume too.
+	// the log are also held in memory until their checkpoint ends, so this
+	// bounds the memory of the volume too: twice this with background
+	// checkpoints (SetBackgroundCheckpoint), which keep the generation
+	// being checkpointed in memory while the next one fills.
 	CheckpointBytes int64
 }
 
@@ -60,6 +66,10 @@ func (o Options) withDefaults() (Options, error) {
 // maxKeptBuffer is the largest record buffer a FileVolume keeps for reuse.
 const maxKeptBuffer = 4 << 20
 
+// maxInlineRecord is the largest record that Apply writes itself, rather
+// than queueing it for the log writer, when the writer is idle.
+const maxInlineRecord = 64 << 10
+
 // maxRunBlocks is the largest number of consecutive blocks a checkpoint
 // writes to the data file in one call.
 const maxRunBlocks = 256
@@ -68,16 +78,27 @@ const maxRunBlocks = 256
 // by a write-ahead intent log; see docs/ARCHITECTURE.md for the layout, the
 // recovery and the guarantees.
 //
-// Apply appends the batch's record to the intent log with one write and
-// keeps its blocks in memory, where readers find them; the data file is
-// written only by checkpoints, once the records are durable. Sync fsyncs the
-// intent log. Close neither syncs nor checkpoints: the next Open replays the
-// log, whatever of it survived.
+// Apply appends the batch's record to the intent log with one write (or,
+// in background mode, queues it for a goroutine that writes the records in
+// order) and keeps its blocks in memory, where readers find them; the data
+// file is written only by checkpoints, once the records are durable. Sync
+// fsyncs the intent log. Close neither syncs nor checkpoints: the next Open
+// replays the log, whatever of it survived.
 //
-// After an I/O error in Apply, Sync or Checkpoint, the volume is failed:
-// every later Apply, Sync and Checkpoint returns an error wrapping ErrFailed
-// (fail-stop). ReadBlock keeps serving what Apply made visible until Close.
-// Reopening the volume recovers it.
+// A checkpoint freezes the log: it renames it to volume.prev.log and starts
+// an empty log of the next generation, where the next Applies go. The frozen
+// generation is then made durable, its blocks written to the data file, the
+// data file fsynced and the frozen log removed: on the Apply that filled the
+// log, or, after SetBackgroundCheckpoint(true), in a goroutine while Applies
+// go on (an Apply that fills the new log first waits for it). Readers find a
+// block in the current generation's blocks, then the frozen one's, then the
+// data file. Recovery replays the frozen log, then the current one.
+//
+// After an I/O error in Apply, Sync or Checkpoint, or in a background
+// checkpoint (reported by the next Apply, Sync or Checkpoint), the volume
+// is failed: every later Apply, Sync and Checkpoint returns an error
+// wrapping ErrFailed (fail-stop). ReadBlock keeps serving what Apply made
+// visible until Close. Reopening the volume recovers it.
 type FileVolume struct {
 	fsys            FS
 	dir             string
@@ -94,24 +115,58 @@ type FileVolume struct {
 
 	// mu serialises Apply, Checkpoint and Close (and Sync's bookkeeping),
 	// and guards the fields below.
-	mu      sync.Mutex
-	logf    File
-	logSize int64  // offset of the next record
-	gen     uint64 // generation of the log file
-	nextSeq uint64 // seq of the next record
-	synced  uint64 // every record with seq <= synced is durable
-	failed  error  // the error that failed the volume
-	buf     []byte // record encoding buffer
-	scratch []byte // checkpoint write buffer
+	mu         sync.Mutex
+	logf       File
+	logSize    int64      // offset of the next record
+	gen        uint64     // generation of the log file
+	nextSeq    uint64     // seq of the next record
+	synced     uint64     // every record with seq <= synced is durable
+	ckptGen    uint64     // every generation <= ckptGen is in the data file, durably
+	frozen     *frozenLog // the generation being checkpointed, or nil
+	background bool       // checkpoints run in a goroutine
+	writer     *logWriter // writes the log's records, in background mode
+	// deferCheckpoints (tests) leaves the checkpoint of a frozen generation
+	// to the test, or to the next checkpoint that must wait for it, so that
+	// crash tests can place its I/O between Applies deterministically.
+	deferCheckpoints bool
+	failed           error        // the error that failed the volume
+	rec              recordWriter // writes records without a log writer
 
-	// rw guards overlay and closed. ReadBlock holds it for reading across
-	// its read of the data file, so that a block it finds missing from
-	// overlay cannot be added and then written in place by a checkpoint
-	// during the read. It is written only by holders of mu.
-	rw      sync.RWMutex
-	overlay map[uint64][]byte // blocks of the log's records, latest data
-	data    File
-	closed  bool
+	// scratch is the checkpoint's write buffer, used by one checkpoint at
+	// a time (each starts after the previous one was reaped).
+	scratch []byte
+
+	// rw guards overlay, frozenOverlay and closed. ReadBlock holds it for
+	// reading across its read of the data file, so that a block it finds
+	// missing from both overlays cannot be added and then written in place
+	// by a checkpoint during the read. It is written only by holders of mu.
+	rw            sync.RWMutex
+	overlay       map[uint64][]byte // blocks of the current log's records, latest data
+	frozenOverlay map[uint64][]byte // blocks of the frozen log's records, or nil
+	data          File
+	closed        bool
+
+	// readEnd is where the last ReadBlocks of the data file ended (for
+	// readAhead).
+	readEnd atomic.Int64
+}
+
+// frozenLog is a log generation being checkpointed. Its fields other than
+// synced and done are set before the checkpoint starts and not changed
+// while it runs; started, finished and err are guarded by FileVolume.mu.
+type frozenLog struct {
+	f       File
+	gen     uint64
+	end     uint64            // seq of the first record of the next generation
+	overlay map[uint64][]byte // the generation's blocks; read-only
+	writer  *logWriter        // writes its records, or nil
+	synced  atomic.Bool       // the log file is durable
+	done    chan error        // receives the checkpoint's outcome once
+	cancel  context.CancelCauseFunc
+
+	started  bool  // the checkpoint was started
+	finished bool  // done was received from
+	err      error // the checkpoint's outcome, once finished
 }
 
 var _ Volume = (*FileVolume)(nil)
@@ -193,6 +248,10 @@ func create(dir string, blocks uint64, opts Options) (_ *FileVolume, err error) 
 		return nil, err
 	}
 	v.gen, v.nextSeq, v.logSize = 1, 1, logHeaderSize
+	// A frozen log of an earlier volume in dir must not be replayed.
+	if err := fsys.Remove(LabelLog, v.path(prevLogName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	// The meta file goes last: it is what makes the directory a volume.
 	if err := writeFileAtomic(fsys, LabelMeta, v.path(metaName), volumeMeta{blocks: blocks, uuid: v.uuid}.encode()); err != nil {
 		return nil, err
@@ -297,39 +356,154 @@ func readSmallFile(fsys FS, label, name string, limit int64) ([]byte, error) {
 	return b, nil
 }
 
-// recover replays the intent log into the data file and, if the log held
-// anything past its header, makes the data file durable and starts a new log
-// generation. It sets the log fields of v.
+// recover replays the intent logs into the data file: the frozen
+// generation (volume.prev.log) if a checkpoint did not finish, then the
+// current one. If they held anything past their headers, it makes the data
+// file durable and starts a new log generation. It sets the log fields of v.
 func (v *FileVolume) recover() error {
-	logPath := v.path(logName)
-	f, err := v.fsys.OpenFile(LabelLog, logPath, os.O_RDWR, 0)
-	if err != nil {
+	cur, curHdr, curSize, curErr := v.openLog(logName)
+	if curErr != nil && !errors.Is(curErr, fs.ErrNotExist) {
+		return curErr
+	}
+	prev, prevHdr, prevSize, err := v.openLog(prevLogName)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if cur != nil {
+			cur.Close()
+		}
 		return err
 	}
-	v.logf = f
-	size, err := f.Size()
-	if err != nil {
-		return fmt.Errorf("size of intent log %q: %w", logPath, err)
+	keep := false // cur becomes the volume's log
+	defer func() {
+		if cur != nil && !keep {
+			cur.Close()
+		}
+		if prev != nil {
+			prev.Close()
+		}
+	}()
+	if cur == nil && prev == nil {
+		return curErr
 	}
-	hdrBytes := make([]byte, min(size, logHeaderSize))
-	if err := readFull(f, hdrBytes, 0); err != nil {
-		return fmt.Errorf("read intent log %q: %w", logPath, err)
+
+	replayPrev := false
+	if prev != nil {
+		switch {
+		case cur == nil || prevHdr.gen+1 == curHdr.gen:
+			replayPrev = true
+		case prevHdr.gen+1 < curHdr.gen:
+			// Checkpointed; its removal did not survive a crash.
+		default:
+			return fmt.Errorf("intent log %q has generation %d, not older than %d of %q: %w",
+				v.path(prevLogName), prevHdr.gen, curHdr.gen, v.path(logName), ErrCorrupt)
+		}
 	}
-	hdr, err := decodeLogHeader(hdrBytes)
-	if err != nil {
-		return fmt.Errorf("intent log %q: %w", logPath, err)
-	}
-	if hdr.uuid != v.uuid {
-		return fmt.Errorf("intent log %q belongs to volume %s, not %s: %w", logPath, formatUUID(hdr.uuid), formatUUID(v.uuid), ErrCorrupt)
-	}
-	v.gen, v.nextSeq, v.logSize = hdr.gen, hdr.startSeq, logHeaderSize
-	v.synced = hdr.startSeq - 1 // older generations are in the data file
-	if size == logHeaderSize {
+	if !replayPrev && curSize == logHeaderSize {
+		v.logf, keep = cur, true
+		v.gen, v.nextSeq, v.logSize = curHdr.gen, curHdr.startSeq, logHeaderSize
+		v.synced = curHdr.startSeq - 1 // older generations are in the data file
+		v.ckptGen = curHdr.gen - 1
 		return nil
 	}
 
-	lr := newLogReader(f, size, hdr, v.blocks)
+	var seq uint64
 	records, writes := 0, 0
+	replayCur := cur != nil
+	if cur != nil {
+		seq = curHdr.startSeq
+	}
+	if replayPrev {
+		next, r, w, err := v.replayLog(prev, prevLogName, prevHdr, prevSize)
+		if err != nil {
+			return err
+		}
+		records, writes, seq = r, w, next
+		if cur != nil && next != curHdr.startSeq {
+			if next > curHdr.startSeq {
+				return fmt.Errorf("intent log %q ends at seq %d, past seq %d where %q starts: %w",
+					v.path(prevLogName), next, curHdr.startSeq, v.path(logName), ErrCorrupt)
+			}
+			// The frozen generation lost its tail in a crash: the records
+			// of the current one follow a gap, so none of them may have been
+			// synced, and none is replayed.
+			claim, err := maxSyncClaim(cur, curHdr, curSize, v.blocks)
+			if err != nil {
+				return fmt.Errorf("read intent log %q: %w", v.path(logName), err)
+			}
+			if claim >= next {
+				return fmt.Errorf("intent log %q ends at seq %d, but a record of %q says seq %d was synced: %w",
+					v.path(prevLogName), next, v.path(logName), claim, ErrCorrupt)
+			}
+			v.logger.Info("discarding intent log: it follows records lost from the previous generation",
+				"log", v.path(logName), "start_seq", curHdr.startSeq, "lost_from", next)
+			replayCur = false
+		}
+	}
+	if replayCur {
+		next, r, w, err := v.replayLog(cur, logName, curHdr, curSize)
+		if err != nil {
+			return err
+		}
+		records, writes, seq = records+r, writes+w, next
+	}
+	if records > 0 {
+		if err := v.data.Sync(); err != nil {
+			return fmt.Errorf("sync data file %q: %w", v.path(dataName), err)
+		}
+	}
+	gen := max(curHdr.gen, prevHdr.gen) + 1
+	nf, err := v.newLog(gen, seq)
+	if err != nil {
+		return err
+	}
+	v.logf, v.gen, v.nextSeq, v.logSize, v.synced, v.ckptGen = nf, gen, seq, logHeaderSize, seq-1, gen-1
+	if prev != nil {
+		// A frozen log left behind is ignored (older than gen-1): its
+		// removal need not be durable.
+		if err := v.fsys.Remove(LabelLog, v.path(prevLogName)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+	}
+	v.logger.Info("recovered intent log", "records", records, "writes", writes, "next_seq", seq, "generation", gen)
+	return nil
+}
+
+// openLog opens the log file name of the volume and reads its header. It
+// returns an error wrapping fs.ErrNotExist if there is no such file.
+func (v *FileVolume) openLog(name string) (_ File, _ logHeader, size int64, err error) {
+	p := v.path(name)
+	f, err := v.fsys.OpenFile(LabelLog, p, os.O_RDWR, 0)
+	if err != nil {
+		return nil, logHeader{}, 0, err
+	}
+	defer func() {
+		if err != nil {
+			f.Close()
+		}
+	}()
+	size, err = f.Size()
+	if err != nil {
+		return nil, logHeader{}, 0, fmt.Errorf("size of intent log %q: %w", p, err)
+	}
+	hdrBytes := make([]byte, min(size, logHeaderSize))
+	if err := readFull(f, hdrBytes, 0); err != nil {
+		return nil, logHeader{}, 0, fmt.Errorf("read intent log %q: %w", p, err)
+	}
+	hdr, err := decodeLogHeader(hdrBytes)
+	if err != nil {
+		return nil, logHeader{}, 0, fmt.Errorf("intent log %q: %w", p, err)
+	}
+	if hdr.uuid != v.uuid {
+		return nil, logHeader{}, 0, fmt.Errorf("intent log %q belongs to volume %s, not %s: %w", p, formatUUID(hdr.uuid), formatUUID(v.uuid), ErrCorrupt)
+	}
+	return f, hdr, size, nil
+}
+
+// replayLog redoes into the data file the records of the log f (named
+// name, with header hdr and size bytes) up to the first that is torn or
+// invalid, and returns the seq after the last one redone.
+func (v *FileVolume) replayLog(f File, name string, hdr logHeader, size int64) (next uint64, records, writes int, err error) {
+	logPath := v.path(name)
+	lr := newLogReader(f, size, hdr, v.blocks)
 	for {
 		rec, err := lr.next()
 		var tail *tailError
@@ -339,41 +513,47 @@ func (v *FileVolume) recover() error {
 		case errors.As(err, &tail):
 			claim, cerr := lr.syncClaim(f)
 			if cerr != nil {
-				return fmt.Errorf("read intent log %q: %w", logPath, cerr)
+				return 0, 0, 0, fmt.Errorf("read intent log %q: %w", logPath, cerr)
 			}
 			if claim != 0 {
-				return fmt.Errorf("intent log %q record seq %d at offset %d: %s, but record seq %d says it was synced: %w",
+				return 0, 0, 0, fmt.Errorf("intent log %q record seq %d at offset %d: %s, but record seq %d says it was synced: %w",
 					logPath, lr.seq, lr.off, tail.reason, claim, ErrCorrupt)
 			}
-			v.logger.Info("discarding intent log tail", "offset", lr.off, "bytes", size-lr.off, "reason", tail.reason, "seq", lr.seq)
+			v.logger.Info("discarding intent log tail", "log", logPath, "offset", lr.off, "bytes", size-lr.off, "reason", tail.reason, "seq", lr.seq)
 		default:
-			return fmt.Errorf("intent log %q record seq %d at offset %d: %w", logPath, lr.seq, lr.off, err)
+			return 0, 0, 0, fmt.Errorf("intent log %q record seq %d at offset %d: %w", logPath, lr.seq, lr.off, err)
 		}
 		if err != nil {
-			break
+			return lr.seq, records, writes, nil
 		}
 		for i := range rec.count() {
 			idx := rec.index(i)
 			if _, err := v.data.WriteAt(rec.block(i), int64(idx)*BlockSize); err != nil {
-				return fmt.Errorf("redo intent log %q record seq %d to data file: %w", logPath, rec.seq, err)
+				return 0, 0, 0, fmt.Errorf("redo intent log %q record seq %d to data file: %w", logPath, rec.seq, err)
 			}
 		}
 		records++
 		writes += rec.count()
 	}
-	if records > 0 {
-		if err := v.data.Sync(); err != nil {
-			return fmt.Errorf("sync data file %q: %w", v.path(dataName), err)
+}
+
+// maxSyncClaim returns the largest synced seq claimed by the valid records
+// of the log f, read up to the first that is torn or invalid.
+func maxSyncClaim(f File, hdr logHeader, size int64, blocks uint64) (uint64, error) {
+	lr := newLogReader(f, size, hdr, blocks)
+	var claim uint64
+	for {
+		rec, err := lr.next()
+		var tail *tailError
+		switch {
+		case err == nil:
+			claim = max(claim, rec.synced)
+		case errors.Is(err, errEndOfLog), errors.As(err, &tail):
+			return claim, nil
+		default:
+			return 0, err
 		}
 	}
-	nf, err := v.newLog(hdr.gen+1, lr.seq)
-	if err != nil {
-		return err
-	}
-	v.closeLog()
-	v.logf, v.gen, v.nextSeq, v.synced = nf, hdr.gen+1, lr.seq, lr.seq-1
-	v.logger.Info("recovered intent log", "records", records, "writes", writes, "next_seq", lr.seq, "generation", v.gen)
-	return nil
 }
 
 // newLog starts a log file of generation gen whose first record will have
@@ -404,18 +584,6 @@ func (v *FileVolume) newLog(gen, seq uint64) (_ File, err error) {
 		return nil, fmt.Errorf("sync directory %q: %w", v.dir, err)
 	}
 	return f, nil
-}
-
-// closeLog closes the current log file, logging a failure: by the time it
-// is called the log holds nothing that is not durable elsewhere.
-func (v *FileVolume) closeLog() {
-	if v.logf == nil {
-		return
-	}
-	if err := v.logf.Close(); err != nil {
-		v.logger.Warn("close intent log", "err", err)
-	}
-	v.logf = nil
 }
 
 // writeFileAtomic replaces name with a file holding b: it writes a temporary
@@ -538,16 +706,55 @@ func (v *FileVolume) ReadBlock(index uint64, p []byte) error {
 		copy(p, d)
 		return nil
 	}
+	if d, ok := v.frozenOverlay[index]; ok {
+		copy(p, d)
+		return nil
+	}
 	if err := readFull(v.data, p, int64(index)*BlockSize); err != nil {
 		return fmt.Errorf("read block %d of volume %q: %w", index, v.dir, err)
 	}
 	return nil
 }
 
+// SetBackgroundCheckpoint chooses where the intent log is written and
+// where the checkpoints that Apply starts when the log reaches
+// Options.CheckpointBytes run. With on, a goroutine writes the records in
+// order and another runs each checkpoint, so that Apply returns once its
+// batch is queued and visible, without waiting for the log file nor the
+// data file (an Apply that fills the next generation before the checkpoint
+// is done waits for it); a failed write is reported by the next Apply or
+// Sync. With off (the default), Apply writes its record and runs the
+// checkpoint itself, so that the volume's I/O is a deterministic sequence,
+// as crash tests need. Either way a crash at any instant leaves every batch
+// entirely or not at all, Sync makes every applied batch durable, and Close
+// stops the goroutines after the queued records are written.
+func (v *FileVolume) SetBackgroundCheckpoint(on bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.background = on
+	switch {
+	case on && v.writer == nil && !v.closed && v.failed == nil:
+		v.writer = startLogWriter(v.nextSeq)
+	case !on && v.writer != nil:
+		if err := v.stopWriterLocked(); err != nil {
+			v.fail(err)
+		}
+	}
+}
+
+// stopWriterLocked stops the log writer after it wrote the queued records
+// and returns the error of a failed write. The caller holds mu.
+func (v *FileVolume) stopWriterLocked() error {
+	w := v.writer
+	v.writer = nil
+	return w.close()
+}
+
 // Apply implements Volume. It appends the batch's record to the intent log
 // with one write, then makes the batch visible to readers; with opts.Sync it
 // then fsyncs the log. When the log has reached Options.CheckpointBytes it
-// then checkpoints. An empty batch writes nothing.
+// then checkpoints (see SetBackgroundCheckpoint). An empty batch writes
+// nothing.
 func (v *FileVolume) Apply(ctx context.Context, b *Batch, opts ApplyOptions) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("apply to volume %q: %w", v.dir, err)
@@ -556,6 +763,9 @@ func (v *FileVolume) Apply(ctx context.Context, b *Batch, opts ApplyOptions) err
 	defer v.mu.Unlock()
 	if err := v.usable(); err != nil {
 		return fmt.Errorf("apply to volume %q: %w", v.dir, err)
+	}
+	if err := v.reapLocked(false); err != nil {
+		return fmt.Errorf("apply to volume %q: %w", v.dir, v.fail(err))
 	}
 	if err := b.Validate(v.blocks); err != nil {
 		return fmt.Errorf("apply to volume %q: %w", v.dir, err)
@@ -574,28 +784,48 @@ func (v *FileVolume) Apply(ctx context.Context, b *Batch, opts ApplyOptions) err
 		}
 	}
 	if v.logSize >= v.checkpointBytes {
-		if err := v.checkpointLocked(); err != nil {
+		if err := v.checkpointLocked(!v.background && !v.deferCheckpoints); err != nil {
 			return fmt.Errorf("apply to volume %q: %w", v.dir, v.fail(err))
 		}
 	}
 	return nil
 }
 
-// appendLocked writes the record of b to the log and adds its blocks to the
-// overlay.
+// appendLocked writes the record of b to the log, or queues it for the log
+// writer, and adds its blocks to the overlay.
 func (v *FileVolume) appendLocked(b *Batch) error {
-	v.buf = appendRecord(v.buf, v.gen, v.nextSeq, v.synced, b)
-	n, err := v.logf.WriteAt(v.buf, v.logSize)
-	if err == nil && n != len(v.buf) {
-		err = io.ErrShortWrite
+	size := recordSize(len(b.Writes))
+	queue := false
+	if w := v.writer; w != nil {
+		// A small record is written here when the writer is idle: handing
+		// it over would cost more than the write.
+		idle, err := w.idle()
+		if err != nil {
+			return err
+		}
+		queue = !idle || size > maxInlineRecord
 	}
-	if err != nil {
-		return fmt.Errorf("intent log %q record seq %d: write at offset %d: %w", v.path(logName), v.nextSeq, v.logSize, err)
+	if queue {
+		// The queue keeps its own copy of the writes: the caller may reuse
+		// b (not the blocks, which the overlay keeps too).
+		err := v.writer.enqueue(logJob{f: v.logf, name: v.path(logName), off: v.logSize,
+			gen: v.gen, seq: v.nextSeq, synced: v.synced, writes: slices.Clone(b.Writes)})
+		if err != nil {
+			return err
+		}
+	} else {
+		_, err := v.rec.write(v.logf, v.logSize, v.gen, v.nextSeq, v.synced, b.Writes)
+		if err != nil {
+			err = fmt.Errorf("intent log %q record seq %d: write at offset %d: %w", v.path(logName), v.nextSeq, v.logSize, err)
+		}
+		if v.writer != nil {
+			v.writer.wrote(v.nextSeq, err)
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if cap(v.buf) > maxKeptBuffer {
-		v.buf = nil
-	}
-	v.logSize += int64(n)
+	v.logSize += int64(size)
 	v.nextSeq++
 	v.rw.Lock()
 	for _, w := range b.Writes {
@@ -606,9 +836,10 @@ func (v *FileVolume) appendLocked(b *Batch) error {
 }
 
 // Sync implements Volume: it fsyncs the intent log if a record was written
-// since its last fsync. The fsync runs without holding the volume's lock,
-// so Apply and ReadBlock go on meanwhile, and concurrent Syncs share one
-// fsync (the ones that wait find their records synced).
+// since its last fsync, and first the frozen generation's log if a
+// checkpoint has not made it durable yet. The fsyncs run without holding
+// the volume's lock, so Apply and ReadBlock go on meanwhile, and concurrent
+// Syncs share one fsync (the ones that wait find their records synced).
 func (v *FileVolume) Sync(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("sync volume %q: %w", v.dir, err)
@@ -620,37 +851,85 @@ func (v *FileVolume) Sync(ctx context.Context) error {
 		v.mu.Unlock()
 		return fmt.Errorf("sync volume %q: %w", v.dir, err)
 	}
-	f, gen, target := v.logf, v.gen, v.nextSeq-1
+	if err := v.reapLocked(false); err != nil {
+		err = v.fail(err)
+		v.mu.Unlock()
+		return fmt.Errorf("sync volume %q: %w", v.dir, err)
+	}
+	f, gen, target, w := v.logf, v.gen, v.nextSeq-1, v.writer
+	var fz *frozenLog
+	if v.frozen != nil && !v.frozen.synced.Load() {
+		fz = v.frozen
+	}
 	done := v.synced >= target // a Sync that held syncMu before, or an Apply with Sync, covered it
 	v.mu.Unlock()
 	if done {
 		return nil
 	}
+	if w != nil {
+		if err := w.wait(target); err != nil {
+			v.mu.Lock()
+			defer v.mu.Unlock()
+			if err := v.usable(); err != nil {
+				return fmt.Errorf("sync volume %q: %w", v.dir, err)
+			}
+			return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(err))
+		}
+	}
 
-	err := f.Sync()
+	var fzErr, err error
+	if fz != nil {
+		if fzErr = fz.f.Sync(); fzErr != nil {
+			fzErr = fmt.Errorf("sync intent log %q: %w", v.path(prevLogName), fzErr)
+		} else {
+			fz.synced.Store(true)
+		}
+	}
+	if err = f.Sync(); err != nil {
+		err = fmt.Errorf("sync intent log %q: %w", v.path(logName), err)
+	}
 
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	switch {
-	case v.gen != gen:
-		// A checkpoint replaced the log meanwhile: it fsynced the old log
-		// and wrote its records to the data file, which covers target, so
-		// an error of the old file (closed under us) does not matter.
-	case err != nil:
-		return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(fmt.Errorf("sync intent log %q: %w", v.path(logName), err)))
-	default:
-		v.synced = max(v.synced, target)
-	}
 	if err := v.usable(); err != nil {
 		return fmt.Errorf("sync volume %q: %w", v.dir, err)
 	}
+	// A log file that a checkpoint made durable meanwhile may have been
+	// closed under us: its error does not matter.
+	if fzErr != nil && !v.genDurable(fz.gen) {
+		return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(fzErr))
+	}
+	if err != nil && !v.genDurable(gen) {
+		return fmt.Errorf("sync volume %q: %w", v.dir, v.fail(err))
+	}
+	v.synced = max(v.synced, target)
 	return nil
 }
 
-// syncLocked fsyncs the log unless every record is known durable.
+// genDurable reports whether every record of log generation gen is known
+// durable because a checkpoint fsynced its log or finished. The caller
+// holds mu.
+func (v *FileVolume) genDurable(gen uint64) bool {
+	return v.ckptGen >= gen || (v.frozen != nil && v.frozen.gen == gen && v.frozen.synced.Load())
+}
+
+// syncLocked fsyncs the frozen generation's log, unless it is known
+// durable, and the current log, unless every record is known durable.
 func (v *FileVolume) syncLocked() error {
 	if v.synced+1 >= v.nextSeq {
 		return nil
+	}
+	if v.writer != nil {
+		if err := v.writer.wait(v.nextSeq - 1); err != nil {
+			return err
+		}
+	}
+	if fz := v.frozen; fz != nil && !fz.synced.Load() {
+		// A background checkpoint may fsync and close the file meanwhile.
+		if err := fz.f.Sync(); err != nil && !fz.synced.Load() {
+			return fmt.Errorf("sync intent log %q: %w", v.path(prevLogName), err)
+		}
+		fz.synced.Store(true)
 	}
 	if err := v.logf.Sync(); err != nil {
 		return fmt.Errorf("sync intent log %q: %w", v.path(logName), err)
@@ -660,9 +939,11 @@ func (v *FileVolume) syncLocked() error {
 }
 
 // Checkpoint makes every applied batch durable and empties the intent log:
-// it fsyncs the log, writes the blocks of its records to the data file,
-// fsyncs the data file, and replaces the log with an empty one of the next
-// generation. Apply calls it when the log reaches Options.CheckpointBytes.
+// it waits for a background checkpoint, then checkpoints the current log
+// and waits for that: the log is fsynced, the blocks of its records are
+// written to the data file, the data file is fsynced, and the log is
+// replaced with an empty one of the next generation. Apply starts a
+// checkpoint when the log reaches Options.CheckpointBytes.
 func (v *FileVolume) Checkpoint(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("checkpoint volume %q: %w", v.dir, err)
@@ -672,63 +953,177 @@ func (v *FileVolume) Checkpoint(ctx context.Context) error {
 	if err := v.usable(); err != nil {
 		return fmt.Errorf("checkpoint volume %q: %w", v.dir, err)
 	}
-	if err := v.checkpointLocked(); err != nil {
+	if err := v.checkpointLocked(true); err != nil {
 		return fmt.Errorf("checkpoint volume %q: %w", v.dir, v.fail(err))
 	}
 	return nil
 }
 
-func (v *FileVolume) checkpointLocked() error {
+// checkpointLocked waits for the checkpoint of the frozen generation, if
+// any, then freezes the current log, if it holds records, and starts its
+// checkpoint; with wait it also waits for that one.
+func (v *FileVolume) checkpointLocked(wait bool) error {
+	if err := v.reapLocked(true); err != nil {
+		return err
+	}
 	if v.logSize == logHeaderSize {
 		return nil
 	}
-	// The records must be durable before any of their blocks reaches the
-	// data file: a crash must never leave there a batch the log lost.
-	if err := v.syncLocked(); err != nil {
+	if err := v.freezeLocked(); err != nil {
 		return err
 	}
-	if len(v.overlay) > 0 {
-		if err := v.writeOverlay(); err != nil {
+	if wait {
+		return v.reapLocked(true)
+	}
+	return nil
+}
+
+// freezeLocked makes the current log the frozen generation: it renames it
+// to prevLogName, starts an empty log of the next generation (whose
+// directory sync also makes the rename durable), moves the overlay to
+// frozenOverlay, and starts the checkpoint of the frozen generation. A
+// crash anywhere in between leaves the log under one of its names, which
+// recovery replays either way. The caller holds mu and no frozen generation
+// exists.
+func (v *FileVolume) freezeLocked() error {
+	if err := v.fsys.Rename(LabelLog, v.path(logName), v.path(prevLogName)); err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	nf, err := v.newLog(v.gen+1, v.nextSeq)
+	if err != nil {
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	fz := &frozenLog{f: v.logf, gen: v.gen, end: v.nextSeq, overlay: v.overlay, writer: v.writer, done: make(chan error, 1)}
+	fz.synced.Store(v.synced+1 >= v.nextSeq)
+	v.rw.Lock()
+	v.frozenOverlay = v.overlay
+	v.overlay = make(map[uint64][]byte, len(v.overlay))
+	v.rw.Unlock()
+	v.logf, v.gen, v.logSize = nf, v.gen+1, logHeaderSize
+	v.frozen = fz
+	if !v.deferCheckpoints {
+		v.startLocked(fz)
+	}
+	return nil
+}
+
+// startLocked starts the checkpoint of fz: in a goroutine with background
+// checkpoints, else here.
+func (v *FileVolume) startLocked(fz *frozenLog) {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	fz.cancel, fz.started = cancel, true
+	if v.background {
+		go func() { fz.done <- v.writeFrozen(ctx, fz) }()
+		return
+	}
+	fz.done <- v.writeFrozen(ctx, fz)
+}
+
+// writeFrozen is the checkpoint of the frozen generation fz: it makes the
+// frozen log durable unless it is, writes its blocks to the data file,
+// fsyncs the data file, and removes the frozen log. It takes no lock: it
+// uses only fz, the data file, scratch and the FS, and neither Apply nor
+// readers touch the data file's blocks of fz.overlay while it runs (readers
+// find them in frozenOverlay). It stops early when ctx is cancelled.
+func (v *FileVolume) writeFrozen(ctx context.Context, fz *frozenLog) error {
+	if fz.writer != nil {
+		if err := fz.writer.wait(fz.end - 1); err != nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
+	}
+	if !fz.synced.Load() {
+		if err := fz.f.Sync(); err != nil {
+			return fmt.Errorf("checkpoint: sync intent log %q: %w", v.path(prevLogName), err)
+		}
+		fz.synced.Store(true)
+	}
+	if len(fz.overlay) > 0 {
+		if err := v.writeBlocks(ctx, fz.overlay); err != nil {
 			return err
 		}
 		if err := v.data.Sync(); err != nil {
 			return fmt.Errorf("checkpoint: sync data file %q: %w", v.path(dataName), err)
 		}
 	}
-	nf, err := v.newLog(v.gen+1, v.nextSeq)
-	if err != nil {
+	// Recovery ignores a frozen log older than the current generation's
+	// predecessor, so the removal need not be durable; until the next
+	// freeze, a crash replays it again, harmlessly.
+	if err := v.fsys.Remove(LabelLog, v.path(prevLogName)); err != nil {
 		return fmt.Errorf("checkpoint: %w", err)
 	}
-	v.closeLog()
-	v.logf, v.gen, v.logSize, v.synced = nf, v.gen+1, logHeaderSize, v.nextSeq-1
-	v.rw.Lock()
-	clear(v.overlay)
-	v.rw.Unlock()
-	v.logger.Debug("checkpointed", "generation", v.gen, "next_seq", v.nextSeq)
+	// Closing the removed file frees its blocks: off the request path, here.
+	if err := fz.f.Close(); err != nil {
+		v.logger.Warn("close intent log", "log", v.path(prevLogName), "err", err)
+	}
 	return nil
 }
 
-// writeOverlay writes the overlay's blocks to the data file, coalescing runs
-// of consecutive blocks. Readers hold rw while they read from the data file
-// and find there only blocks missing from the overlay, so they never see a
-// block being written; the overlay is read here without rw, as only holders
-// of mu change it.
-func (v *FileVolume) writeOverlay() error {
-	indexes := slices.Sorted(maps.Keys(v.overlay))
+// reapLocked collects the outcome of the frozen generation's checkpoint:
+// with block it waits for it (running it here if it was deferred), else it
+// returns nil at once if it is not finished. After a successful checkpoint
+// it drops the frozen generation; it returns the checkpoint's error, each
+// time it is called, after a failed one. The caller holds mu.
+func (v *FileVolume) reapLocked(block bool) error {
+	fz := v.frozen
+	if fz == nil {
+		return nil
+	}
+	if !fz.finished {
+		if !fz.started {
+			if !block {
+				return nil
+			}
+			v.startLocked(fz)
+		}
+		if block {
+			fz.err = <-fz.done
+		} else {
+			select {
+			case fz.err = <-fz.done:
+			default:
+				return nil
+			}
+		}
+		fz.finished = true
+		fz.cancel(nil)
+	}
+	if fz.err != nil {
+		return fz.err
+	}
+	v.frozen = nil // writeFrozen closed its file
+	v.rw.Lock()
+	v.frozenOverlay = nil
+	v.rw.Unlock()
+	v.ckptGen = max(v.ckptGen, fz.gen)
+	v.synced = max(v.synced, fz.end-1)
+	v.logger.Debug("checkpointed", "generation", fz.gen, "next_seq", fz.end)
+	return nil
+}
+
+// writeBlocks writes the blocks of overlay to the data file, coalescing
+// runs of consecutive blocks, and stops early when ctx is cancelled.
+func (v *FileVolume) writeBlocks(ctx context.Context, overlay map[uint64][]byte) error {
+	indexes := slices.Sorted(maps.Keys(overlay))
 	for len(indexes) > 0 {
+		if err := context.Cause(ctx); err != nil {
+			return fmt.Errorf("checkpoint: %w", err)
+		}
 		run := 1
 		for run < len(indexes) && run < maxRunBlocks && indexes[run] == indexes[0]+uint64(run) {
 			run++
 		}
-		p := v.overlay[indexes[0]]
-		if run > 1 {
+		p := overlay[indexes[0]]
+		if run > 1 && !contiguous(overlay, indexes[:run]) {
 			if len(v.scratch) < run*BlockSize {
 				v.scratch = make([]byte, run*BlockSize)
 			}
 			p = v.scratch[:run*BlockSize]
 			for i, idx := range indexes[:run] {
-				copy(p[i*BlockSize:], v.overlay[idx])
+				copy(p[i*BlockSize:], overlay[idx])
 			}
+		}
+		if run > 1 && len(p) == BlockSize {
+			p = p[:run*BlockSize] // the run lies in one buffer
 		}
 		if _, err := v.data.WriteAt(p, int64(indexes[0])*BlockSize); err != nil {
 			return fmt.Errorf("checkpoint: write blocks %d-%d to data file %q: %w", indexes[0], indexes[0]+uint64(run)-1, v.path(dataName), err)
@@ -736,6 +1131,22 @@ func (v *FileVolume) writeOverlay() error {
 		indexes = indexes[run:]
 	}
 	return nil
+}
+
+// contiguous reports whether the blocks of overlay at indexes follow each
+// other in memory, each in the spare capacity of the one before, as the
+// blocks a caller cut from one buffer do: then they can be written from
+// there, without a copy.
+func contiguous(overlay map[uint64][]byte, indexes []uint64) bool {
+	prev := overlay[indexes[0]]
+	for _, idx := range indexes[1:] {
+		d := overlay[idx]
+		if cap(prev) < 2*BlockSize || &prev[:BlockSize+1][BlockSize] != &d[0] {
+			return false
+		}
+		prev = d
+	}
+	return true
 }
 
 // usable returns why the volume refuses Apply, Sync and Checkpoint, if it
@@ -758,12 +1169,29 @@ func (v *FileVolume) fail(err error) error {
 	return fmt.Errorf("%w: %w", ErrFailed, err)
 }
 
-// Close implements Volume. It does not sync and does not checkpoint; it
-// waits for a running Apply, Sync or Checkpoint, and makes every later call
-// return an error wrapping ErrClosed.
+// Close implements Volume. It does not sync and does not checkpoint: it
+// stops the log writer once the queued records are written, stops a
+// background checkpoint and waits for it, waits for a running
+// Apply, Sync or Checkpoint, and makes every later call return an error
+// wrapping ErrClosed.
 func (v *FileVolume) Close() error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
+	if v.writer != nil {
+		if err := v.stopWriterLocked(); err != nil {
+			v.logger.Warn("intent log write failed; the next open replays the log up to it", "err", err)
+		}
+	}
+	if fz := v.frozen; fz != nil && fz.started && !fz.finished {
+		fz.cancel(ErrClosed)
+		fz.err, fz.finished = <-fz.done, true
+		if fz.err != nil && !errors.Is(fz.err, ErrClosed) {
+			v.logger.Warn("background checkpoint failed; the next open replays its log", "err", fz.err)
+		}
+	}
+	if fz := v.frozen; fz != nil && fz.finished && fz.err == nil {
+		v.frozen = nil // writeFrozen closed its file
+	}
 	v.rw.Lock()
 	if v.closed {
 		v.rw.Unlock()
@@ -771,6 +1199,7 @@ func (v *FileVolume) Close() error {
 	}
 	v.closed = true
 	v.overlay = nil
+	v.frozenOverlay = nil
 	v.rw.Unlock()
 	if err := v.closeFiles(); err != nil {
 		return fmt.Errorf("close volume %q: %w", v.dir, err)
@@ -781,6 +1210,10 @@ func (v *FileVolume) Close() error {
 // closeFiles closes the files of the volume and releases its lock.
 func (v *FileVolume) closeFiles() error {
 	var errs []error
+	if v.frozen != nil {
+		errs = append(errs, v.frozen.f.Close())
+		v.frozen = nil
+	}
 	if v.logf != nil {
 		errs = append(errs, v.logf.Close())
 		v.logf = nil

@@ -184,6 +184,71 @@ func appendRecord(buf []byte, gen, seq, synced uint64, b *Batch) []byte {
 	return buf
 }
 
+// vectorWriterAt is a File that writes several buffers at an offset with
+// one call (osFile on Linux, with pwritev).
+type vectorWriterAt interface {
+	WriteAtv(bufs [][]byte, off int64) (int, error)
+}
+
+// recordWriter writes intent log records, reusing its buffers.
+type recordWriter struct {
+	buf  []byte
+	bufs [][]byte
+}
+
+// write writes at off in f the record of writes that appendRecord would
+// encode, and returns its size: from the blocks themselves with one
+// vectored write where f can (consecutive blocks that follow each other in
+// memory go as one buffer), else encoded into a buffer with one write.
+func (rw *recordWriter) write(f File, off int64, gen, seq, synced uint64, writes []Write) (int, error) {
+	size := recordSize(len(writes))
+	vw, ok := f.(vectorWriterAt)
+	if !ok {
+		rw.buf = appendRecord(rw.buf, gen, seq, synced, &Batch{Writes: writes})
+		n, err := f.WriteAt(rw.buf, off)
+		if cap(rw.buf) > maxKeptBuffer {
+			rw.buf = nil
+		}
+		if err == nil && n != size {
+			err = io.ErrShortWrite
+		}
+		return size, err
+	}
+	head := recordHeaderSize + 8*len(writes)
+	if cap(rw.buf) < head+4 {
+		rw.buf = make([]byte, head+4)
+	}
+	b := rw.buf[:head+4]
+	binary.LittleEndian.PutUint32(b[0:], recordMagic)
+	binary.LittleEndian.PutUint32(b[4:], uint32(len(writes)))
+	binary.LittleEndian.PutUint64(b[8:], gen)
+	binary.LittleEndian.PutUint64(b[16:], seq)
+	binary.LittleEndian.PutUint64(b[24:], synced)
+	for i, w := range writes {
+		binary.LittleEndian.PutUint64(b[recordHeaderSize+8*i:], w.Index)
+	}
+	sum := crc32.Update(0, castagnoli, b[:head])
+	bufs := append(rw.bufs[:0], b[:head])
+	for i, w := range writes {
+		sum = crc32.Update(sum, castagnoli, w.Data)
+		last := bufs[len(bufs)-1]
+		if i > 0 && cap(last) >= len(last)+BlockSize && &last[:len(last)+1][len(last)] == &w.Data[0] {
+			bufs[len(bufs)-1] = last[:len(last)+BlockSize]
+			continue
+		}
+		bufs = append(bufs, w.Data[:BlockSize])
+	}
+	binary.LittleEndian.PutUint32(b[head:], sum)
+	bufs = append(bufs, b[head:head+4])
+	n, err := vw.WriteAtv(bufs, off)
+	clear(bufs)
+	rw.bufs = bufs[:0]
+	if err == nil && n != size {
+		err = io.ErrShortWrite
+	}
+	return size, err
+}
+
 // logRecord is a decoded intent log record. Its slices alias the reader's
 // buffer and are valid until the next call to next.
 type logRecord struct {

@@ -13,8 +13,9 @@ type RangeReader interface {
 var _ RangeReader = (*FileVolume)(nil)
 
 // ReadBlocks implements RangeReader with one read of the data file, on
-// top of which the blocks held in the overlay are copied. It may run
-// concurrently with every other method.
+// top of which the blocks held in the frozen generation's overlay, then in
+// the current one, are copied. It may run concurrently with every other
+// method.
 func (v *FileVolume) ReadBlocks(first uint64, p []byte) error {
 	if len(p)%BlockSize != 0 {
 		return fmt.Errorf("read blocks from %d of volume %q: buffer of %d bytes: %w", first, v.dir, len(p), ErrBadBlock)
@@ -31,13 +32,47 @@ func (v *FileVolume) ReadBlocks(first uint64, p []byte) error {
 	if err := readFull(v.data, p, int64(first)*BlockSize); err != nil {
 		return fmt.Errorf("read %d blocks from %d of volume %q: %w", n, first, v.dir, err)
 	}
-	if len(v.overlay) == 0 {
-		return nil
+	v.readAhead(int64(first)*BlockSize, int64(len(p)))
+	copyOverlay(v.frozenOverlay, first, p)
+	copyOverlay(v.overlay, first, p)
+	return nil
+}
+
+// willNeeder is a File that can be told which part will be read soon
+// (osFile on Linux).
+type willNeeder interface {
+	WillNeed(off, n int64)
+}
+
+// readAheadBytes is how far past a sequential read of the data file
+// ReadBlocks asks the kernel to read ahead. The kernel's own readahead is
+// limited by the device's (read_ahead_kb, often 128 KiB) and confused by
+// the out-of-order reads of concurrent FUSE requests.
+const readAheadBytes = 1 << 20
+
+// readAhead, after a read of n bytes at off of the data file that starts
+// where the previous one ended, or is the one just before it (concurrent
+// requests of a sequential reader arrive out of order), asks the kernel to
+// read the next readAheadBytes. Random reads almost never qualify.
+func (v *FileVolume) readAhead(off, n int64) {
+	prev := v.readEnd.Swap(off + n)
+	if off != prev && (off+n > prev || off < prev-2*n) {
+		return
 	}
-	for i := uint64(0); i < n; i++ {
-		if d, ok := v.overlay[first+i]; ok {
+	if wn, ok := v.data.(willNeeder); ok {
+		wn.WillNeed(off+n, readAheadBytes)
+	}
+}
+
+// copyOverlay copies over p, which holds the blocks from first on, those
+// that overlay holds.
+func copyOverlay(overlay map[uint64][]byte, first uint64, p []byte) {
+	if len(overlay) == 0 {
+		return
+	}
+	for i := range uint64(len(p) / BlockSize) {
+		if d, ok := overlay[first+i]; ok {
 			copy(p[i*BlockSize:], d)
 		}
 	}
-	return nil
 }

@@ -65,12 +65,29 @@ func MountArgs(name string, readOnly, allowOther, debug bool) *gofs.Options {
 	return o
 }
 
+// backgroundCheckpointer is a volume that can checkpoint its intent log
+// off the request path (blockdev.FileVolume).
+type backgroundCheckpointer interface {
+	SetBackgroundCheckpoint(on bool)
+}
+
 // Mount loads the filesystem on dev and mounts it at opts.Mountpoint. It
 // returns once the kernel serves the mount.
+//
+// On a writable mount of a LocalDevice whose volume can checkpoint in the
+// background (blockdev.FileVolume), Mount turns that on: a write then
+// returns once its batch is visible, while the volume's goroutines write
+// the intent log and checkpoint it (fsync still waits for durability); the
+// volume's Close stops them.
 func Mount(ctx context.Context, dev Device, opts MountOptions) (*Server, error) {
 	f, err := openFS(ctx, dev, engineOptions{readOnly: opts.ReadOnly, log: opts.Logger})
 	if err != nil {
 		return nil, fmt.Errorf("open filesystem: %w", err)
+	}
+	if ld, ok := dev.(localDevice); ok && !opts.ReadOnly {
+		if bc, ok := ld.Volume.(backgroundCheckpointer); ok {
+			bc.SetBackgroundCheckpoint(true)
+		}
 	}
 	root := &node{fs: f, ino: rootIno, gen: 1}
 	o := MountArgs(opts.Name, opts.ReadOnly, opts.AllowOther, opts.Debug)

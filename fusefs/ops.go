@@ -706,12 +706,26 @@ func (t *tx) writeAt(in *inode, ino uint32, p []byte, off uint64) (int, error) {
 		return 0, syscall.EFBIG
 	}
 	oldBlocks := ceilDiv(in.size, bs)
+	// Whole blocks are cut from one allocation, in order: fewer
+	// allocations, and a volume may write a run of them with one call
+	// without copying (blockdev.FileVolume does, to its intent log and at
+	// its checkpoint).
+	var slab []byte
 	done := 0
 	for done < len(p) {
 		pos := off + uint64(done)
 		lblk, boff := pos/bs, int(pos%bs)
 		n := min(bs-boff, len(p)-done)
-		blk := make([]byte, bs)
+		var blk []byte
+		switch {
+		case n < bs:
+			blk = make([]byte, bs)
+		case len(slab) == 0:
+			slab = make([]byte, (len(p)-done)/bs*bs)
+			fallthrough
+		default:
+			blk, slab = slab[:bs], slab[bs:]
+		}
 		if n < bs && lblk < oldBlocks {
 			e, err := lookupEntry(t, in, ino, lblk)
 			if err != nil {
