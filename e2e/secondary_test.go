@@ -574,7 +574,17 @@ func dependentWrites(t *testing.T, env map[string][]string, sameN bool) (samples
 // TRICOPY_LONG=1; TRICOPY_SECONDARY_SEED picks the instants). Every restart
 // must come back consistent and catch up; no sample at one validated point
 // may ever see a torn cut; in the end both replicas hold everything.
-func TestSecondaryKill(t *testing.T) {
+func TestSecondaryKill(t *testing.T) { secondaryKill(t, nil) }
+
+// TestSecondaryKillInPlace is TestSecondaryKill with every round of the
+// killed secondary written in place (TRICOPY_TEST_IN_PLACE_BYTES=1): a kill
+// inside one leaves it interrupted, and the restarted secondary redoes it
+// from its stage before it mounts.
+func TestSecondaryKillInPlace(t *testing.T) {
+	secondaryKill(t, map[string][]string{"b": {"TRICOPY_TEST_IN_PLACE_BYTES=1"}})
+}
+
+func secondaryKill(t *testing.T, secEnv map[string][]string) {
 	kills := 3
 	if os.Getenv("TRICOPY_LONG") == "1" {
 		kills = 20
@@ -588,7 +598,7 @@ func TestSecondaryKill(t *testing.T) {
 	}
 	t.Logf("seed %d (replay with TRICOPY_SECONDARY_SEED=%d)", seed, seed)
 	rng := rand.New(rand.NewPCG(seed, 3))
-	s := startSite(t, nil)
+	s := startSite(t, secEnv)
 	w := startDependentWriter(s.prim["a"].mnt, s.prim["b"].mnt)
 	var (
 		stopCheck  = make(chan struct{})
@@ -626,12 +636,20 @@ func TestSecondaryKill(t *testing.T) {
 			}
 		}
 	}()
+	redone := 0
 	for k := range kills {
 		time.Sleep(time.Duration(100+rng.IntN(900)) * time.Millisecond)
 		t.Logf("kill %d of %d: SIGKILL the secondary of b after %d pairs", k+1, kills, w.n.Load())
+		if secEnv != nil && !strings.Contains(s.smounts["b"].stderr.String(), "written in place") {
+			t.Fatalf("the secondary of b does not write its rounds in place:\n%s", clip(s.smounts["b"].stderr.String()))
+		}
 		s.smounts["b"].kill(t)
 		s.smounts["b"] = startSecondary(t, s.sec["b"])
+		if strings.Contains(s.smounts["b"].stderr.String(), "redoing it from the staged batches") {
+			redone++
+		}
 	}
+	t.Logf("%d restarts redid an interrupted in-place round", redone)
 	time.Sleep(time.Second)
 	close(stopCheck)
 	<-checked

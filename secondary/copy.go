@@ -86,7 +86,7 @@ func initialCopy(ctx context.Context, cfg Config, log *slog.Logger, replica *Rep
 	report()
 	progress()
 	rdir := filepath.Join(cfg.Dir, replicaDirName)
-	ropts := ReplicaOptions{FS: cfg.FS, Logger: log}
+	ropts := cfg.replicaOptions(log)
 	var b *ReplicaBuilder
 	defer func() {
 		if b != nil {

@@ -104,7 +104,7 @@
 // block is the header:
 //
 //	0    magic       "TRIREPH\x00"
-//	8    version     uint32, 1
+//	8    version     uint32, 1; 2 when redo is set (below)
 //	12   flags       uint32: bit 0 "copied" (the blocks are an initial copy
 //	                 at applied, which is not a validated point yet: not
 //	                 exposed until a round validates it); no other bit set
@@ -112,7 +112,11 @@
 //	24   applied     uint64, the seq N the replica is at: every batch of the
 //	                 volume with seq <= N is in the blocks, none after
 //	32   name length uint16, 1 to 64
-//	34   volume      the volume name, then zeros up to the crc
+//	34   volume      the volume name, then zeros up to the crc (version
+//	                 1) or up to redo (version 2)
+//	4084 redo        uint64, version 2 only: the seq of an in-place round
+//	                 from applied that was started and not finished: the
+//	                 blocks are torn until it is written again
 //	4092 crc32c      uint32 over bytes [0, 4092)
 //
 // The magic, the version and the crc keep their places in every version,
@@ -129,12 +133,30 @@
 // after a restart is harmless; N never goes back. A round is checked whole
 // (volume, CRC, block indexes, seq order, size) before anything is written.
 //
+// A round of ReplicaOptions.InPlaceBytes (4 MiB) or more, which a
+// secondary catching up applies in steps of up to 64 MiB, is written in
+// place instead, with the stage as its redo log, so that its blocks are
+// written once rather than twice (intent log, then checkpoint): a header
+// recording the round as started (redo = N) goes through the intent log
+// with Sync; the blocks go straight into the data file, which is synced
+// (FileVolume.WriteInPlace); then the header recording N, with Sync. A
+// crash between the first and the last step leaves a version 2 header:
+// the replica opens at the old N with the round interrupted, refuses reads
+// and rounds, and the secondary writes the round again from the staged
+// batches (Replica.Redo, before anything reads the replica), which the
+// stage keeps until the replica applied them. Writing a block again with
+// the same data is harmless, so the redo ends with the blocks at N whatever
+// the crash left. An in-place round is not atomic for a reader that runs
+// during it; the read-only filesystem excludes readers during every round
+// (below), and a replica is not read while a round may be interrupted.
+//
 // CreateReplica builds a replica in a directory beside its own, named
 // ".new-" and the replica directory's base name, makes it durable, and
 // renames it into place: the replica directory exists only holding a whole
 // replica at N = 0 or later.
 //
-// A single ReadBlock or ReadBlocks call sees each round entirely or not at
-// all. The read-only filesystem, which reads many blocks of one N, must be
-// serialised with ApplyRound by its caller.
+// A single ReadBlock or ReadBlocks call sees each logged round entirely or
+// not at all. The read-only filesystem, which reads many blocks of one N,
+// must be serialised with ApplyRound by its caller (which also makes
+// in-place rounds whole for it).
 package secondary

@@ -111,7 +111,7 @@ func failbackCopy(ctx context.Context, cfg Config, log *slog.Logger, src *Failba
 	log.Info("failback: building the replica from the old primary's volume", "blocks", blocks, "regions", stats.Regions,
 		"promotion_seq", resp.GetPromotionSeq(), "epoch", resp.GetEpoch())
 	rdir := filepath.Join(cfg.Dir, replicaDirName)
-	b, err := BuildReplica(rdir, cfg.Volume, blocks, ReplicaOptions{FS: cfg.FS, Logger: log})
+	b, err := BuildReplica(rdir, cfg.Volume, blocks, cfg.replicaOptions(log))
 	if err != nil {
 		return nil, stats, err
 	}

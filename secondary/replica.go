@@ -21,6 +21,10 @@ import (
 // ApplyRound accepts when ReplicaOptions.MaxRoundBytes is zero.
 const DefaultMaxRoundBytes = 256 << 20
 
+// DefaultInPlaceBytes is the size, in block bytes, from which ApplyRound
+// writes a round in place when ReplicaOptions.InPlaceBytes is zero.
+const DefaultInPlaceBytes = 4 << 20
+
 // LabelReplicaDir labels the operations of CreateReplica on the replica
 // directory's parent (the replica's own files carry blockdev's labels).
 const LabelReplicaDir = "replica dir"
@@ -41,6 +45,11 @@ var (
 	// ErrStaleRound means a round to a seq below the replica's applied seq:
 	// the seq a replica is at never goes back.
 	ErrStaleRound = errors.New("round below the applied seq")
+	// ErrInterruptedRound means the replica holds an in-place round that a
+	// crash or an error interrupted (InterruptedRound): its blocks are
+	// torn, so it refuses reads and rounds until Redo applied that round
+	// again.
+	ErrInterruptedRound = errors.New("replica has an interrupted in-place round")
 )
 
 // ReplicaOptions configure CreateReplica and OpenReplica.
@@ -57,6 +66,12 @@ type ReplicaOptions struct {
 	// applies in one round, which it holds in memory; 0 means
 	// DefaultMaxRoundBytes.
 	MaxRoundBytes int64
+	// InPlaceBytes is the size of a round, in block bytes, from which
+	// ApplyRound writes it in place, with the staged batches as its redo
+	// log, instead of through the FileVolume's intent log: each block is
+	// written once, not twice. 0 means DefaultInPlaceBytes; negative,
+	// never.
+	InPlaceBytes int64
 }
 
 func (o ReplicaOptions) withDefaults() (ReplicaOptions, error) {
@@ -75,6 +90,9 @@ func (o ReplicaOptions) withDefaults() (ReplicaOptions, error) {
 	if o.CheckpointBytes < 0 {
 		return o, fmt.Errorf("checkpoint bytes %d is negative", o.CheckpointBytes)
 	}
+	if o.InPlaceBytes == 0 {
+		o.InPlaceBytes = DefaultInPlaceBytes
+	}
 	return o, nil
 }
 
@@ -92,7 +110,11 @@ func (o ReplicaOptions) volumeOptions() blockdev.Options {
 // atomic, durable blockdev Apply that writes the round's batches together
 // with the header recording the new N: after a crash the replica is at the
 // old N or the new one, never between, and a reader sees each round whole
-// per call.
+// per call. A large round (ReplicaOptions.InPlaceBytes) is written in
+// place instead, with the staged batches as its redo log: after a crash
+// inside it the replica is at the old N with the round interrupted
+// (InterruptedRound), and Redo writes it again (the package documentation
+// has the argument).
 //
 // Concurrency: ApplyRound and Close are serialised. ReadBlock, ReadBlocks,
 // Applied, Volume and BlockCount may run concurrently with them from any
@@ -111,6 +133,7 @@ type Replica struct {
 	vol      *blockdev.FileVolume
 	logger   *slog.Logger
 	maxRound int64
+	inPlace  int64 // ReplicaOptions.InPlaceBytes; negative: never
 
 	// applied is the seq N the replica is at, durably. Only ApplyRound,
 	// holding mu, writes it.
@@ -118,6 +141,12 @@ type Replica struct {
 	// copied is set while the replica holds a copy whose applied seq is
 	// not a validated point (replicaFlagCopied); the next round clears it.
 	copied atomic.Bool
+	// redoTo is the seq of the in-place round being written or
+	// interrupted (the header's redoTo), 0 when none.
+	redoTo atomic.Uint64
+	// torn is set while the blocks are torn by an interrupted in-place
+	// round (found at open, or left by a failed one): reads are refused.
+	torn atomic.Bool
 
 	// mu serialises ApplyRound and Close, and guards the fields below.
 	mu     sync.Mutex
@@ -427,9 +456,17 @@ func openReplica(dir string, opts ReplicaOptions) (*Replica, error) {
 		vol:      vol,
 		logger:   opts.Logger.With("replica", dir, "volume", h.volume),
 		maxRound: opts.MaxRoundBytes,
+		inPlace:  opts.InPlaceBytes,
 	}
 	r.applied.Store(h.applied)
 	r.copied.Store(h.copied)
+	r.redoTo.Store(h.redoTo)
+	r.torn.Store(h.redoTo != 0)
+	if h.redoTo != 0 {
+		r.logger.Warn("opened replica with an interrupted in-place round: it must be redone from the staged batches",
+			"blocks", h.blocks, "applied_seq", h.applied, "round", h.redoTo)
+		return r, nil
+	}
 	r.logger.Info("opened replica", "blocks", h.blocks, "applied_seq", h.applied, "copied", h.copied)
 	return r, nil
 }
@@ -477,6 +514,9 @@ func (r *Replica) BlockCount() uint64 { return r.blocks }
 // readable) into p, of exactly blockdev.BlockSize bytes. It implements
 // blockdev.Reader and may run concurrently with every other method.
 func (r *Replica) ReadBlock(index uint64, p []byte) error {
+	if err := r.readable(); err != nil {
+		return err
+	}
 	if index >= r.blocks {
 		return fmt.Errorf("read block %d of replica %q with %d blocks: %w", index, r.dir, r.blocks, blockdev.ErrOutOfRange)
 	}
@@ -497,6 +537,9 @@ func (r *Replica) ReadBlocks(first uint64, p []byte) error {
 	n := uint64(len(p) / blockdev.BlockSize)
 	if first >= r.blocks || n > r.blocks-first {
 		return fmt.Errorf("read %d blocks from %d of replica %q with %d blocks: %w", n, first, r.dir, r.blocks, blockdev.ErrOutOfRange)
+	}
+	if err := r.readable(); err != nil {
+		return err
 	}
 	if err := r.vol.ReadBlocks(first, p); err != nil {
 		return fmt.Errorf("read replica %q: %w", r.dir, err)
@@ -550,6 +593,8 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 		return nil, blockdev.ErrClosed
 	case r.failed != nil:
 		return nil, fmt.Errorf("%w: %w", blockdev.ErrFailed, r.failed)
+	case r.redoTo.Load() != 0:
+		return nil, fmt.Errorf("%w to seq %d: redo it first", ErrInterruptedRound, r.redoTo.Load())
 	}
 	applied := r.applied.Load()
 	switch {
@@ -568,6 +613,12 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 	changed := make([]uint64, len(round.writes))
 	for i, w := range round.writes {
 		changed[i] = w.Index
+	}
+	if r.inPlace >= 0 && round.bytes >= r.inPlace {
+		if err := r.applyInPlace(ctx, applied, n, round); err != nil {
+			return nil, err
+		}
+		return changed, nil
 	}
 	h := replicaHeader{volume: r.volume, blocks: r.blocks, applied: n}
 	round.writes = append(round.writes, blockdev.Write{Index: r.blocks, Data: h.encode()})
@@ -591,8 +642,108 @@ func (r *Replica) applyRoundLocked(ctx context.Context, n uint64, batches iter.S
 // round is what collect gathers of a round.
 type round struct {
 	writes  []blockdev.Write // one per block, the data of the last batch writing it
+	bytes   int64            // block bytes of the batches applied
 	batches int              // batches applied
 	skipped int              // batches at or below the applied seq
+}
+
+// applyInPlace writes round, from applied to n, in place: a header that
+// records the round as started (redoTo n), durably through the intent
+// log; the round's blocks straight into the data file, synced
+// (FileVolume.WriteInPlace); then the header recording n. A crash between
+// the first and the last step leaves the blocks torn and the header saying
+// so: the replica then refuses reads and rounds until Redo writes the
+// round again from the staged batches, which the stage keeps until the
+// replica applied them. The caller holds mu.
+func (r *Replica) applyInPlace(ctx context.Context, applied, n uint64, rd round) error {
+	copied := r.copied.Load()
+	start := replicaHeader{volume: r.volume, blocks: r.blocks, applied: applied, copied: copied, redoTo: n}
+	if err := r.writeHeader(ctx, start); err != nil {
+		return r.failRound(ctx, applied, n, err)
+	}
+	r.redoTo.Store(n)
+	if err := r.vol.WriteInPlace(ctx, rd.writes); err != nil {
+		return r.failRound(ctx, applied, n, err)
+	}
+	if err := r.writeHeader(ctx, replicaHeader{volume: r.volume, blocks: r.blocks, applied: n}); err != nil {
+		return r.failRound(ctx, applied, n, err)
+	}
+	r.applied.Store(n)
+	r.copied.Store(false)
+	r.redoTo.Store(0)
+	r.torn.Store(false)
+	r.logger.Debug("applied round in place", "applied_seq", n, "previous", applied,
+		"batches", rd.batches, "skipped", rd.skipped, "writes", len(rd.writes), "bytes", rd.bytes)
+	return nil
+}
+
+// writeHeader writes h durably through the intent log.
+func (r *Replica) writeHeader(ctx context.Context, h replicaHeader) error {
+	b := &blockdev.Batch{Writes: []blockdev.Write{{Index: r.blocks, Data: h.encode()}}}
+	return r.vol.Apply(ctx, b, blockdev.ApplyOptions{Sync: true})
+}
+
+// failRound fails the replica after an error in a round from applied to
+// n, unless only a cancelled ctx stopped the FileVolume before it wrote.
+func (r *Replica) failRound(ctx context.Context, applied, n uint64, err error) error {
+	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) && !errors.Is(err, blockdev.ErrFailed) && r.redoTo.Load() == 0 {
+		return err
+	}
+	r.failed = err
+	if r.redoTo.Load() != 0 {
+		r.torn.Store(true)
+	}
+	r.logger.Error("replica failed: refusing rounds until reopened", "applied_seq", applied, "round", n, "err", err)
+	return fmt.Errorf("%w: %w", blockdev.ErrFailed, err)
+}
+
+// readable returns the error reads get while the blocks are torn by an
+// interrupted in-place round, nil otherwise.
+func (r *Replica) readable() error {
+	if r.torn.Load() {
+		return fmt.Errorf("read replica %q: %w to seq %d: its blocks are torn until it is redone", r.dir, ErrInterruptedRound, r.redoTo.Load())
+	}
+	return nil
+}
+
+// InterruptedRound returns the in-place round a crash or an error
+// interrupted: from the applied seq to seq to, whose batches Redo needs;
+// ok is false when there is none.
+func (r *Replica) InterruptedRound() (from, to uint64, ok bool) {
+	to = r.redoTo.Load()
+	return r.applied.Load(), to, to != 0
+}
+
+// Redo writes the interrupted in-place round again (InterruptedRound) from
+// batches, which must yield the volume's batches from the applied seq to
+// the round's seq (Stage.Batches does), and returns the blocks it wrote,
+// like ApplyRound. Without an interrupted round it does nothing.
+func (r *Replica) Redo(ctx context.Context, batches iter.Seq2[*wire.CommittedBatch, error]) ([]uint64, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	switch {
+	case r.closed:
+		return nil, fmt.Errorf("redo the round of replica %q: %w", r.dir, blockdev.ErrClosed)
+	case r.failed != nil:
+		return nil, fmt.Errorf("redo the round of replica %q: %w: %w", r.dir, blockdev.ErrFailed, r.failed)
+	}
+	applied, n, ok := r.InterruptedRound()
+	if !ok {
+		return nil, nil
+	}
+	rd, err := r.collect(ctx, applied, n, batches)
+	if err != nil {
+		return nil, fmt.Errorf("redo round %d of replica %q: %w", n, r.dir, err)
+	}
+	changed := make([]uint64, len(rd.writes))
+	for i, w := range rd.writes {
+		changed[i] = w.Index
+	}
+	if err := r.applyInPlace(ctx, applied, n, rd); err != nil {
+		return nil, fmt.Errorf("redo round %d of replica %q: %w", n, r.dir, err)
+	}
+	r.logger.Info("redid the interrupted in-place round", "applied_seq", n, "previous", applied, "writes", len(rd.writes))
+	return changed, nil
 }
 
 // collect reads the batches of a round from applied to n, checks them, and
@@ -620,6 +771,7 @@ func (r *Replica) collect(ctx context.Context, applied, n uint64, batches iter.S
 			continue
 		}
 		bytes += int64(wire.BatchBytes(cb.GetBatch()))
+		rd.bytes = bytes
 		if bytes > r.maxRound {
 			return rd, fmt.Errorf("%w: more than %d block bytes by batch seq %d", ErrRoundTooLarge, r.maxRound, prev)
 		}
@@ -681,8 +833,13 @@ func (r *Replica) Close() error {
 const (
 	replicaMagic   = "TRIREPH\x00"
 	replicaVersion = 1
-	replicaNameOff = 34
-	replicaCRCOff  = blockdev.BlockSize - 4
+	// replicaVersionRedo is the version of a header that records an
+	// interrupted in-place round (redoTo, at replicaRedoOff); a header
+	// without one is written as version 1.
+	replicaVersionRedo = 2
+	replicaNameOff     = 34
+	replicaRedoOff     = blockdev.BlockSize - 12
+	replicaCRCOff      = blockdev.BlockSize - 4
 )
 
 // replicaFlagCopied is the header flag of a replica built from a copy
@@ -696,6 +853,10 @@ type replicaHeader struct {
 	blocks  uint64 // blocks of the volume, without the header
 	applied uint64 // the seq N the blocks are at
 	copied  bool   // replicaFlagCopied
+	// redoTo, when not 0, is the seq of an in-place round from applied
+	// that was started and may be partly written: the blocks are torn
+	// until Redo applies the round again.
+	redoTo uint64
 }
 
 // encode returns the header block.
@@ -703,6 +864,10 @@ func (h replicaHeader) encode() []byte {
 	p := make([]byte, blockdev.BlockSize)
 	copy(p, replicaMagic)
 	binary.LittleEndian.PutUint32(p[8:], replicaVersion)
+	if h.redoTo != 0 {
+		binary.LittleEndian.PutUint32(p[8:], replicaVersionRedo)
+		binary.LittleEndian.PutUint64(p[replicaRedoOff:], h.redoTo)
+	}
 	if h.copied {
 		binary.LittleEndian.PutUint32(p[12:], replicaFlagCopied)
 	}
@@ -732,8 +897,16 @@ func decodeReplicaHeader(p []byte) (replicaHeader, error) {
 	if got, want := crc32.Checksum(p[:replicaCRCOff], castagnoli), binary.LittleEndian.Uint32(p[replicaCRCOff:]); got != want {
 		return h, corrupt("crc %08x, computed %08x", want, got)
 	}
-	if v := binary.LittleEndian.Uint32(p[8:]); v != replicaVersion {
-		return h, fmt.Errorf("replica header: version %d, want %d: %w", v, replicaVersion, blockdev.ErrVersion)
+	end := replicaCRCOff
+	switch v := binary.LittleEndian.Uint32(p[8:]); v {
+	case replicaVersion:
+	case replicaVersionRedo:
+		h.redoTo, end = binary.LittleEndian.Uint64(p[replicaRedoOff:]), replicaRedoOff
+		if h.redoTo == 0 {
+			return h, corrupt("version %d without an interrupted round", replicaVersionRedo)
+		}
+	default:
+		return h, fmt.Errorf("replica header: version %d, want %d or %d: %w", v, replicaVersion, replicaVersionRedo, blockdev.ErrVersion)
 	}
 	flags := binary.LittleEndian.Uint32(p[12:])
 	if flags&^replicaFlagCopied != 0 {
@@ -753,8 +926,11 @@ func decodeReplicaHeader(p []byte) (replicaHeader, error) {
 	if err := wire.CheckVolumeName(name); err != nil {
 		return h, corrupt("%v", err)
 	}
-	if !allZero(p[replicaNameOff+n : replicaCRCOff]) {
+	if !allZero(p[replicaNameOff+n : end]) {
 		return h, corrupt("bytes set after the volume name")
+	}
+	if h.redoTo != 0 && h.redoTo <= h.applied {
+		return h, corrupt("interrupted round to seq %d, not above the applied seq %d", h.redoTo, h.applied)
 	}
 	h.volume = name
 	return h, nil

@@ -2,6 +2,7 @@ package secondary
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -499,6 +500,82 @@ func crashReplicaOptions(fsys blockdev.FS) ReplicaOptions {
 // also crashes the recovery at each mutating operation and recovers again,
 // then goes on with a round.
 func TestReplicaCrashPoints(t *testing.T) {
+	testReplicaCrashPoints(t, crashReplicaOptions)
+}
+
+// TestReplicaInPlaceCrashPoints is TestReplicaCrashPoints with every round
+// written in place: a crash inside one leaves it interrupted, and the
+// reopened replica redoes it from the workload's batches (the stage's part)
+// before it is checked.
+func TestReplicaInPlaceCrashPoints(t *testing.T) {
+	before := redoneRounds.Load()
+	testReplicaCrashPoints(t, func(fsys blockdev.FS) ReplicaOptions {
+		o := crashReplicaOptions(fsys)
+		o.InPlaceBytes = 1
+		return o
+	})
+	redone := redoneRounds.Load() - before
+	t.Logf("%d interrupted rounds redone", redone)
+	if redone == 0 {
+		t.Fatal("no crash point interrupted an in-place round")
+	}
+}
+
+// TestReplicaMixedCrashPoints is TestReplicaCrashPoints with the larger
+// rounds written in place and the smaller ones through the intent log, so
+// that blocks move between the two ways of writing them.
+func TestReplicaMixedCrashPoints(t *testing.T) {
+	testReplicaCrashPoints(t, func(fsys blockdev.FS) ReplicaOptions {
+		o := crashReplicaOptions(fsys)
+		o.InPlaceBytes = 3 * blockdev.BlockSize
+		return o
+	})
+}
+
+// redoneRounds counts the interrupted rounds openRedone redid.
+var redoneRounds atomic.Int64
+
+// openRedone opens the replica in replicaDir and redoes its interrupted
+// in-place round, if any, from the batches of work.
+func openRedone(opts ReplicaOptions, work []replicaRound) (*Replica, error) {
+	r, err := OpenReplica(replicaDir, opts)
+	if err != nil {
+		return nil, err
+	}
+	from, to, ok := r.InterruptedRound()
+	if !ok {
+		return r, nil
+	}
+	if err := r.readable(); !errors.Is(err, ErrInterruptedRound) {
+		r.Close()
+		return nil, fmt.Errorf("a replica with an interrupted round is readable: %v", err)
+	}
+	if _, err := r.Redo(context.Background(), batchesOf(stagedBetween(work, from, to)...)); err != nil {
+		r.Close()
+		return nil, err
+	}
+	redoneRounds.Add(1)
+	return r, nil
+}
+
+// stagedBetween returns the batches of work with a seq in (from, to], once
+// each, in seq order: what the stage would yield.
+func stagedBetween(work []replicaRound, from, to uint64) []*wire.CommittedBatch {
+	seen := map[uint64]bool{}
+	var out []*wire.CommittedBatch
+	for _, rd := range work {
+		for _, cb := range rd.batches {
+			if s := cb.GetSeq(); s > from && s <= to && !seen[s] {
+				seen[s] = true
+				out = append(out, cb)
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b *wire.CommittedBatch) int { return cmp.Compare(a.GetSeq(), b.GetSeq()) })
+	return out
+}
+
+func testReplicaCrashPoints(t *testing.T, crashReplicaOptions func(blockdev.FS) ReplicaOptions) {
 	seed := testSeed(t)
 	work, ns, images := newReplicaWorkload(seed, 14)
 
@@ -538,7 +615,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 			mode.crash(fsys, rng)
 			post := fsys.Clone()
 
-			r, err = OpenReplica(replicaDir, crashReplicaOptions(post.Clone()))
+			r, err = openRedone(crashReplicaOptions(post.Clone()), work)
 			if err != nil {
 				t.Fatalf("%s: reopen: %v", where, err)
 			}
@@ -550,7 +627,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 			for j := 0; ; j++ {
 				f := post.Clone()
 				f.FailAfter(j)
-				r, err := OpenReplica(replicaDir, crashReplicaOptions(f))
+				r, err := openRedone(crashReplicaOptions(f), work)
 				if err == nil {
 					r.Close()
 					break
@@ -560,7 +637,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 				}
 				recoveryPoints++
 				mode.crash(f, rand.New(rand.NewPCG(seed, uint64(k)<<32|uint64(j))))
-				r, err = OpenReplica(replicaDir, crashReplicaOptions(f))
+				r, err = openRedone(crashReplicaOptions(f), work)
 				if err != nil {
 					t.Fatalf("%s, recovery crash at %d: reopen: %v", where, j, err)
 				}
@@ -571,7 +648,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 			}
 
 			// The replica goes on from where it recovered.
-			r, err = OpenReplica(replicaDir, crashReplicaOptions(post))
+			r, err = openRedone(crashReplicaOptions(post), work)
 			if err != nil {
 				t.Fatalf("%s: reopen: %v", where, err)
 			}
@@ -582,7 +659,7 @@ func TestReplicaCrashPoints(t *testing.T) {
 			}
 			r.Close()
 			mode.crash(post, rng)
-			r, err = OpenReplica(replicaDir, crashReplicaOptions(post))
+			r, err = openRedone(crashReplicaOptions(post), stagedAfter(work, more))
 			if err != nil {
 				t.Fatalf("%s: second reopen: %v", where, err)
 			}
@@ -591,6 +668,11 @@ func TestReplicaCrashPoints(t *testing.T) {
 		}
 		t.Logf("%s: %d workload crash points, %d recovery crash points", mode.name, total+1, recoveryPoints)
 	}
+}
+
+// stagedAfter returns work with one more round of batch more.
+func stagedAfter(work []replicaRound, more *wire.CommittedBatch) []replicaRound {
+	return append(slices.Clone(work), replicaRound{n: more.GetSeq(), batches: []*wire.CommittedBatch{more}})
 }
 
 // checkReplicaRecoveredAt is checkRecoveredReplica, saying where the crash was on
@@ -720,7 +802,10 @@ func TestReplicaHeaderCorruption(t *testing.T) {
 		edit func(p []byte)
 		want error
 	}{
-		{"version 2", func(p []byte) { p[8] = 2 }, blockdev.ErrVersion},
+		{"version 3", func(p []byte) { p[8] = 3 }, blockdev.ErrVersion},
+		{"version 2 without a round", func(p []byte) { p[8] = 2 }, blockdev.ErrCorrupt},
+		{"round not above applied", func(p []byte) { p[8] = 2; p[replicaRedoOff] = 1 }, blockdev.ErrCorrupt},
+		{"round in version 1", func(p []byte) { p[replicaRedoOff] = 9 }, blockdev.ErrCorrupt},
 		{"flags", func(p []byte) { p[12] = 2 }, blockdev.ErrCorrupt},
 		{"fewer blocks", func(p []byte) { p[16] = testBlocks - 1 }, blockdev.ErrCorrupt},
 		{"more blocks", func(p []byte) { p[16] = testBlocks + 1 }, blockdev.ErrCorrupt},
@@ -1000,4 +1085,26 @@ func TestInstallReplica(t *testing.T) {
 		t.Fatalf("recovered replica at %d, want the new one at 12", r.Applied())
 	}
 	must(t, r.Close())
+}
+
+// TestReplicaInPlaceAfterLogged: a block written by a logged round, which a
+// checkpoint then wrote to the data file, and written again by an in-place
+// round, keeps the in-place data across a crash: the checkpointed log that
+// held its older data is not replayed over it.
+func TestReplicaInPlaceAfterLogged(t *testing.T) {
+	ctx := context.Background()
+	fsys := blockdev.NewMemFS()
+	opts := replicaOptions(fsys)
+	opts.InPlaceBytes = 2 * blockdev.BlockSize
+	r := mustCreateReplica(t, opts)
+	small := makeBatch(1, 5)
+	must(t, r.applyRoundErr(ctx, 1, batchesOf(small)))
+	must(t, r.vol.Checkpoint(ctx))
+	big := makeBatch(2, 5, 6)
+	must(t, r.applyRoundErr(ctx, 2, batchesOf(big)))
+	must(t, r.Close())
+	fsys.Crash()
+	r = mustOpenReplica(t, opts)
+	defer r.Close()
+	checkReplica(t, r, 2, zeroImage().with(small, big))
 }

@@ -43,7 +43,7 @@ func (s *Secondary) resync(ctx context.Context) (uint64, error) {
 	cur := s.rep()
 	blocks := cur.BlockCount()
 	rdir := filepath.Join(s.cfg.Dir, replicaDirName)
-	b, err := BuildReplica(rdir, s.cfg.Volume, blocks, ReplicaOptions{FS: s.cfg.FS, Logger: s.log})
+	b, err := BuildReplica(rdir, s.cfg.Volume, blocks, s.cfg.replicaOptions(s.log))
 	if err != nil {
 		return 0, err
 	}
@@ -103,12 +103,20 @@ func (s *Secondary) resync(ctx context.Context) (uint64, error) {
 // replaces the replica by it. The caller holds applyMu.
 func (s *Secondary) installResync(ctx context.Context, n uint64, view View) error {
 	p := s.pending
-	ropts := ReplicaOptions{FS: s.cfg.FS, Logger: s.log}
+	ropts := s.cfg.replicaOptions(s.log)
 	aside, err := OpenReplica(p.dir, ropts)
 	if err != nil {
 		return err
 	}
+	redone, err := redoInterrupted(ctx, s.log, aside, s.stage)
+	if err != nil {
+		aside.Close()
+		return err
+	}
 	changed := maps.Clone(p.changed)
+	for _, i := range redone {
+		changed[i] = struct{}{}
+	}
 	steps := s.stage.Steps(aside.Applied(), n, s.cfg.RoundStep)
 	if len(steps) == 0 {
 		steps = []uint64{n} // only the header: n is the resync's seq

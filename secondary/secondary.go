@@ -97,6 +97,10 @@ type Config struct {
 	// (a long round is applied in steps); default DefaultRoundStep, at most
 	// DefaultMaxRoundBytes.
 	RoundStep int64
+	// InPlaceBytes is the replica's ReplicaOptions.InPlaceBytes: rounds
+	// (or steps of a round) of that many block bytes or more are written
+	// in place; 0 means DefaultInPlaceBytes, negative never.
+	InPlaceBytes int64
 	// FS is the file system of Dir; default blockdev.OSFS.
 	FS blockdev.FS
 	// Logger receives the secondary's logs; default slog.Default().
@@ -134,6 +138,11 @@ type Config struct {
 	// prepares), so that a benchmark can build a backlog of staged batches
 	// for promote to roll forward. Never set it in production.
 	HoldApply func() bool
+}
+
+// replicaOptions returns the options of the secondary's replicas.
+func (c Config) replicaOptions(log *slog.Logger) ReplicaOptions {
+	return ReplicaOptions{FS: c.FS, Logger: log, InPlaceBytes: c.InPlaceBytes}
 }
 
 func (c Config) withDefaults() (Config, error) {
@@ -293,7 +302,7 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 		return nil, err
 	}
 	log := cfg.Logger.With("volume", cfg.Volume, "secondary", cfg.ID)
-	ropts := ReplicaOptions{FS: cfg.FS, Logger: log}
+	ropts := cfg.replicaOptions(log)
 	rdir := filepath.Join(cfg.Dir, replicaDirName)
 	if err := RecoverReplica(rdir, ropts); err != nil {
 		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
@@ -327,6 +336,11 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 	})
 	if err != nil {
 		replica.Close()
+		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
+	}
+	if _, err := redoInterrupted(ctx, log, replica, stage); err != nil {
+		replica.Close()
+		stage.Close()
 		return nil, fmt.Errorf("secondary %q: %w", cfg.ID, err)
 	}
 	if replica.Applied() == 0 && stage.Fetched() == 0 {
@@ -380,6 +394,24 @@ func Open(ctx context.Context, cfg Config) (*Secondary, error) {
 	}
 	log.Info("opened secondary", "applied_seq", replica.Applied(), "durable_seq", stage.Durable(), "blocks", replica.BlockCount())
 	return s, nil
+}
+
+// redoInterrupted writes the replica's interrupted in-place round again
+// from the staged batches, which the stage keeps until the replica applied
+// them (Replica.Redo), so that the replica's blocks are whole before
+// anything reads them. It returns the blocks the round wrote.
+func redoInterrupted(ctx context.Context, log *slog.Logger, r *Replica, stage *Stage) ([]uint64, error) {
+	from, to, ok := r.InterruptedRound()
+	if !ok {
+		return nil, nil
+	}
+	log.Warn("the replica's last round was interrupted while written in place: redoing it from the staged batches",
+		"applied_seq", from, "round", to)
+	changed, err := r.Redo(ctx, stage.Batches(from, to))
+	if err != nil {
+		return nil, fmt.Errorf("redo the interrupted round of replica %q from seq %d to %d: %w", r.dir, from, to, err)
+	}
+	return changed, nil
 }
 
 // volumeStatus asks the intermediate for the volume's record; ok is false

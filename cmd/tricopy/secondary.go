@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -37,6 +38,10 @@ const independentApplyEnv = "TRICOPY_TEST_INDEPENDENT_APPLY"
 // still stages and prepares). `tricopy bench failover` uses it to build a
 // staged backlog. Not a config key either.
 const holdApplyEnv = "TRICOPY_TEST_HOLD_APPLY"
+
+// inPlaceBytesEnv is the test-only setting of secondary.Config.InPlaceBytes
+// (bytes), so that the e2e kill test can make every round an in-place one.
+const inPlaceBytesEnv = "TRICOPY_TEST_IN_PLACE_BYTES"
 
 func newSecondaryCmd(a *app) *cobra.Command {
 	cfg := configs.DefaultSecondary()
@@ -183,6 +188,10 @@ type secondaryRun struct {
 // it opened.
 func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary, tlsm *auth.Material, fb *secondary.FailbackSource, reg prometheus.Registerer, prog ...*progressDisplay) (_ *secondaryRun, err error) {
 	log = log.With("volume", cfg.Volume)
+	inPlace, err := inPlaceBytes(log)
+	if err != nil {
+		return nil, err
+	}
 	independent, delay, err := independentApply()
 	if err != nil {
 		return nil, err
@@ -223,7 +232,7 @@ func openSecondary(ctx context.Context, log *slog.Logger, cfg *configs.Secondary
 		ID: cfg.Name, Volume: cfg.Volume, Group: cfg.Group, Dir: cfg.Data, Addr: cfg.Listen,
 		Intermediate: r.cl, IntermediateAddrs: cfg.Intermediate, OnPromote: r.becomePrimary, Failback: fb,
 		Logger:           log.With("component", "secondary"),
-		IndependentApply: independent, IndependentApplyDelay: delay, HoldApply: holdApply(log),
+		IndependentApply: independent, IndependentApplyDelay: delay, HoldApply: holdApply(log), InPlaceBytes: inPlace,
 		OnCopyProgress: copying.callback(),
 	})
 	copying.end(err)
@@ -438,6 +447,20 @@ func holdApply(log *slog.Logger) func() bool {
 		_, err := os.Stat(path)
 		return err == nil
 	}
+}
+
+// inPlaceBytes reads the test-only inPlaceBytesEnv, 0 when it is not set.
+func inPlaceBytes(log *slog.Logger) (int64, error) {
+	v, ok := os.LookupEnv(inPlaceBytesEnv)
+	if !ok {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil {
+		return 0, usageErrorf("%s=%q: want a number of bytes", inPlaceBytesEnv, v)
+	}
+	log.Warn("test-only: rounds of this many bytes or more are written in place", "env", inPlaceBytesEnv, "bytes", n)
+	return n, nil
 }
 
 // independentApply reads the test-only switch.
