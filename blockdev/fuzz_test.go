@@ -56,10 +56,8 @@ func FuzzIntentLog(f *testing.F) {
 			ends = append(ends, len(log))
 		}
 		orig := bytes.Clone(log)
-		damage := len(log) // offset of the first damaged byte
 		if int64(cut) < int64(len(log)) {
 			log = log[:cut]
-			damage = int(cut)
 		}
 		if len(junk) > 0 {
 			log = append(log, junk...)
@@ -68,7 +66,13 @@ func FuzzIntentLog(f *testing.F) {
 		if flipMask != 0 && len(log) > 0 {
 			flipped = int(flipAt % uint32(len(log)))
 			log[flipped] ^= flipMask
-			damage = min(damage, flipped)
+		}
+		// damage is the offset of the first byte that differs from the
+		// log as written (junk may rebuild cut bytes exactly: the header
+		// holds the volume's random UUID, so that happens by chance).
+		damage := 0
+		for damage < len(log) && damage < len(orig) && log[damage] == orig[damage] {
+			damage++
 		}
 		writeMemFile(t, fsys, crashDir+"/"+logName, log)
 
